@@ -1,0 +1,207 @@
+//! The calendar side of the engine: a narrow trait with only the calls the
+//! drainer makes, its event vocabulary, and the error classification the
+//! engine branches on. The Google implementation lives in its own module; tests
+//! may implement the trait in memory.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, FixedOffset, NaiveDate};
+use serde::{Deserialize, Serialize};
+
+use crate::operation::CalendarKey;
+
+/// Private extended property naming the workspace that owns an event.
+pub const PROP_WORKSPACE: &str = "calendarSyncWorkspace";
+/// Private extended property naming the source type of an event.
+pub const PROP_SOURCE_TYPE: &str = "calendarSyncSourceType";
+/// Private extended property naming the source id of an event.
+pub const PROP_SOURCE_ID: &str = "calendarSyncSourceId";
+/// Private extended property keeping the application's own event category.
+pub const PROP_EVENT_TYPE: &str = "calendarSyncEventType";
+
+/// The start or end of an event, as Google's `EventDateTime`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EventTime {
+    /// An all-day boundary (Google's `date`; the end is exclusive).
+    Date(NaiveDate),
+    /// A timed boundary (Google's `dateTime`, with an optional IANA `timeZone`).
+    DateTime {
+        /// The instant, with its offset.
+        date_time: DateTime<FixedOffset>,
+        /// IANA time zone, if the producer gave one.
+        time_zone: Option<String>,
+    },
+}
+
+/// The event content the drainer writes. Its serialisation is hashed to skip
+/// unchanged upserts, so field order and map order are stable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventBody {
+    /// Title.
+    pub summary: String,
+    /// Description.
+    pub description: Option<String>,
+    /// Inclusive start.
+    pub start: EventTime,
+    /// Exclusive end.
+    pub end: EventTime,
+    /// Private extended properties identifying our events.
+    pub private_properties: BTreeMap<String, String>,
+}
+
+/// An event as the calendar reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEvent {
+    /// The event id.
+    pub id: String,
+    /// Google's version tag.
+    pub etag: Option<String>,
+    /// Whether the event is cancelled (deleted events stay readable in Google).
+    pub cancelled: bool,
+    /// The content, where the call returned it in a form we can compare.
+    pub body: Option<EventBody>,
+}
+
+/// One page of a filtered event listing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventPage {
+    /// Events on this page (may be empty even when more pages follow).
+    pub events: Vec<RemoteEvent>,
+    /// Token for the next page, if any.
+    pub next_page_token: Option<String>,
+}
+
+/// What went wrong with a calendar call, in terms the engine acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CalendarErrorKind {
+    /// 404: the event or the calendar does not exist.
+    NotFound,
+    /// 410: the event was already deleted.
+    Gone,
+    /// 409 on insert: the id is taken (by our own earlier attempt, or a cancelled event).
+    Duplicate,
+    /// Rate limited (403 rateLimitExceeded / userRateLimitExceeded, 429): retry later.
+    RateLimited,
+    /// Google's usage limits (403 quotaExceeded): the calendar is read-only for hours.
+    UsageLimited,
+    /// 5xx, timeouts, connection errors, 412, token endpoint 5xx: retry later.
+    Transient,
+    /// The OAuth grant is unusable (revoked, wrong client, missing scope): needs re-authorisation.
+    ConnectionInvalid,
+    /// Anything retrying cannot fix (400, most 403s).
+    Permanent,
+}
+
+/// A failed calendar call. `code` is stable (for grouping in `status`); the
+/// message is for humans and never contains a secret.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[{code}] {message}")]
+pub struct CalendarError {
+    /// What the engine should do about it.
+    pub kind: CalendarErrorKind,
+    /// Stable machine-readable code, e.g. `google_404_notFound`.
+    pub code: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// How long the service asked us to wait, if it said.
+    pub retry_after: Option<Duration>,
+}
+
+impl CalendarError {
+    /// A new error without a retry-after hint.
+    pub fn new(
+        kind: CalendarErrorKind,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            kind,
+            code: code.into(),
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// Adds the service's retry-after hint.
+    pub fn with_retry_after(mut self, retry_after: Option<Duration>) -> Self {
+        self.retry_after = retry_after;
+        self
+    }
+
+    /// How the engine treats this error when nothing more specific applies.
+    pub fn class(&self) -> ErrorClass {
+        match self.kind {
+            CalendarErrorKind::RateLimited | CalendarErrorKind::Transient => {
+                ErrorClass::Retryable {
+                    retry_after: self.retry_after,
+                }
+            }
+            CalendarErrorKind::UsageLimited => ErrorClass::Paused,
+            CalendarErrorKind::ConnectionInvalid => ErrorClass::ConnectionInvalid,
+            CalendarErrorKind::NotFound
+            | CalendarErrorKind::Gone
+            | CalendarErrorKind::Duplicate
+            | CalendarErrorKind::Permanent => ErrorClass::Permanent,
+        }
+    }
+}
+
+/// The engine's decision for a failed item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// Back to PENDING with backoff (the service's retry-after wins when longer).
+    Retryable {
+        /// The service's hint.
+        retry_after: Option<Duration>,
+    },
+    /// DEAD_LETTER at once.
+    Permanent,
+    /// DEAD_LETTER, the workspace's connection marked invalid, its other items dead-lettered.
+    ConnectionInvalid,
+    /// Back to PENDING after the long cool-down, without burning an attempt.
+    Paused,
+}
+
+/// The calls the drainer makes on a calendar service. Every call names the
+/// (workspace, calendar) it acts for; the workspace selects the credentials.
+///
+/// Implementations must be idempotent-friendly: `insert_event` uses the given
+/// id and reports [`CalendarErrorKind::Duplicate`] when it is taken.
+pub trait Calendar: Send + Sync + 'static {
+    /// Creates an event with a client-chosen id.
+    fn insert_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+        body: &EventBody,
+    ) -> impl Future<Output = Result<RemoteEvent, CalendarError>> + Send;
+
+    /// Replaces an event's content (a full update, not a patch).
+    fn update_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+        body: &EventBody,
+    ) -> impl Future<Output = Result<RemoteEvent, CalendarError>> + Send;
+
+    /// Deletes an event.
+    fn delete_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+    ) -> impl Future<Output = Result<(), CalendarError>> + Send;
+
+    /// Lists the events whose private extended property `key` equals `value`
+    /// (cancelled ones excluded), one page at a time.
+    fn list_events(
+        &self,
+        target: &CalendarKey,
+        property: (&str, &str),
+        page_token: Option<&str>,
+    ) -> impl Future<Output = Result<EventPage, CalendarError>> + Send;
+}

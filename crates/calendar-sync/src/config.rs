@@ -1,0 +1,75 @@
+//! The drainer's tuning knobs: a plain struct with documented defaults.
+
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// How an [`OutboxDrainer`](crate::OutboxDrainer) claims, retries and stops.
+/// Every default matches the worker's environment variables in the README.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DrainerConfig {
+    /// Rows claimed per poll (one claim statement). Default: 10.
+    pub batch_size: usize,
+    /// Safety-net poll when no NOTIFY arrives; also how often orphaned rows of
+    /// dead workers are looked for. Default: 5 s.
+    pub poll_interval: Duration,
+    /// Attempts an item may use; the attempt that reaches it and fails sends the
+    /// item to DEAD_LETTER. Default: 5.
+    pub max_retries: u32,
+    /// Items in flight at once in one worker. Default: 8.
+    pub concurrency: usize,
+    /// First retry delay; doubles per attempt. Default: 1 s.
+    pub backoff_base: Duration,
+    /// Longest retry delay. Default: 1 h.
+    pub backoff_cap: Duration,
+    /// Random spread of retry delays, as a fraction (0.2 = ±20 %), so that a burst
+    /// of failures does not retry in lockstep. Default: 0.2.
+    pub backoff_jitter: f64,
+    /// How long a usage-limited connection (403 quotaExceeded) waits. Default: 1 h.
+    pub usage_limit_pause: Duration,
+    /// On stop, how long in-flight items may finish before they are released
+    /// back to PENDING. Default: 30 s.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for DrainerConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 10,
+            poll_interval: Duration::from_secs(5),
+            max_retries: 5,
+            concurrency: 8,
+            backoff_base: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(3600),
+            backoff_jitter: 0.2,
+            usage_limit_pause: Duration::from_secs(3600),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+impl DrainerConfig {
+    /// Checks that the values make sense together.
+    pub fn validate(&self) -> Result<(), Error> {
+        let fail = |msg: &str| Err(Error::Config(msg.to_owned()));
+        if self.batch_size == 0 {
+            return fail("batch_size must be at least 1");
+        }
+        if self.concurrency == 0 {
+            return fail("concurrency must be at least 1");
+        }
+        if self.max_retries == 0 || self.max_retries > i32::MAX as u32 {
+            return fail("max_retries must be at least 1");
+        }
+        if self.poll_interval.is_zero() {
+            return fail("poll_interval must be positive");
+        }
+        if self.backoff_base.is_zero() || self.backoff_cap < self.backoff_base {
+            return fail("backoff_base must be positive and at most backoff_cap");
+        }
+        if !(0.0..1.0).contains(&self.backoff_jitter) {
+            return fail("backoff_jitter must be in [0, 1)");
+        }
+        Ok(())
+    }
+}

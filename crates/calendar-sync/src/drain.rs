@@ -1,0 +1,480 @@
+//! The engine: [`OutboxDrainer`] claims due rows, applies them, and records
+//! each outcome.
+//!
+//! A worker owns one dedicated *lock connection*. Claims happen on it, inside a
+//! transaction serialised by a claim mutex (so ordering checks see every other
+//! worker's claims), and each claimed row's session advisory lock is taken on
+//! it *before* the row is marked PROCESSING. The lock is released only after the
+//! row's outcome has committed. Hence a PROCESSING row whose lock nobody holds
+//! belongs to a worker that died or lost its connection, and any worker's next
+//! poll takes it back. Outcomes are written through the pool and are
+//! conditional on the claim token, so a worker that lost its claim can never
+//! overwrite a newer outcome.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::{Id as TaskId, JoinError, JoinSet};
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::calendar::Calendar;
+use crate::config::DrainerConfig;
+use crate::db::{Database, LockConnection};
+use crate::error::Error;
+use crate::item::{self, ItemOutcome};
+use crate::store::{self, ClaimedItem};
+
+/// Counts of what a drain did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Rows claimed for processing.
+    pub claimed: u64,
+    /// Rows completed (including those that needed no call).
+    pub completed: u64,
+    /// Of the completed, those whose desired state already held (no write call).
+    pub unchanged: u64,
+    /// Rows sent back to PENDING for a later attempt.
+    pub retried: u64,
+    /// Rows moved to DEAD_LETTER (including a workspace's others on an invalid connection).
+    pub dead_lettered: u64,
+    /// Rows superseded by a newer item of their source.
+    pub superseded: u64,
+    /// Rows put back to wait without using an attempt (usage-limit pause, shutdown).
+    pub deferred: u64,
+    /// Rows of dead workers taken back.
+    pub recovered: u64,
+    /// Rows whose claim another worker had taken over when we finished.
+    pub claim_lost: u64,
+}
+
+impl DrainReport {
+    fn add(&mut self, outcome: ItemOutcome) {
+        match outcome {
+            ItemOutcome::Completed { changed } => {
+                self.completed += 1;
+                self.unchanged += u64::from(!changed);
+            }
+            ItemOutcome::Retried => self.retried += 1,
+            ItemOutcome::DeadLettered { others } => self.dead_lettered += 1 + others,
+            ItemOutcome::Deferred => self.deferred += 1,
+            ItemOutcome::ClaimLost | ItemOutcome::Abandoned => self.claim_lost += 1,
+        }
+    }
+}
+
+/// Drains `sync_outbox` into a [`Calendar`]. Cheap to clone; clones share the
+/// database and calendar.
+pub struct OutboxDrainer<C: Calendar> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: Calendar> Clone for OutboxDrainer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pub(crate) struct Shared<C> {
+    pub db: Database,
+    pub calendar: C,
+    pub config: DrainerConfig,
+}
+
+impl<C: Calendar> OutboxDrainer<C> {
+    /// A drainer over `db` writing to `calendar`.
+    pub fn new(db: Database, calendar: C, config: DrainerConfig) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                calendar,
+                config,
+            }),
+        })
+    }
+
+    /// The calendar this drainer writes to.
+    pub fn calendar(&self) -> &C {
+        &self.shared.calendar
+    }
+
+    /// Processes everything due now (including what becomes due because an
+    /// earlier item of its source finished) and returns what happened. Items
+    /// scheduled for a later retry are left for later. For tests and cron-style runs.
+    pub async fn drain_once(&self) -> Result<DrainReport, Error> {
+        let lock = self.shared.db.lock_connection().await?;
+        let mut worker = Worker::new(self.shared.clone(), lock);
+        worker.run(Mode::Once, &CancellationToken::new()).await?;
+        Ok(worker.report)
+    }
+
+    /// Starts draining in the background until [`DrainerHandle::stop`]. A lost
+    /// database connection is survived: the worker reconnects with backoff.
+    pub fn start(&self) -> DrainerHandle {
+        let cancel = CancellationToken::new();
+        let report = Arc::new(Mutex::new(DrainReport::default()));
+        let task = tokio::spawn(run_until_stopped(
+            self.shared.clone(),
+            cancel.clone(),
+            report.clone(),
+        ));
+        DrainerHandle {
+            cancel,
+            task,
+            report,
+        }
+    }
+}
+
+/// A running drainer.
+pub struct DrainerHandle {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    report: Arc<Mutex<DrainReport>>,
+}
+
+impl DrainerHandle {
+    /// What the drainer has done so far.
+    pub fn report(&self) -> DrainReport {
+        *self.report.lock().expect("report lock")
+    }
+
+    /// Whether the drain loop has ended (it only ends after `stop`, or on a panic).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops gracefully: no new claims; in-flight items may finish within the
+    /// configured grace period, then the rest are released back to PENDING;
+    /// every lock is released. Returns the final report.
+    pub async fn stop(self) -> DrainReport {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        *self.report.lock().expect("report lock")
+    }
+}
+
+async fn run_until_stopped<C: Calendar>(
+    shared: Arc<Shared<C>>,
+    cancel: CancellationToken,
+    report: Arc<Mutex<DrainReport>>,
+) {
+    let mut failures = 0u32;
+    while !cancel.is_cancelled() {
+        let lock = tokio::select! {
+            _ = cancel.cancelled() => return,
+            lock = shared.db.lock_connection() => lock,
+        };
+        let outcome = match lock {
+            Ok(lock) => {
+                let mut worker =
+                    Worker::new(shared.clone(), lock).with_shared_report(report.clone());
+                let outcome = worker.run(Mode::UntilStopped, &cancel).await;
+                if outcome.is_ok() {
+                    return;
+                }
+                outcome
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            failures += 1;
+            let delay = reconnect_delay(failures);
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "drainer lost the database; reconnecting");
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// 0.5 s, 1 s, 2 s … up to 30 s between reconnection attempts.
+fn reconnect_delay(failures: u32) -> Duration {
+    let ms = 500u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
+    Duration::from_millis(ms.min(30_000))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Return when nothing is due and nothing is in flight.
+    Once,
+    /// Run until the cancellation token fires.
+    UntilStopped,
+}
+
+/// What a claim statement found.
+struct ClaimBatch {
+    /// Candidates judged (claimed, superseded, or lost to a lock race).
+    examined: usize,
+    /// Candidates superseded by a newer item of their source.
+    superseded: usize,
+    /// Waiting (not yet due) items superseded by the claimed rows.
+    stale: usize,
+    items: Vec<ClaimedItem>,
+}
+
+/// One worker: a lock connection and the items in flight on it.
+struct Worker<C: Calendar> {
+    shared: Arc<Shared<C>>,
+    lock: LockConnection,
+    in_flight: JoinSet<ItemOutcome>,
+    by_task: HashMap<TaskId, ClaimedItem>,
+    report: DrainReport,
+    shared_report: Option<Arc<Mutex<DrainReport>>>,
+}
+
+impl<C: Calendar> Worker<C> {
+    fn new(shared: Arc<Shared<C>>, lock: LockConnection) -> Self {
+        Self {
+            shared,
+            lock,
+            in_flight: JoinSet::new(),
+            by_task: HashMap::new(),
+            report: DrainReport::default(),
+            shared_report: None,
+        }
+    }
+
+    fn with_shared_report(mut self, report: Arc<Mutex<DrainReport>>) -> Self {
+        self.report = *report.lock().expect("report lock");
+        self.shared_report = Some(report);
+        self
+    }
+
+    fn publish(&self) {
+        if let Some(shared) = &self.shared_report {
+            *shared.lock().expect("report lock") = self.report;
+        }
+    }
+
+    async fn run(&mut self, mode: Mode, cancel: &CancellationToken) -> Result<(), Error> {
+        let result = self.run_loop(mode, cancel).await;
+        if result.is_err() {
+            // The lock connection is gone or unusable: so are our locks. Stop
+            // work on every item it guarded; their rows are orphans now.
+            self.in_flight.abort_all();
+            while self.in_flight.join_next().await.is_some() {}
+            self.by_task.clear();
+        }
+        self.publish();
+        result
+    }
+
+    async fn run_loop(&mut self, mode: Mode, cancel: &CancellationToken) -> Result<(), Error> {
+        let config = self.shared.config.clone();
+        self.recover_orphans().await?;
+        let mut poll =
+            tokio::time::interval_at(Instant::now() + config.poll_interval, config.poll_interval);
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut stopping: Option<Instant> = None;
+        let mut idle_rounds = 0u32;
+        loop {
+            let mut progressed = false;
+            let mut contended = false;
+            while stopping.is_none() && self.in_flight.len() < config.concurrency {
+                let room = (config.concurrency - self.in_flight.len()).min(config.batch_size);
+                let batch = self.claim(room).await?;
+                let claimed = batch.items.len();
+                progressed |= claimed > 0 || batch.superseded > 0;
+                contended |= batch.examined > claimed + batch.superseded;
+                self.report.superseded += (batch.superseded + batch.stale) as u64;
+                for item in batch.items {
+                    self.spawn(item);
+                }
+                if batch.examined < room || (claimed == 0 && batch.superseded == 0) {
+                    break;
+                }
+            }
+            self.publish();
+            if stopping.is_some() && self.in_flight.is_empty() {
+                return Ok(());
+            }
+            if self.in_flight.is_empty() && progressed {
+                // Only superseded rows this round: there may be more to claim.
+                continue;
+            }
+            if mode == Mode::Once && self.in_flight.is_empty() {
+                // Rows whose locks another session still holds for a moment
+                // (it is between committing their outcome and unlocking) are
+                // worth a few short retries; anything else is not due.
+                if contended && idle_rounds < 50 {
+                    idle_rounds += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+                return Ok(());
+            }
+            idle_rounds = 0;
+            let grace_over = async {
+                match stopping {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = self.lock.closed.cancelled() => return Err(Error::LockConnectionLost),
+                Some(joined) = self.in_flight.join_next_with_id(), if !self.in_flight.is_empty() => {
+                    let mut finished = vec![joined];
+                    while let Some(more) = self.in_flight.try_join_next_with_id() {
+                        finished.push(more);
+                    }
+                    self.settle(finished).await?;
+                }
+                _ = cancel.cancelled(), if stopping.is_none() => {
+                    tracing::info!(in_flight = self.in_flight.len(), "drainer stopping");
+                    stopping = Some(Instant::now() + config.shutdown_grace);
+                }
+                _ = grace_over => {
+                    tracing::warn!(in_flight = self.in_flight.len(), "grace period over; releasing in-flight items");
+                    self.in_flight.abort_all();
+                    let mut finished = Vec::new();
+                    while let Some(joined) = self.in_flight.join_next_with_id().await {
+                        finished.push(joined);
+                    }
+                    self.settle(finished).await?;
+                }
+                _ = self.lock.notified.notified(), if mode == Mode::UntilStopped && stopping.is_none() => {}
+                _ = poll.tick(), if mode == Mode::UntilStopped && stopping.is_none() => {
+                    self.recover_orphans().await?;
+                }
+            }
+        }
+    }
+
+    fn spawn(&mut self, item: ClaimedItem) {
+        self.report.claimed += 1;
+        let shared = self.shared.clone();
+        let span = tracing::info_span!("outbox_item", outbox.id = %item.id, operation = %item.operation, attempt = item.attempts);
+        let task_item = item.clone();
+        let handle = self
+            .in_flight
+            .spawn(async move { item::process(&shared, &task_item).await }.instrument(span));
+        self.by_task.insert(handle.id(), item);
+    }
+
+    /// Records finished tasks (a panicked or aborted one is failed or released
+    /// here) and then releases their row locks in one statement.
+    async fn settle(
+        &mut self,
+        finished: Vec<Result<(TaskId, ItemOutcome), JoinError>>,
+    ) -> Result<(), Error> {
+        let mut keys = Vec::with_capacity(finished.len());
+        for joined in finished {
+            let (task_id, outcome) = match joined {
+                Ok((task_id, outcome)) => (task_id, outcome),
+                Err(e) => {
+                    let task_id = e.id();
+                    let Some(item) = self.by_task.get(&task_id) else {
+                        continue;
+                    };
+                    (
+                        task_id,
+                        item::settle_interrupted(&self.shared, item, e).await,
+                    )
+                }
+            };
+            if let Some(item) = self.by_task.remove(&task_id) {
+                keys.push(item.lock_key);
+            }
+            self.report.add(outcome);
+        }
+        store::unlock_rows(&self.lock.client, &keys).await?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Claims up to `limit` rows, then releases any lock it took for a row it
+    /// did not claim (the row changed between judging and locking, or the
+    /// transaction failed).
+    async fn claim(&mut self, limit: usize) -> Result<ClaimBatch, Error> {
+        let mut locked = Vec::new();
+        let result = claim_in_transaction(&mut self.lock.client, limit, &mut locked).await;
+        let stray: Vec<i32> = match &result {
+            Ok(batch) => locked
+                .iter()
+                .copied()
+                .filter(|k| !batch.items.iter().any(|i| i.lock_key == *k))
+                .collect(),
+            Err(_) => locked,
+        };
+        let unlocked = store::unlock_rows(&self.lock.client, &stray).await;
+        let batch = result?;
+        unlocked?;
+        Ok(batch)
+    }
+
+    /// Takes back rows left PROCESSING by workers that died.
+    async fn recover_orphans(&mut self) -> Result<(), Error> {
+        let orphans = store::find_orphans(&self.lock.client).await?;
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<i32> = orphans.iter().map(|o| o.lock_key).collect();
+        let locked = store::try_lock_rows(&self.lock.client, &keys).await?;
+        let ours: Vec<_> = orphans
+            .into_iter()
+            .filter(|o| locked.contains(&o.lock_key))
+            .collect();
+        let recovered = store::recover_orphans(
+            &self.lock.client,
+            &ours,
+            self.shared.config.max_retries as i32,
+        )
+        .await;
+        store::unlock_rows(&self.lock.client, &locked).await?;
+        let (requeued, dead) = recovered?;
+        if requeued + dead > 0 {
+            tracing::warn!(
+                requeued,
+                dead_lettered = dead,
+                "recovered rows of a worker that died"
+            );
+        }
+        self.report.recovered += requeued + dead;
+        self.report.dead_lettered += dead;
+        Ok(())
+    }
+}
+
+/// One claim transaction: judge the first due rows, lock the free ones, mark
+/// them PROCESSING, supersede what coalescing makes unnecessary. `locked`
+/// receives every key locked, even when a later step fails.
+async fn claim_in_transaction(
+    client: &mut tokio_postgres::Client,
+    limit: usize,
+    locked: &mut Vec<i32>,
+) -> Result<ClaimBatch, tokio_postgres::Error> {
+    let tx = client.transaction().await?;
+    store::take_claim_mutex(&tx).await?;
+    let candidates = store::judge_candidates(&tx, limit as i64).await?;
+    let superseded: Vec<_> = candidates
+        .iter()
+        .filter_map(|c| c.superseded_by.map(|by| (c.id, by)))
+        .collect();
+    let free: Vec<_> = candidates
+        .iter()
+        .filter(|c| c.superseded_by.is_none())
+        .collect();
+    let keys: Vec<i32> = free.iter().map(|c| c.lock_key).collect();
+    *locked = store::try_lock_rows(&tx, &keys).await?;
+    let claim: Vec<_> = free
+        .iter()
+        .filter(|c| locked.contains(&c.lock_key))
+        .map(|c| c.id)
+        .collect();
+    let (items, stale) = store::mark_claimed(&tx, &superseded, &claim).await?;
+    tx.commit().await?;
+    Ok(ClaimBatch {
+        examined: candidates.len(),
+        superseded: superseded.len(),
+        stale: stale as usize,
+        items,
+    })
+}

@@ -1,0 +1,265 @@
+//! One claimed item from decode to recorded outcome.
+
+use std::time::Duration;
+
+use tokio::task::JoinError;
+
+use crate::backoff::retry_delay;
+use crate::calendar::{Calendar, CalendarError, ErrorClass};
+use crate::drain::Shared;
+use crate::error::Error;
+use crate::operation::{DecodeError, Operation};
+use crate::rebuild;
+use crate::store::{self, ClaimedItem, FailureStatus};
+use crate::sync::{self, Applied, ApplyError};
+
+/// What became of an item, for the drain report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ItemOutcome {
+    /// COMPLETED; `changed` is false when no write call was needed.
+    Completed { changed: bool },
+    /// Back to PENDING with backoff.
+    Retried,
+    /// DEAD_LETTER, plus `others` of its workspace when its connection went invalid.
+    DeadLettered { others: u64 },
+    /// Back to PENDING without using an attempt.
+    Deferred,
+    /// Another worker owns the row now; nothing was written.
+    ClaimLost,
+    /// The outcome could not be recorded; the row will be recovered as an orphan.
+    Abandoned,
+}
+
+/// What applying the operation came to, before it is recorded.
+enum Verdict {
+    Done(Applied),
+    Invalid(DecodeError),
+    Failed {
+        error: CalendarError,
+        workspace_id: String,
+    },
+    Database(String),
+    Panicked(String),
+    ClaimLost,
+}
+
+/// Decodes, applies and records one item. Never panics on bad input: a
+/// malformed payload is dead-lettered with the offending field named.
+pub(crate) async fn process<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> ItemOutcome {
+    let verdict = apply(shared, item).await;
+    record(shared, item, &verdict).await
+}
+
+async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
+    let operation = match Operation::decode(&item.operation, &item.payload) {
+        Ok(op) => op,
+        Err(e) => return Verdict::Invalid(e),
+    };
+    let calendar = &shared.calendar;
+    let pool = shared.db.pool();
+    let applied = match &operation {
+        Operation::UpsertEvent(u) => sync::upsert(calendar, pool, item, u).await,
+        Operation::CancelEvent(s) => sync::cancel(calendar, item, s).await,
+        Operation::RebuildAll(c) => rebuild::rebuild(calendar, pool, item, c).await,
+    };
+    match applied {
+        Ok(applied) => Verdict::Done(applied),
+        Err(ApplyError::Calendar(error)) => Verdict::Failed {
+            error,
+            workspace_id: operation.workspace_id().to_owned(),
+        },
+        Err(ApplyError::Database(message)) => Verdict::Database(message),
+        Err(ApplyError::ClaimLost) => Verdict::ClaimLost,
+    }
+}
+
+/// Records the verdict; a failing database gets a few tries before the row is
+/// left to orphan recovery.
+async fn record<C: Calendar>(
+    shared: &Shared<C>,
+    item: &ClaimedItem,
+    verdict: &Verdict,
+) -> ItemOutcome {
+    for attempt in 0..4u32 {
+        match record_once(shared, item, verdict).await {
+            Ok(outcome) => {
+                log_outcome(item, verdict, outcome);
+                return outcome;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, attempt, "could not record the item's outcome");
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+        }
+    }
+    ItemOutcome::Abandoned
+}
+
+async fn record_once<C: Calendar>(
+    shared: &Shared<C>,
+    item: &ClaimedItem,
+    verdict: &Verdict,
+) -> Result<ItemOutcome, Error> {
+    let pooled = shared.db.pool().get().await?;
+    let client: &tokio_postgres::Client = &pooled;
+    let config = &shared.config;
+    let outcome = match verdict {
+        Verdict::ClaimLost => ItemOutcome::ClaimLost,
+        Verdict::Done(applied) => {
+            if store::complete(
+                client,
+                item,
+                applied.binding.as_ref(),
+                applied.result.as_ref(),
+            )
+            .await?
+            {
+                ItemOutcome::Completed {
+                    changed: applied.changed,
+                }
+            } else {
+                ItemOutcome::ClaimLost
+            }
+        }
+        Verdict::Invalid(e) => {
+            let status =
+                store::dead_letter(client, item, &format!("[invalid_payload] {e}")).await?;
+            dead_or_lost(status, 0)
+        }
+        Verdict::Database(message) => {
+            retry(shared, client, item, None, &format!("[database] {message}")).await?
+        }
+        Verdict::Panicked(message) => {
+            retry(
+                shared,
+                client,
+                item,
+                None,
+                &format!("[handler_panicked] {message}"),
+            )
+            .await?
+        }
+        Verdict::Failed {
+            error,
+            workspace_id,
+        } => match error.class() {
+            ErrorClass::Retryable { retry_after } => {
+                retry(shared, client, item, retry_after, &error.to_string()).await?
+            }
+            ErrorClass::Permanent => dead_or_lost(
+                store::dead_letter(client, item, &error.to_string()).await?,
+                0,
+            ),
+            ErrorClass::Paused => {
+                let pause = config.usage_limit_pause.as_secs_f64();
+                match store::defer(client, item, pause, &error.to_string()).await? {
+                    FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
+                    _ => ItemOutcome::Deferred,
+                }
+            }
+            ErrorClass::ConnectionInvalid => {
+                let (status, others) =
+                    store::invalidate_connection(client, item, workspace_id, &error.to_string())
+                        .await?;
+                dead_or_lost(status, others)
+            }
+        },
+    };
+    Ok(outcome)
+}
+
+async fn retry<C: Calendar>(
+    shared: &Shared<C>,
+    client: &impl tokio_postgres::GenericClient,
+    item: &ClaimedItem,
+    retry_after: Option<Duration>,
+    error: &str,
+) -> Result<ItemOutcome, Error> {
+    let config = &shared.config;
+    let delay = retry_delay(
+        item.attempts.max(1) as u32,
+        config.backoff_base,
+        config.backoff_cap,
+        config.backoff_jitter,
+        rand::random::<f64>(),
+        retry_after,
+    );
+    let status = store::fail_retryable(
+        client,
+        item,
+        config.max_retries as i32,
+        delay.as_secs_f64(),
+        error,
+    )
+    .await?;
+    Ok(match status {
+        FailureStatus::Pending => ItemOutcome::Retried,
+        other => dead_or_lost(other, 0),
+    })
+}
+
+fn dead_or_lost(status: FailureStatus, others: u64) -> ItemOutcome {
+    match status {
+        FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
+        _ => ItemOutcome::DeadLettered { others },
+    }
+}
+
+fn log_outcome(item: &ClaimedItem, verdict: &Verdict, outcome: ItemOutcome) {
+    let reason = match verdict {
+        Verdict::Done(_) | Verdict::ClaimLost => None,
+        Verdict::Invalid(e) => Some(format!("[invalid_payload] {e}")),
+        Verdict::Failed { error, .. } => Some(error.to_string()),
+        Verdict::Database(m) => Some(format!("[database] {m}")),
+        Verdict::Panicked(m) => Some(format!("[handler_panicked] {m}")),
+    };
+    match (outcome, reason) {
+        (ItemOutcome::Completed { changed }, _) => tracing::debug!(changed, "item completed"),
+        (outcome, Some(reason)) => {
+            tracing::warn!(?outcome, attempts = item.attempts, error = %reason, "item failed")
+        }
+        (outcome, None) => tracing::warn!(?outcome, "item outcome not recorded"),
+    }
+}
+
+/// Records an item whose task panicked (a retryable failure: the attempt
+/// counts) or was aborted at the end of the shutdown grace period (released
+/// back to PENDING without using the attempt).
+pub(crate) async fn settle_interrupted<C: Calendar>(
+    shared: &Shared<C>,
+    item: &ClaimedItem,
+    error: JoinError,
+) -> ItemOutcome {
+    if error.is_panic() {
+        let message = panic_message(error.into_panic());
+        tracing::error!(outbox.id = %item.id, panic = %message, "item handler panicked");
+        return record(shared, item, &Verdict::Panicked(message)).await;
+    }
+    let released = async {
+        let client = shared.db.pool().get().await?;
+        let status = store::defer(
+            &**client,
+            item,
+            0.0,
+            "[shutdown] released unfinished when the worker stopped",
+        )
+        .await?;
+        Ok::<_, Error>(status)
+    };
+    match released.await {
+        Ok(FailureStatus::ClaimLost) => ItemOutcome::ClaimLost,
+        Ok(_) => ItemOutcome::Deferred,
+        // The row stays PROCESSING; once our lock is released it is an orphan
+        // that the next poll of any worker takes back.
+        Err(_) => ItemOutcome::Abandoned,
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-text panic payload".to_owned());
+    text.chars().take(500).collect()
+}

@@ -1,0 +1,462 @@
+//! Outbox payloads: the typed [`Operation`] and its strict decoder.
+//!
+//! Producers write camelCase JSON. Decoding never panics: any input either yields
+//! a valid operation or a [`DecodeError`] naming the offending field, which sends
+//! the row to `DEAD_LETTER` at once.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, FixedOffset, NaiveDate};
+use serde_json::{Map, Value, json};
+
+/// Longest accepted workspace, calendar or source id. Ids travel in Google's
+/// private extended properties, whose values Google truncates past 1024 characters.
+pub const MAX_ID_LEN: usize = 1024;
+/// Longest accepted `sourceType` and `eventType`.
+pub const MAX_TYPE_LEN: usize = 64;
+
+/// The three operations a producer can enqueue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OperationKind {
+    /// Create or update the event of one source.
+    UpsertEvent,
+    /// Delete the event of one source.
+    CancelEvent,
+    /// Reconcile a whole (workspace, calendar) with Google.
+    RebuildAll,
+}
+
+impl OperationKind {
+    /// The name used in the `operation` column and in payloads.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UpsertEvent => "UPSERT_EVENT",
+            Self::CancelEvent => "CANCEL_EVENT",
+            Self::RebuildAll => "REBUILD_ALL",
+        }
+    }
+}
+
+impl FromStr for OperationKind {
+    type Err = DecodeError;
+
+    fn from_str(s: &str) -> Result<Self, DecodeError> {
+        match s {
+            "UPSERT_EVENT" => Ok(Self::UpsertEvent),
+            "CANCEL_EVENT" => Ok(Self::CancelEvent),
+            "REBUILD_ALL" => Ok(Self::RebuildAll),
+            other => Err(DecodeError::new(
+                "operation",
+                format!(
+                    "unknown operation {}; expected UPSERT_EVENT, CANCEL_EVENT or REBUILD_ALL",
+                    quote(other)
+                ),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for OperationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A (workspace, calendar) pair: the scope of a REBUILD_ALL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CalendarKey {
+    /// The application's workspace (tenant) id; selects the Google connection.
+    pub workspace_id: String,
+    /// The Google calendar id, e.g. `primary` or `team@example.com`.
+    pub calendar_id: String,
+}
+
+/// One application object synced to one calendar: the unit of ordering.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SourceKey {
+    /// Where the event lives.
+    pub calendar: CalendarKey,
+    /// The application's kind of object, e.g. `task`.
+    pub source_type: String,
+    /// The application's id of the object.
+    pub source_id: String,
+}
+
+/// When an event happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventTiming {
+    /// Whole days, both inclusive (Google's exclusive end is computed when sending).
+    AllDay {
+        /// First day of the event.
+        first_day: NaiveDate,
+        /// Last day of the event (inclusive).
+        last_day: NaiveDate,
+    },
+    /// A time range; `end` is after `start`.
+    Timed {
+        /// Start, with the producer's offset.
+        start: DateTime<FixedOffset>,
+        /// End, with the producer's offset.
+        end: DateTime<FixedOffset>,
+    },
+}
+
+/// The event content of an UPSERT_EVENT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventDetails {
+    /// Event title (Google's `summary`).
+    pub title: String,
+    /// Optional description.
+    pub description: Option<String>,
+    /// Start and end.
+    pub timing: EventTiming,
+    /// Optional IANA time zone, validated against the tz database.
+    pub time_zone: Option<String>,
+}
+
+/// UPSERT_EVENT: make the source's event exist with this content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpsertEvent {
+    /// The source whose event this is.
+    pub source: SourceKey,
+    /// The application's own category (e.g. `BLOCKER_DEADLINE`), kept in the
+    /// event's private extended properties; not Google's `eventType`.
+    pub event_type: String,
+    /// The content.
+    pub event: EventDetails,
+}
+
+/// A decoded outbox payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operation {
+    /// Create or update one source's event.
+    UpsertEvent(UpsertEvent),
+    /// Delete one source's event.
+    CancelEvent(SourceKey),
+    /// Reconcile one (workspace, calendar).
+    RebuildAll(CalendarKey),
+}
+
+impl Operation {
+    /// The operation's kind.
+    pub fn kind(&self) -> OperationKind {
+        match self {
+            Self::UpsertEvent(_) => OperationKind::UpsertEvent,
+            Self::CancelEvent(_) => OperationKind::CancelEvent,
+            Self::RebuildAll(_) => OperationKind::RebuildAll,
+        }
+    }
+
+    /// The workspace the operation belongs to.
+    pub fn workspace_id(&self) -> &str {
+        match self {
+            Self::UpsertEvent(u) => &u.source.calendar.workspace_id,
+            Self::CancelEvent(s) => &s.calendar.workspace_id,
+            Self::RebuildAll(c) => &c.workspace_id,
+        }
+    }
+
+    /// Decodes and validates a payload. `operation_column` is the row's
+    /// `operation` column; the payload's own `operation`, when present, must agree.
+    pub fn decode(operation_column: &str, payload: &Value) -> Result<Self, DecodeError> {
+        let kind: OperationKind = operation_column.parse()?;
+        let obj = payload
+            .as_object()
+            .ok_or_else(|| DecodeError::new("payload", "must be a JSON object"))?;
+        let fields = Fields {
+            obj,
+            path: "payload".to_owned(),
+        };
+        if let Some(named) = fields.optional_str("operation")?
+            && named != kind.as_str()
+        {
+            return Err(DecodeError::new(
+                "payload.operation",
+                format!(
+                    "{} disagrees with the operation column {}",
+                    quote(named),
+                    quote(kind.as_str())
+                ),
+            ));
+        }
+        let calendar = CalendarKey {
+            workspace_id: fields.id("workspaceId", MAX_ID_LEN)?,
+            calendar_id: fields.id("calendarId", MAX_ID_LEN)?,
+        };
+        match kind {
+            OperationKind::RebuildAll => Ok(Self::RebuildAll(calendar)),
+            OperationKind::CancelEvent => Ok(Self::CancelEvent(fields.source(calendar)?)),
+            OperationKind::UpsertEvent => {
+                let source = fields.source(calendar)?;
+                let event_type = fields.id("eventType", MAX_TYPE_LEN)?;
+                let event = fields.object("event")?.event_details()?;
+                Ok(Self::UpsertEvent(UpsertEvent {
+                    source,
+                    event_type,
+                    event,
+                }))
+            }
+        }
+    }
+
+    /// Encodes the operation as the camelCase payload producers write.
+    pub fn to_payload(&self) -> Value {
+        match self {
+            Self::RebuildAll(c) => json!({
+                "operation": "REBUILD_ALL",
+                "workspaceId": c.workspace_id,
+                "calendarId": c.calendar_id,
+            }),
+            Self::CancelEvent(s) => json!({
+                "operation": "CANCEL_EVENT",
+                "workspaceId": s.calendar.workspace_id,
+                "calendarId": s.calendar.calendar_id,
+                "sourceType": s.source_type,
+                "sourceId": s.source_id,
+            }),
+            Self::UpsertEvent(u) => {
+                let (start, end, all_day) = match &u.event.timing {
+                    EventTiming::AllDay {
+                        first_day,
+                        last_day,
+                    } => (first_day.to_string(), last_day.to_string(), true),
+                    EventTiming::Timed { start, end } => {
+                        (start.to_rfc3339(), end.to_rfc3339(), false)
+                    }
+                };
+                let mut event = json!({
+                    "title": u.event.title,
+                    "description": u.event.description,
+                    "start": start,
+                    "end": end,
+                    "isAllDay": all_day,
+                });
+                if let Some(tz) = &u.event.time_zone {
+                    event["timeZone"] = json!(tz);
+                }
+                json!({
+                    "operation": "UPSERT_EVENT",
+                    "workspaceId": u.source.calendar.workspace_id,
+                    "calendarId": u.source.calendar.calendar_id,
+                    "sourceType": u.source.source_type,
+                    "sourceId": u.source.source_id,
+                    "eventType": u.event_type,
+                    "event": event,
+                })
+            }
+        }
+    }
+}
+
+/// Why a payload was rejected: the field (a JSON path) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct DecodeError {
+    /// The offending field, e.g. `payload.event.start`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl DecodeError {
+    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A JSON object being decoded, with its path for error messages.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    path: String,
+}
+
+impl<'a> Fields<'a> {
+    fn field(&self, name: &str) -> String {
+        format!("{}.{name}", self.path)
+    }
+
+    fn optional(&self, name: &str) -> Option<&'a Value> {
+        self.obj.get(name).filter(|v| !v.is_null())
+    }
+
+    fn optional_str(&self, name: &str) -> Result<Option<&'a str>, DecodeError> {
+        match self.optional(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(DecodeError::new(
+                self.field(name),
+                format!("must be a string, got {}", json_type(other)),
+            )),
+        }
+    }
+
+    fn required_str(&self, name: &str) -> Result<&'a str, DecodeError> {
+        let value = self
+            .optional_str(name)?
+            .ok_or_else(|| DecodeError::new(self.field(name), "is missing"))?;
+        if value.trim().is_empty() {
+            return Err(DecodeError::new(self.field(name), "must not be empty"));
+        }
+        Ok(value)
+    }
+
+    /// A required identifier: non-empty, bounded, free of control characters.
+    fn id(&self, name: &str, max_len: usize) -> Result<String, DecodeError> {
+        let value = self.required_str(name)?;
+        let len = value.chars().count();
+        if len > max_len {
+            return Err(DecodeError::new(
+                self.field(name),
+                format!("is {len} characters long; the limit is {max_len}"),
+            ));
+        }
+        if value.chars().any(char::is_control) {
+            return Err(DecodeError::new(
+                self.field(name),
+                "must not contain control characters",
+            ));
+        }
+        Ok(value.to_owned())
+    }
+
+    fn object(&self, name: &str) -> Result<Fields<'a>, DecodeError> {
+        match self.optional(name) {
+            None => Err(DecodeError::new(self.field(name), "is missing")),
+            Some(Value::Object(obj)) => Ok(Fields {
+                obj,
+                path: self.field(name),
+            }),
+            Some(other) => Err(DecodeError::new(
+                self.field(name),
+                format!("must be an object, got {}", json_type(other)),
+            )),
+        }
+    }
+
+    fn source(&self, calendar: CalendarKey) -> Result<SourceKey, DecodeError> {
+        Ok(SourceKey {
+            calendar,
+            source_type: self.id("sourceType", MAX_TYPE_LEN)?,
+            source_id: self.id("sourceId", MAX_ID_LEN)?,
+        })
+    }
+
+    fn event_details(&self) -> Result<EventDetails, DecodeError> {
+        let title = self.required_str("title")?.to_owned();
+        let description = self.optional_str("description")?.map(str::to_owned);
+        let is_all_day = match self.optional("isAllDay") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(DecodeError::new(
+                    self.field("isAllDay"),
+                    format!("must be a boolean, got {}", json_type(other)),
+                ));
+            }
+        };
+        let time_zone = match self.optional_str("timeZone")? {
+            None => None,
+            Some(tz) => {
+                chrono_tz::Tz::from_str(tz).map_err(|_| {
+                    DecodeError::new(
+                        self.field("timeZone"),
+                        format!("{} is not an IANA time zone", quote(tz)),
+                    )
+                })?;
+                Some(tz.to_owned())
+            }
+        };
+        let timing = if is_all_day {
+            let first_day = self.day("start")?;
+            let last_day = self.day("end")?;
+            if last_day.checked_add_days(chrono::Days::new(1)).is_none() {
+                return Err(DecodeError::new(self.field("end"), "date is out of range"));
+            }
+            if last_day < first_day {
+                return Err(DecodeError::new(
+                    self.field("end"),
+                    format!("{last_day} is before event.start {first_day}"),
+                ));
+            }
+            EventTiming::AllDay {
+                first_day,
+                last_day,
+            }
+        } else {
+            let start = self.timestamp("start")?;
+            let end = self.timestamp("end")?;
+            if end <= start {
+                return Err(DecodeError::new(
+                    self.field("end"),
+                    format!(
+                        "{} must be after event.start {}",
+                        end.to_rfc3339(),
+                        start.to_rfc3339()
+                    ),
+                ));
+            }
+            EventTiming::Timed { start, end }
+        };
+        Ok(EventDetails {
+            title,
+            description,
+            timing,
+            time_zone,
+        })
+    }
+
+    fn timestamp(&self, name: &str) -> Result<DateTime<FixedOffset>, DecodeError> {
+        let raw = self.required_str(name)?;
+        DateTime::parse_from_rfc3339(raw).map_err(|e| {
+            DecodeError::new(
+                self.field(name),
+                format!("{} is not an RFC 3339 timestamp ({e})", quote(raw)),
+            )
+        })
+    }
+
+    /// An all-day boundary: a date, or a timestamp whose date (as written) counts.
+    fn day(&self, name: &str) -> Result<NaiveDate, DecodeError> {
+        let raw = self.required_str(name)?;
+        if let Ok(day) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+            return Ok(day);
+        }
+        DateTime::parse_from_rfc3339(raw)
+            .map(|t| t.date_naive())
+            .map_err(|_| {
+                DecodeError::new(
+                    self.field(name),
+                    format!(
+                        "{} is neither a date (YYYY-MM-DD) nor an RFC 3339 timestamp",
+                        quote(raw)
+                    ),
+                )
+            })
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Quotes a producer's value for an error message, cut short so that a huge or
+/// hostile value cannot bloat `last_error`.
+fn quote(value: &str) -> String {
+    const MAX: usize = 64;
+    let mut shown: String = value.chars().take(MAX).collect();
+    if value.chars().count() > MAX {
+        shown.push('…');
+    }
+    format!("{shown:?}")
+}

@@ -1,0 +1,752 @@
+//! Every SQL statement the library runs. Each takes `&impl GenericClient`, so it
+//! runs on a pooled client, the worker's lock connection, or inside the caller's
+//! transaction. Values are always parameters.
+
+use serde_json::Value;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use crate::operation::{CalendarKey, Operation, SourceKey};
+
+/// First key of every advisory lock we take (`"csyn"`), so our locks cannot
+/// collide with the host application's own two-key advisory locks.
+pub const LOCK_NAMESPACE: i32 = 0x6373_796e;
+/// Second key of the claim mutex; row keys are 1..=i32::MAX.
+const CLAIM_MUTEX_KEY: i32 = 0;
+/// The channel the insert trigger notifies.
+pub const NOTIFY_CHANNEL: &str = "calendar_sync_outbox";
+
+/// The advisory-lock key of an outbox row: its insertion sequence folded into
+/// 1..=i32::MAX, so rows in flight (never 2^31 apart) never share a key.
+pub fn row_lock_key(seq: i64) -> i32 {
+    ((seq - 1).rem_euclid(i64::from(i32::MAX)) + 1) as i32
+}
+
+/// Writes an outbox row. Call it with the caller's transaction so the row
+/// commits (or not) together with the change it describes.
+pub async fn enqueue(
+    client: &impl GenericClient,
+    operation: &Operation,
+) -> Result<Uuid, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "INSERT INTO sync_outbox (operation, payload) VALUES ($1, $2) RETURNING id",
+            &[&operation.kind().as_str(), &operation.to_payload()],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// What the binding table says about a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The Google event id (persisted before the insert call).
+    pub google_event_id: String,
+    /// How many times this source's event has been cancelled and re-created.
+    pub generation: i32,
+    /// Where the binding stands.
+    pub state: BindingState,
+    /// Google's version tag of the last synced event.
+    pub etag: Option<String>,
+    /// SHA-256 of the content last synced.
+    pub content_hash: Option<String>,
+}
+
+/// The life cycle of a binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindingState {
+    /// The id is chosen and persisted; the insert is not yet confirmed.
+    Inserting,
+    /// The event exists in Google with the recorded content.
+    Live,
+    /// We deleted the event.
+    Cancelled,
+}
+
+impl BindingState {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Inserting => "INSERTING",
+            Self::Live => "LIVE",
+            Self::Cancelled => "CANCELLED",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "INSERTING" => Self::Inserting,
+            "LIVE" => Self::Live,
+            _ => Self::Cancelled,
+        }
+    }
+}
+
+/// A binding to write together with an item's completion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BindingWrite {
+    /// The source.
+    pub source: SourceKey,
+    /// Google event id.
+    pub google_event_id: String,
+    /// Generation of that id.
+    pub generation: i32,
+    /// New state.
+    pub state: BindingState,
+    /// Google's etag, when known.
+    pub etag: Option<String>,
+    /// Hash of the synced content (LIVE only).
+    pub content_hash: Option<String>,
+    /// The synced content (LIVE only), for REBUILD_ALL.
+    pub content: Option<Value>,
+    /// The application's event category.
+    pub event_type: Option<String>,
+}
+
+/// A row this worker claimed: locked, PROCESSING, with its claim token.
+#[derive(Debug, Clone)]
+pub struct ClaimedItem {
+    /// Row id.
+    pub id: Uuid,
+    /// Advisory-lock key held for the row.
+    pub lock_key: i32,
+    /// The `operation` column.
+    pub operation: String,
+    /// The raw payload.
+    pub payload: Value,
+    /// Attempts including this one.
+    pub attempts: i32,
+    /// Completion must present this token.
+    pub claim_token: Uuid,
+    /// The source's binding, read with the claim.
+    pub binding: Option<Binding>,
+}
+
+/// A candidate row judged by [`judge_candidates`].
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Row id.
+    pub id: Uuid,
+    /// Advisory-lock key.
+    pub lock_key: i32,
+    /// A newer item of the same source that makes this one unnecessary.
+    pub superseded_by: Option<Uuid>,
+}
+
+/// Serialises claims across all workers for the rest of the transaction, so
+/// ordering checks see every earlier claim.
+pub async fn take_claim_mutex(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "SELECT pg_advisory_xact_lock($1, $2)",
+            &[&LOCK_NAMESPACE, &CLAIM_MUTEX_KEY],
+        )
+        .await?;
+    Ok(())
+}
+
+/// The first `limit` due PENDING rows in insertion order that no earlier item
+/// holds back (per-source order, REBUILD_ALL fences), each either superseded by
+/// a newer item of its source or free to claim.
+pub async fn judge_candidates(
+    client: &impl GenericClient,
+    limit: i64,
+) -> Result<Vec<Candidate>, tokio_postgres::Error> {
+    let rows = client.query(JUDGE_CANDIDATES, &[&limit]).await?;
+    Ok(rows
+        .iter()
+        .map(|r| Candidate {
+            id: r.get("id"),
+            lock_key: row_lock_key(r.get("seq")),
+            superseded_by: r.get("superseded_by"),
+        })
+        .collect())
+}
+
+const JUDGE_CANDIDATES: &str = r#"
+-- judge_candidates: the first due rows, FIFO, that nothing earlier holds back
+-- (blocked rows are skipped, so they cannot starve other sources), each with
+-- the newer item of its source that supersedes it, if any.
+WITH cand AS MATERIALIZED (
+    SELECT c.id, c.seq, c.operation, c.workspace_id, c.calendar_id, c.source_type, c.source_id
+      FROM sync_outbox c
+     WHERE c.status = 'PENDING' AND c.next_attempt_at <= now()
+       AND NOT CASE
+           -- An item of a source waits while another item of that source is in
+           -- flight, and while an earlier REBUILD_ALL of its calendar is unfinished.
+           WHEN c.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT') THEN
+               EXISTS (
+                   SELECT 1 FROM sync_outbox p
+                    WHERE p.workspace_id = c.workspace_id AND p.calendar_id = c.calendar_id
+                      AND p.source_type = c.source_type AND p.source_id = c.source_id
+                      AND p.status = 'PROCESSING')
+               OR EXISTS (
+                   SELECT 1 FROM sync_outbox r
+                    WHERE r.operation = 'REBUILD_ALL' AND r.status IN ('PENDING', 'PROCESSING')
+                      AND r.workspace_id = c.workspace_id AND r.calendar_id = c.calendar_id
+                      AND r.seq < c.seq)
+           -- A REBUILD_ALL waits for everything of its calendar enqueued before it,
+           -- and runs alone.
+           WHEN c.operation = 'REBUILD_ALL' THEN
+               EXISTS (
+                   SELECT 1 FROM sync_outbox e
+                    WHERE e.workspace_id = c.workspace_id AND e.calendar_id = c.calendar_id
+                      AND e.status IN ('PENDING', 'PROCESSING')
+                      AND (e.seq < c.seq OR e.status = 'PROCESSING'))
+           ELSE false
+       END
+     ORDER BY c.seq
+     LIMIT $1
+)
+SELECT c.id, c.seq,
+       CASE WHEN c.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT') THEN (
+           SELECT n.id FROM sync_outbox n
+            WHERE n.workspace_id = c.workspace_id AND n.calendar_id = c.calendar_id
+              AND n.source_type = c.source_type AND n.source_id = c.source_id
+              AND n.status IN ('PENDING', 'PROCESSING', 'COMPLETED')
+              AND n.seq > c.seq
+              AND n.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
+              AND NOT EXISTS (
+                  SELECT 1 FROM sync_outbox r
+                   WHERE r.operation = 'REBUILD_ALL' AND r.status IN ('PENDING', 'PROCESSING')
+                     AND r.workspace_id = c.workspace_id AND r.calendar_id = c.calendar_id
+                     AND r.seq > c.seq AND r.seq < n.seq)
+            ORDER BY n.seq DESC
+            LIMIT 1)
+       END AS superseded_by
+  FROM cand c
+ ORDER BY c.seq
+"#;
+
+/// Tries to take the advisory lock of each key; returns the keys it got.
+/// The lock call sits in the select list of a plain `unnest`, so PostgreSQL
+/// evaluates it exactly once per key (no planner-multiplied, leaked locks).
+pub async fn try_lock_rows(
+    client: &impl GenericClient,
+    keys: &[i32],
+) -> Result<Vec<i32>, tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT k FROM (SELECT k, pg_try_advisory_lock($1, k) AS got FROM unnest($2::int4[]) AS k) t WHERE got",
+            &[&LOCK_NAMESPACE, &keys],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Releases row locks held by this session.
+pub async fn unlock_rows(
+    client: &impl GenericClient,
+    keys: &[i32],
+) -> Result<(), tokio_postgres::Error> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    client
+        .execute(
+            "SELECT count(*) FROM (SELECT pg_advisory_unlock($1, k) FROM unnest($2::int4[]) AS k) t",
+            &[&LOCK_NAMESPACE, &keys],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Marks superseded rows and claims the locked ones (PROCESSING, attempt
+/// counted now, new claim token), superseding older waiting items of each
+/// claimed source. Returns the claimed rows with their bindings, and how many
+/// waiting items the claimed rows superseded.
+pub async fn mark_claimed(
+    client: &impl GenericClient,
+    superseded: &[(Uuid, Uuid)],
+    claim: &[Uuid],
+) -> Result<(Vec<ClaimedItem>, u64), tokio_postgres::Error> {
+    let (sup_ids, sup_by): (Vec<Uuid>, Vec<Uuid>) = superseded.iter().copied().unzip();
+    let rows = client
+        .query(MARK_CLAIMED, &[&sup_ids, &sup_by, &claim])
+        .await?;
+    let stale = rows
+        .first()
+        .map_or(0, |r| r.get::<_, i64>("stale_count") as u64);
+    let items = rows
+        .iter()
+        .map(|r| {
+            let binding = r
+                .get::<_, Option<String>>("google_event_id")
+                .map(|google_event_id| Binding {
+                    google_event_id,
+                    generation: r.get("generation"),
+                    state: BindingState::parse(r.get("state")),
+                    etag: r.get("etag"),
+                    content_hash: r.get("content_hash"),
+                });
+            ClaimedItem {
+                id: r.get("id"),
+                lock_key: row_lock_key(r.get("seq")),
+                operation: r.get("operation"),
+                payload: r.get("payload"),
+                attempts: r.get("attempts"),
+                claim_token: r.get("claim_token"),
+                binding,
+            }
+        })
+        .collect();
+    Ok((items, stale))
+}
+
+const MARK_CLAIMED: &str = r#"
+-- mark_claimed: supersede, claim, and supersede what the claimed rows make stale.
+WITH sup AS (
+    UPDATE sync_outbox o
+       SET status = 'SUPERSEDED', superseded_by = s.by, claim_token = NULL,
+           updated_at = now(), processed_at = now()
+      FROM unnest($1::uuid[], $2::uuid[]) AS s(id, by)
+     WHERE o.id = s.id AND o.status = 'PENDING'
+),
+claimed AS (
+    UPDATE sync_outbox o
+       SET status = 'PROCESSING', attempts = o.attempts + 1,
+           claim_token = gen_random_uuid(), updated_at = now()
+     WHERE o.id = ANY ($3::uuid[]) AND o.status = 'PENDING'
+ RETURNING o.id, o.seq, o.operation, o.payload, o.attempts, o.claim_token,
+           o.workspace_id, o.calendar_id, o.source_type, o.source_id
+),
+stale AS (
+    UPDATE sync_outbox o
+       SET status = 'SUPERSEDED', superseded_by = c.id, claim_token = NULL,
+           updated_at = now(), processed_at = now()
+      FROM claimed c
+     WHERE c.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
+       AND o.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
+       AND o.status = 'PENDING'
+       AND o.id <> ALL ($1::uuid[])
+       AND o.workspace_id = c.workspace_id AND o.calendar_id = c.calendar_id
+       AND o.source_type = c.source_type AND o.source_id = c.source_id
+       AND o.seq < c.seq
+       AND NOT EXISTS (
+           SELECT 1 FROM sync_outbox r
+            WHERE r.operation = 'REBUILD_ALL' AND r.status IN ('PENDING', 'PROCESSING')
+              AND r.workspace_id = c.workspace_id AND r.calendar_id = c.calendar_id
+              AND r.seq > o.seq AND r.seq < c.seq)
+ RETURNING o.id
+)
+SELECT c.id, c.seq, c.operation, c.payload, c.attempts, c.claim_token,
+       (SELECT count(*) FROM stale) AS stale_count,
+       b.google_event_id, b.generation, b.state, b.etag, b.content_hash
+  FROM claimed c
+  LEFT JOIN calendar_event_bindings b
+    ON c.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
+   AND b.workspace_id = c.workspace_id AND b.calendar_id = c.calendar_id
+   AND b.source_type = c.source_type AND b.source_id = c.source_id
+ ORDER BY c.seq
+"#;
+
+/// A PROCESSING row whose advisory lock nobody holds: its worker died or lost
+/// its lock connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Orphan {
+    /// Row id.
+    pub id: Uuid,
+    /// Its lock key.
+    pub lock_key: i32,
+    /// The claim token it was left with.
+    pub claim_token: Option<Uuid>,
+}
+
+/// PROCESSING rows with no advisory lock held in this database.
+pub async fn find_orphans(
+    client: &impl GenericClient,
+) -> Result<Vec<Orphan>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            r#"
+-- find_orphans: in-flight rows whose lock vanished with their worker's connection.
+SELECT o.id, o.seq, o.claim_token
+  FROM sync_outbox o
+ WHERE o.status = 'PROCESSING'
+   AND NOT EXISTS (
+       SELECT 1 FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+          AND l.classid = $1::int4::oid
+          AND l.objid = ((o.seq - 1) % 2147483647 + 1)::int4::oid)
+"#,
+            &[&LOCK_NAMESPACE],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Orphan {
+            id: r.get("id"),
+            lock_key: row_lock_key(r.get("seq")),
+            claim_token: r.get("claim_token"),
+        })
+        .collect())
+}
+
+/// Puts orphans (whose locks the caller now holds) back to PENDING, or to
+/// DEAD_LETTER when they have used up their attempts: an item that kills its
+/// worker every time must not loop forever. Returns (requeued, dead-lettered).
+pub async fn recover_orphans(
+    client: &impl GenericClient,
+    orphans: &[Orphan],
+    max_attempts: i32,
+) -> Result<(u64, u64), tokio_postgres::Error> {
+    let ids: Vec<Uuid> = orphans.iter().map(|o| o.id).collect();
+    let tokens: Vec<Option<Uuid>> = orphans.iter().map(|o| o.claim_token).collect();
+    let rows = client
+        .query(
+            r#"
+-- recover_orphans: conditional on the claim token we saw, so a late finisher wins.
+UPDATE sync_outbox o
+   SET status = CASE WHEN o.attempts >= $3 THEN 'DEAD_LETTER' ELSE 'PENDING' END,
+       last_error = CASE WHEN o.attempts >= $3
+           THEN '[worker_lost] the worker stopped during each of ' || o.attempts || ' attempts (crash or lost database connection)'
+           ELSE '[worker_lost] the worker stopped during attempt ' || o.attempts || ' (crash or lost database connection)'
+       END,
+       next_attempt_at = now(), claim_token = NULL, updated_at = now()
+  FROM unnest($1::uuid[], $2::uuid[]) AS x(id, token)
+ WHERE o.id = x.id AND o.status = 'PROCESSING' AND o.claim_token IS NOT DISTINCT FROM x.token
+RETURNING o.status
+"#,
+            &[&ids, &tokens, &max_attempts],
+        )
+        .await?;
+    let dead = rows
+        .iter()
+        .filter(|r| r.get::<_, &str>(0) == "DEAD_LETTER")
+        .count() as u64;
+    Ok((rows.len() as u64 - dead, dead))
+}
+
+/// Records a successful item, with its binding, in one atomic statement.
+/// Returns false when the claim was lost (another worker owns the row now).
+pub async fn complete(
+    client: &impl GenericClient,
+    item: &ClaimedItem,
+    binding: Option<&BindingWrite>,
+    result: Option<&Value>,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = match binding {
+        None => {
+            client
+                .execute(
+                    "UPDATE sync_outbox SET status = 'COMPLETED', processed_at = now(), updated_at = now(),
+                            last_error = NULL, claim_token = NULL, result = $3
+                      WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'",
+                    &[&item.id, &item.claim_token, &result],
+                )
+                .await?
+        }
+        Some(b) => {
+            client
+                .query_one(
+                    COMPLETE_WITH_BINDING,
+                    &[
+                        &item.id,
+                        &item.claim_token,
+                        &result,
+                        &b.source.calendar.workspace_id,
+                        &b.source.calendar.calendar_id,
+                        &b.source.source_type,
+                        &b.source.source_id,
+                        &b.google_event_id,
+                        &b.generation,
+                        &b.state.as_str(),
+                        &b.etag,
+                        &b.content_hash,
+                        &b.content,
+                        &b.event_type,
+                    ],
+                )
+                .await?
+                .get::<_, i64>(0) as u64
+        }
+    };
+    Ok(n == 1)
+}
+
+const COMPLETE_WITH_BINDING: &str = r#"
+-- complete_with_binding: the binding is written only if the claim still holds.
+WITH done AS (
+    UPDATE sync_outbox
+       SET status = 'COMPLETED', processed_at = now(), updated_at = now(),
+           last_error = NULL, claim_token = NULL, result = $3
+     WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+ RETURNING id
+),
+bind AS (
+    INSERT INTO calendar_event_bindings AS b
+           (workspace_id, calendar_id, source_type, source_id, google_event_id, generation,
+            state, etag, content_hash, content, event_type, last_outbox_id)
+    SELECT $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, done.id FROM done
+    ON CONFLICT (workspace_id, calendar_id, source_type, source_id) DO UPDATE
+       SET google_event_id = excluded.google_event_id, generation = excluded.generation,
+           state = excluded.state, etag = excluded.etag,
+           content_hash = excluded.content_hash,
+           content = coalesce(excluded.content, b.content),
+           event_type = coalesce(excluded.event_type, b.event_type),
+           last_outbox_id = excluded.last_outbox_id, updated_at = now()
+)
+SELECT count(*) FROM done
+"#;
+
+/// Writes a binding while the claim still holds (returns false if it was
+/// lost). Used to persist the id about to be inserted (state INSERTING) before
+/// calling Google, so a crash between Google's answer and our write cannot lead
+/// to a second event; and by REBUILD_ALL for each source it repairs.
+pub async fn put_binding(
+    client: &impl GenericClient,
+    item: &ClaimedItem,
+    binding: &BindingWrite,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            r#"
+-- put_binding
+INSERT INTO calendar_event_bindings AS b
+       (workspace_id, calendar_id, source_type, source_id, google_event_id, generation,
+        state, etag, content_hash, content, event_type, last_outbox_id)
+SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, o.id
+  FROM sync_outbox o
+ WHERE o.id = $1 AND o.claim_token = $2 AND o.status = 'PROCESSING'
+ON CONFLICT (workspace_id, calendar_id, source_type, source_id) DO UPDATE
+   SET google_event_id = excluded.google_event_id, generation = excluded.generation,
+       state = excluded.state, etag = excluded.etag, content_hash = excluded.content_hash,
+       content = coalesce(excluded.content, b.content),
+       event_type = coalesce(excluded.event_type, b.event_type),
+       last_outbox_id = excluded.last_outbox_id, updated_at = now()
+"#,
+            &[
+                &item.id,
+                &item.claim_token,
+                &binding.source.calendar.workspace_id,
+                &binding.source.calendar.calendar_id,
+                &binding.source.source_type,
+                &binding.source.source_id,
+                &binding.google_event_id,
+                &binding.generation,
+                &binding.state.as_str(),
+                &binding.etag,
+                &binding.content_hash,
+                &binding.content,
+                &binding.event_type,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// A binding row as REBUILD_ALL reads it.
+#[derive(Debug, Clone)]
+pub struct StoredBinding {
+    /// The source.
+    pub source: SourceKey,
+    /// Binding state and ids.
+    pub binding: Binding,
+    /// Last synced content.
+    pub content: Option<Value>,
+    /// The application's event category.
+    pub event_type: Option<String>,
+}
+
+/// Every binding of one (workspace, calendar).
+pub async fn bindings_of_calendar(
+    client: &impl GenericClient,
+    calendar: &CalendarKey,
+) -> Result<Vec<StoredBinding>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT source_type, source_id, google_event_id, generation, state, etag, content_hash,
+                    content, event_type
+               FROM calendar_event_bindings
+              WHERE workspace_id = $1 AND calendar_id = $2
+              ORDER BY source_type, source_id",
+            &[&calendar.workspace_id, &calendar.calendar_id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| StoredBinding {
+            source: SourceKey {
+                calendar: calendar.clone(),
+                source_type: r.get("source_type"),
+                source_id: r.get("source_id"),
+            },
+            binding: Binding {
+                google_event_id: r.get("google_event_id"),
+                generation: r.get("generation"),
+                state: BindingState::parse(r.get("state")),
+                etag: r.get("etag"),
+                content_hash: r.get("content_hash"),
+            },
+            content: r.get("content"),
+            event_type: r.get("event_type"),
+        })
+        .collect())
+}
+
+/// The outcome of a failed attempt, as stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureStatus {
+    /// Will be retried.
+    Pending,
+    /// Given up.
+    DeadLetter,
+    /// The claim was lost; nothing was written.
+    ClaimLost,
+}
+
+/// Schedules a retry `delay_secs` from now (database clock), or dead-letters
+/// the row when this was its last allowed attempt.
+pub async fn fail_retryable(
+    client: &impl GenericClient,
+    item: &ClaimedItem,
+    max_attempts: i32,
+    delay_secs: f64,
+    error: &str,
+) -> Result<FailureStatus, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            r#"
+-- fail_retryable
+UPDATE sync_outbox
+   SET status = CASE WHEN attempts >= $3 THEN 'DEAD_LETTER' ELSE 'PENDING' END,
+       last_error = CASE WHEN attempts >= $3
+           THEN $5 || ' (gave up after ' || attempts || ' attempts)' ELSE $5 END,
+       next_attempt_at = now() + make_interval(secs => $4),
+       claim_token = NULL, updated_at = now()
+ WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+RETURNING status
+"#,
+            &[
+                &item.id,
+                &item.claim_token,
+                &max_attempts,
+                &delay_secs,
+                &error,
+            ],
+        )
+        .await?;
+    Ok(failure_status(row))
+}
+
+/// Puts the row back to wait `delay_secs` without counting the attempt: the
+/// failure was not the item's (usage-limit pause, shutdown).
+pub async fn defer(
+    client: &impl GenericClient,
+    item: &ClaimedItem,
+    delay_secs: f64,
+    error: &str,
+) -> Result<FailureStatus, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            r#"
+-- defer
+UPDATE sync_outbox
+   SET status = 'PENDING', attempts = greatest(attempts - 1, 0), last_error = $4,
+       next_attempt_at = now() + make_interval(secs => $3),
+       claim_token = NULL, updated_at = now()
+ WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+RETURNING status
+"#,
+            &[&item.id, &item.claim_token, &delay_secs, &error],
+        )
+        .await?;
+    Ok(failure_status(row))
+}
+
+/// Dead-letters the row at once.
+pub async fn dead_letter(
+    client: &impl GenericClient,
+    item: &ClaimedItem,
+    error: &str,
+) -> Result<FailureStatus, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "UPDATE sync_outbox SET status = 'DEAD_LETTER', last_error = $3, claim_token = NULL, updated_at = now()
+              WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+             RETURNING status",
+            &[&item.id, &item.claim_token, &error],
+        )
+        .await?;
+    Ok(failure_status(row))
+}
+
+/// Dead-letters the row, marks the workspace's Google connection invalid, and
+/// dead-letters the workspace's other waiting items: none of them can succeed
+/// until the connection is re-authorised. Returns how many others it moved.
+pub async fn invalidate_connection(
+    client: &impl GenericClient,
+    item: &ClaimedItem,
+    workspace_id: &str,
+    error: &str,
+) -> Result<(FailureStatus, u64), tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            r#"
+-- invalidate_connection
+WITH this AS (
+    UPDATE sync_outbox SET status = 'DEAD_LETTER', last_error = $4, claim_token = NULL, updated_at = now()
+     WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+ RETURNING id
+),
+conn AS (
+    UPDATE google_connections SET is_valid = false, invalid_reason = $4, updated_at = now()
+     WHERE workspace_id = $3 AND is_valid AND EXISTS (SELECT 1 FROM this)
+),
+others AS (
+    UPDATE sync_outbox SET status = 'DEAD_LETTER', claim_token = NULL, updated_at = now(),
+           last_error = '[connection_invalid] connection invalid: ' || $4
+     WHERE workspace_id = $3 AND status = 'PENDING' AND id <> $1 AND EXISTS (SELECT 1 FROM this)
+ RETURNING id
+)
+SELECT (SELECT count(*) FROM this), (SELECT count(*) FROM others)
+"#,
+            &[&item.id, &item.claim_token, &workspace_id, &error],
+        )
+        .await?;
+    let status = if row.get::<_, i64>(0) == 1 {
+        FailureStatus::DeadLetter
+    } else {
+        FailureStatus::ClaimLost
+    };
+    Ok((status, row.get::<_, i64>(1) as u64))
+}
+
+fn failure_status(row: Option<tokio_postgres::Row>) -> FailureStatus {
+    match row {
+        None => FailureStatus::ClaimLost,
+        Some(r) if r.get::<_, &str>(0) == "DEAD_LETTER" => FailureStatus::DeadLetter,
+        Some(_) => FailureStatus::Pending,
+    }
+}
+
+/// Moves DEAD_LETTER rows back to PENDING with attempts reset: the given ids,
+/// or every dead letter (optionally of one workspace) when `ids` is `None`.
+pub async fn requeue_dead_letters(
+    client: &impl GenericClient,
+    ids: Option<&[Uuid]>,
+    workspace_id: Option<&str>,
+) -> Result<u64, tokio_postgres::Error> {
+    let ids: Option<Vec<Uuid>> = ids.map(<[Uuid]>::to_vec);
+    let row = client
+        .query_one(
+            "SELECT requeue_dead_letter_items($1, $2)",
+            &[&ids, &workspace_id],
+        )
+        .await?;
+    Ok(row.get::<_, i32>(0) as u64)
+}
+
+/// Deletes finished rows older than `days` days; returns how many.
+pub async fn cleanup_old_items(
+    client: &impl GenericClient,
+    days: i32,
+) -> Result<u64, tokio_postgres::Error> {
+    let row = client
+        .query_one("SELECT cleanup_old_outbox_items($1)", &[&days])
+        .await?;
+    Ok(row.get::<_, i32>(0) as u64)
+}

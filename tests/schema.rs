@@ -1,0 +1,201 @@
+//! The schema and the operator functions, in plain SQL.
+
+use calendar_sync::{CalendarKey, Operation, SourceKey, enqueue};
+use calendar_sync_tests::{TestDb, cancel, upsert};
+
+#[tokio::test]
+async fn migrations_rerun_cleanly_and_concurrently() {
+    let t = TestDb::new().await;
+    let (a, b) = tokio::join!(calendar_sync::migrate(&t.db), calendar_sync::migrate(&t.db));
+    assert_eq!(
+        a.unwrap() + b.unwrap(),
+        0,
+        "already migrated: nothing to apply"
+    );
+    let applied: i64 = t
+        .client()
+        .await
+        .query_one("SELECT count(*) FROM calendar_sync_migrations", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(applied as usize, calendar_sync::known_migrations());
+}
+
+#[tokio::test]
+async fn producer_writes_only_operation_and_payload() {
+    let t = TestDb::new().await;
+    let id = t
+        .insert("UPSERT_EVENT", upsert("w1", "cal", "s1", "Hello"))
+        .await;
+    let row = t
+        .client()
+        .await
+        .query_one(
+            "SELECT status, attempts, next_attempt_at <= now(), workspace_id, calendar_id, source_type, source_id, seq
+               FROM sync_outbox WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, &str>(0), "PENDING");
+    assert_eq!(row.get::<_, i32>(1), 0);
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, Option<&str>>(3), Some("w1"));
+    assert_eq!(row.get::<_, Option<&str>>(4), Some("cal"));
+    assert_eq!(row.get::<_, Option<&str>>(5), Some("task"));
+    assert_eq!(row.get::<_, Option<&str>>(6), Some("s1"));
+}
+
+#[tokio::test]
+async fn enqueue_rides_the_callers_transaction() {
+    let t = TestDb::new().await;
+    let mut client = t.client().await;
+    let source = SourceKey {
+        calendar: CalendarKey {
+            workspace_id: "w1".into(),
+            calendar_id: "cal".into(),
+        },
+        source_type: "task".into(),
+        source_id: "s1".into(),
+    };
+    let tx = client.transaction().await.unwrap();
+    enqueue(&tx, &Operation::CancelEvent(source.clone()))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(
+        t.counts().await.values().sum::<i64>(),
+        0,
+        "rolled back with the caller"
+    );
+
+    let tx = client.transaction().await.unwrap();
+    let first = enqueue(&tx, &Operation::CancelEvent(source.clone()))
+        .await
+        .unwrap();
+    let second = enqueue(&tx, &Operation::RebuildAll(source.calendar.clone()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let order: Vec<uuid::Uuid> = client
+        .query("SELECT id FROM sync_outbox ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        order,
+        [first, second],
+        "same now(), insertion order kept by seq"
+    );
+}
+
+#[tokio::test]
+async fn cleanup_deletes_only_old_finished_rows() {
+    let t = TestDb::new().await;
+    let client = t.client().await;
+    for status in [
+        "COMPLETED",
+        "DEAD_LETTER",
+        "SUPERSEDED",
+        "PENDING",
+        "PROCESSING",
+    ] {
+        for age_days in [40, 1] {
+            let id = t.insert("CANCEL_EVENT", cancel("w1", "cal", status)).await;
+            client
+                .execute(
+                    "UPDATE sync_outbox SET status = $2, updated_at = now() - make_interval(days => $3) WHERE id = $1",
+                    &[&id, &status, &age_days],
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let deleted: i32 = client
+        .query_one("SELECT cleanup_old_outbox_items(30)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(deleted, 3, "old COMPLETED, DEAD_LETTER and SUPERSEDED");
+    let counts = t.counts().await;
+    assert_eq!(counts["PENDING"], 2, "never PENDING");
+    assert_eq!(counts["PROCESSING"], 2, "never PROCESSING");
+    assert_eq!(counts["COMPLETED"], 1);
+    assert_eq!(calendar_sync::cleanup(&t.db, 0).await.unwrap(), 3);
+    let err = client
+        .query_one("SELECT cleanup_old_outbox_items(-1)", &[])
+        .await;
+    assert!(err.is_err(), "negative days are refused");
+}
+
+#[tokio::test]
+async fn monitoring_views_answer_in_plain_sql() {
+    let t = TestDb::new().await;
+    t.insert("CANCEL_EVENT", cancel("w1", "cal", "a")).await;
+    let dead = t.insert("CANCEL_EVENT", cancel("w1", "cal", "b")).await;
+    let client = t.client().await;
+    client
+        .execute(
+            "UPDATE sync_outbox SET status = 'DEAD_LETTER', last_error = '[x] boom' WHERE id = $1",
+            &[&dead],
+        )
+        .await
+        .unwrap();
+    let rows = client
+        .query(
+            "SELECT status, items FROM sync_outbox_status ORDER BY status",
+            &[],
+        )
+        .await
+        .unwrap();
+    let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(
+        got,
+        [("DEAD_LETTER".to_owned(), 1), ("PENDING".to_owned(), 1)]
+    );
+    let dl = client
+        .query_one("SELECT id, last_error FROM sync_outbox_dead_letters", &[])
+        .await
+        .unwrap();
+    assert_eq!(dl.get::<_, uuid::Uuid>(0), dead);
+    let age: f64 = client
+        .query_one("SELECT age_seconds FROM sync_outbox_oldest_pending", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(age >= 0.0);
+}
+
+#[tokio::test]
+async fn claim_plan_reads_only_pending_rows() {
+    let t = TestDb::new().await;
+    let client = t.client().await;
+    client
+        .batch_execute(
+            "INSERT INTO sync_outbox (operation, payload, status)
+             SELECT 'CANCEL_EVENT', jsonb_build_object('workspaceId', 'w', 'calendarId', 'c',
+                    'sourceType', 't', 'sourceId', g::text), 'COMPLETED'
+               FROM generate_series(1, 20000) g;
+             ANALYZE sync_outbox;",
+        )
+        .await
+        .unwrap();
+    let plan: Vec<String> = client
+        .query(
+            "EXPLAIN SELECT id FROM sync_outbox WHERE status = 'PENDING' AND next_attempt_at <= now() ORDER BY seq LIMIT 10",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("sync_outbox_pending_idx"),
+        "claim uses the partial index:\n{plan}"
+    );
+}
