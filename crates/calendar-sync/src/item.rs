@@ -151,7 +151,10 @@ async fn record_once<C: Calendar>(
                 0,
             ),
             ErrorClass::Paused => {
-                let pause = config.usage_limit_pause.as_secs_f64();
+                let pause = error
+                    .retry_after
+                    .unwrap_or(config.usage_limit_pause)
+                    .as_secs_f64();
                 match store::defer(client, item, pause, &error.to_string()).await? {
                     FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
                     _ => ItemOutcome::Deferred,

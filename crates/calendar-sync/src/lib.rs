@@ -65,33 +65,40 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod auth;
 mod backoff;
 mod calendar;
 mod config;
+pub mod crypto;
 mod db;
 mod drain;
 mod error;
+mod google;
 mod item;
+mod limits;
 mod migrate;
 pub mod operation;
 mod rebuild;
 pub mod store;
 mod sync;
 
+pub use auth::OAuthConfig;
 pub use backoff::retry_delay;
 pub use calendar::{
     Calendar, CalendarError, CalendarErrorKind, ErrorClass, EventBody, EventPage, EventTime,
     PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
 };
 pub use config::DrainerConfig;
+pub use crypto::TokenCipher;
 pub use db::Database;
 pub use drain::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
+pub use google::{DEFAULT_CALENDAR_API_URL, DEFAULT_TOKEN_URL, GoogleCalendar, GoogleConfig};
 pub use migrate::{MIGRATION_TABLE, known_migrations, migrate};
 pub use operation::{
     CalendarKey, EventDetails, EventTiming, Operation, OperationKind, SourceKey, UpsertEvent,
 };
-pub use store::{enqueue, row_lock_key};
+pub use store::{ConnectionInfo, enqueue, row_lock_key};
 pub use sync::{content_hash, event_body, event_id};
 
 /// Moves DEAD_LETTER rows back to PENDING with attempts reset: the given ids,
@@ -109,4 +116,28 @@ pub async fn requeue(
 /// `days` days; returns how many were deleted.
 pub async fn cleanup(db: &Database, days: i32) -> Result<u64, Error> {
     Ok(store::cleanup_old_items(&**db.pool().get().await?, days).await?)
+}
+
+/// Stores a workspace's Google connection: encrypts the refresh token, upserts
+/// the row, and marks it valid (re-authorising an invalid connection).
+pub async fn put_connection(
+    db: &Database,
+    cipher: &TokenCipher,
+    workspace_id: &str,
+    google_email: &str,
+    refresh_token: &secrecy::SecretString,
+) -> Result<(), Error> {
+    let sealed = cipher.encrypt(workspace_id, refresh_token);
+    Ok(store::put_connection(
+        &**db.pool().get().await?,
+        workspace_id,
+        google_email,
+        &sealed,
+    )
+    .await?)
+}
+
+/// Every stored connection and its validity; never a token.
+pub async fn list_connections(db: &Database) -> Result<Vec<ConnectionInfo>, Error> {
+    Ok(store::list_connections(&**db.pool().get().await?).await?)
 }

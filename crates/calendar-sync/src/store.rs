@@ -750,3 +750,140 @@ pub async fn cleanup_old_items(
         .await?;
     Ok(row.get::<_, i32>(0) as u64)
 }
+
+/// A stored Google connection, as the token refresher reads it.
+#[derive(Clone)]
+pub struct ConnectionRow {
+    /// The Google account.
+    pub google_email: String,
+    /// The encrypted refresh token (an envelope, never plaintext).
+    pub refresh_token_encrypted: String,
+    /// False once Google refused the grant; set back by storing a new token.
+    pub is_valid: bool,
+    /// Why it is invalid.
+    pub invalid_reason: Option<String>,
+}
+
+impl std::fmt::Debug for ConnectionRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionRow")
+            .field("google_email", &self.google_email)
+            .field("is_valid", &self.is_valid)
+            .field("invalid_reason", &self.invalid_reason)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The workspace's connection, if one is stored.
+pub async fn connection(
+    client: &impl GenericClient,
+    workspace_id: &str,
+) -> Result<Option<ConnectionRow>, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            "SELECT google_email, refresh_token_encrypted, is_valid, invalid_reason
+               FROM google_connections WHERE workspace_id = $1",
+            &[&workspace_id],
+        )
+        .await?;
+    Ok(row.map(|r| ConnectionRow {
+        google_email: r.get(0),
+        refresh_token_encrypted: r.get(1),
+        is_valid: r.get(2),
+        invalid_reason: r.get(3),
+    }))
+}
+
+/// Stores (or replaces) a workspace's connection and marks it valid.
+pub async fn put_connection(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    google_email: &str,
+    refresh_token_encrypted: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "INSERT INTO google_connections (workspace_id, google_email, refresh_token_encrypted)
+             VALUES ($1, $2, $3)
+             ON CONFLICT (workspace_id) DO UPDATE
+                SET google_email = excluded.google_email,
+                    refresh_token_encrypted = excluded.refresh_token_encrypted,
+                    is_valid = true, invalid_reason = NULL, paused_until = NULL, updated_at = now()",
+            &[&workspace_id, &google_email, &refresh_token_encrypted],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Replaces the stored refresh token after Google rotated it, unless someone
+/// stored a different one meanwhile.
+pub async fn replace_refresh_token(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    old_envelope: &str,
+    new_envelope: &str,
+) -> Result<bool, tokio_postgres::Error> {
+    let n = client
+        .execute(
+            "UPDATE google_connections SET refresh_token_encrypted = $3, updated_at = now()
+              WHERE workspace_id = $1 AND refresh_token_encrypted = $2",
+            &[&workspace_id, &old_envelope, &new_envelope],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Records that Google's usage limits made the workspace's calendar read-only.
+pub async fn pause_connection(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    pause_secs: f64,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE google_connections SET paused_until = now() + make_interval(secs => $2), updated_at = now()
+              WHERE workspace_id = $1",
+            &[&workspace_id, &pause_secs],
+        )
+        .await?;
+    Ok(())
+}
+
+/// A connection as operators see it: never the token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The workspace.
+    pub workspace_id: String,
+    /// The Google account.
+    pub google_email: String,
+    /// Whether the grant is usable.
+    pub is_valid: bool,
+    /// Why not.
+    pub invalid_reason: Option<String>,
+    /// Whether Google's usage limits pause it now.
+    pub paused: bool,
+}
+
+/// Every stored connection, without tokens.
+pub async fn list_connections(
+    client: &impl GenericClient,
+) -> Result<Vec<ConnectionInfo>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT workspace_id, google_email, is_valid, invalid_reason,
+                    coalesce(paused_until > now(), false)
+               FROM google_connections ORDER BY workspace_id",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ConnectionInfo {
+            workspace_id: r.get(0),
+            google_email: r.get(1),
+            is_valid: r.get(2),
+            invalid_reason: r.get(3),
+            paused: r.get(4),
+        })
+        .collect())
+}

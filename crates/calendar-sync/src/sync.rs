@@ -113,7 +113,8 @@ pub fn event_body(upsert: &UpsertEvent) -> EventBody {
     };
     EventBody {
         summary: event.title.clone(),
-        description: event.description.clone(),
+        // Google drops an empty description; so do we, or it would always look drifted.
+        description: event.description.clone().filter(|d| !d.is_empty()),
         start,
         end,
         private_properties: source_properties(&upsert.source, Some(&upsert.event_type)),

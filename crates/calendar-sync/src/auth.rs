@@ -1,0 +1,285 @@
+//! OAuth access tokens per workspace: refreshed from the stored (encrypted)
+//! refresh token through Google's token endpoint, cached in memory until
+//! shortly before expiry, one refresh at a time per connection.
+//!
+//! Why the `oauth2` crate and not yup-oauth2: yup-oauth2's authenticator falls
+//! back to an interactive flow when a refresh fails, hard-codes the token URI of
+//! its authorized-user flow, and logs refresh requests (refresh token and client
+//! secret in the body) at debug level. `oauth2` does the refresh grant with a
+//! configurable token URL, typed RFC 6749 errors, and no logging of its own.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Pool;
+use oauth2::basic::{BasicClient, BasicErrorResponseType};
+use oauth2::{
+    AsyncHttpClient, AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
+    HttpClientError, HttpRequest, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
+};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::calendar::{CalendarError, CalendarErrorKind};
+use crate::crypto::TokenCipher;
+use crate::store;
+
+/// Refresh this long before Google says the token expires.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// Google's usual lifetime, when the response omits `expires_in`.
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3599);
+
+type OAuthClient =
+    BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
+
+/// The application's OAuth client, as registered with Google.
+#[derive(Clone)]
+pub struct OAuthConfig {
+    /// `GOOGLE_CLIENT_ID`.
+    pub client_id: String,
+    /// `GOOGLE_CLIENT_SECRET`.
+    pub client_secret: SecretString,
+    /// `GOOGLE_OAUTH_TOKEN_URL`; default `https://oauth2.googleapis.com/token`.
+    pub token_url: String,
+}
+
+impl std::fmt::Debug for OAuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OAuthConfig")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .field("token_url", &self.token_url)
+            .finish()
+    }
+}
+
+struct Cached {
+    token: SecretString,
+    expires_at: Instant,
+}
+
+/// Access tokens of every workspace this process serves.
+pub(crate) struct Tokens {
+    oauth: OAuthClient,
+    http: reqwest::Client,
+    pool: Pool,
+    cipher: TokenCipher,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    refreshes: AtomicU64,
+}
+
+impl Tokens {
+    pub fn new(
+        config: &OAuthConfig,
+        pool: Pool,
+        cipher: TokenCipher,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let token_url = TokenUrl::new(config.token_url.clone())
+            .map_err(|e| format!("GOOGLE_OAUTH_TOKEN_URL is not a URL: {e}"))?;
+        let oauth = BasicClient::new(ClientId::new(config.client_id.clone()))
+            .set_client_secret(ClientSecret::new(
+                config.client_secret.expose_secret().to_owned(),
+            ))
+            .set_auth_type(AuthType::RequestBody)
+            .set_token_uri(token_url);
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| format!("cannot build the OAuth HTTP client: {e}"))?;
+        Ok(Self {
+            oauth,
+            http,
+            pool,
+            cipher,
+            slots: Mutex::new(HashMap::new()),
+            refreshes: AtomicU64::new(0),
+        })
+    }
+
+    /// How many refresh requests this process has sent.
+    pub fn refresh_count(&self) -> u64 {
+        self.refreshes.load(Ordering::Relaxed)
+    }
+
+    fn slot(&self, workspace_id: &str) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+        let mut slots = self.slots.lock().expect("token slots");
+        slots.entry(workspace_id.to_owned()).or_default().clone()
+    }
+
+    /// A usable access token. Concurrent callers of one workspace share one
+    /// refresh: they wait on the workspace's slot while the first refreshes.
+    pub async fn access_token(&self, workspace_id: &str) -> Result<SecretString, CalendarError> {
+        let slot = self.slot(workspace_id);
+        let mut cached = slot.lock().await;
+        if let Some(c) = cached.as_ref()
+            && c.expires_at > Instant::now() + EXPIRY_MARGIN
+        {
+            return Ok(c.token.clone());
+        }
+        let fresh = self.refresh(workspace_id).await?;
+        let token = fresh.token.clone();
+        *cached = Some(fresh);
+        Ok(token)
+    }
+
+    /// Drops `stale` from the cache (after Google answered 401 to it), unless
+    /// another caller already replaced it.
+    pub async fn forget(&self, workspace_id: &str, stale: &SecretString) {
+        let slot = self.slot(workspace_id);
+        let mut cached = slot.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|c| c.token.expose_secret() == stale.expose_secret())
+        {
+            *cached = None;
+        }
+    }
+
+    /// Drops whatever is cached, so the next call reads the connection again.
+    pub async fn forget_all(&self, workspace_id: &str) {
+        *self.slot(workspace_id).lock().await = None;
+    }
+
+    async fn refresh(&self, workspace_id: &str) -> Result<Cached, CalendarError> {
+        let client = self.pool.get().await.map_err(database)?;
+        let connection = store::connection(&**client, workspace_id)
+            .await
+            .map_err(database)?
+            .ok_or_else(|| {
+                invalid(
+                    "no_connection",
+                    "no Google connection is stored for this workspace".into(),
+                )
+            })?;
+        if !connection.is_valid {
+            let reason = connection
+                .invalid_reason
+                .unwrap_or_else(|| "marked invalid".into());
+            return Err(invalid(
+                "connection_invalid",
+                format!("connection invalid: {reason}"),
+            ));
+        }
+        let refresh_token = self
+            .cipher
+            .decrypt(workspace_id, &connection.refresh_token_encrypted)
+            .map_err(|e| {
+                invalid(
+                    "token_undecryptable",
+                    format!("the stored refresh token cannot be used: {e}"),
+                )
+            })?;
+        self.refreshes.fetch_add(1, Ordering::Relaxed);
+        let http = StatusRecorder {
+            inner: self.http.clone(),
+            status: AtomicU16::new(0),
+        };
+        let response = self
+            .oauth
+            .exchange_refresh_token(&RefreshToken::new(refresh_token.expose_secret().to_owned()))
+            .request_async(&http)
+            .await
+            .map_err(|e| classify_token_error(e, http.status.load(Ordering::Relaxed)))?;
+        if let Some(rotated) = response.refresh_token() {
+            let sealed = self.cipher.encrypt(
+                workspace_id,
+                &SecretString::from(rotated.secret().to_owned()),
+            );
+            store::replace_refresh_token(
+                &**client,
+                workspace_id,
+                &connection.refresh_token_encrypted,
+                &sealed,
+            )
+            .await
+            .map_err(database)?;
+            tracing::info!(
+                workspace_id,
+                "Google rotated the refresh token; stored the new one"
+            );
+        }
+        let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
+        Ok(Cached {
+            token: SecretString::from(response.access_token().secret().to_owned()),
+            expires_at: Instant::now() + lifetime,
+        })
+    }
+}
+
+/// Sends token requests through reqwest and remembers the HTTP status, which
+/// the classification needs (5xx and 429 are retryable).
+struct StatusRecorder {
+    inner: reqwest::Client,
+    status: AtomicU16,
+}
+
+impl<'c> AsyncHttpClient<'c> for StatusRecorder {
+    type Error = HttpClientError<reqwest::Error>;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<oauth2::HttpResponse, Self::Error>> + Send + Sync + 'c>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(async move {
+            let response = self.inner.call(request).await?;
+            self.status
+                .store(response.status().as_u16(), Ordering::Relaxed);
+            Ok(response)
+        })
+    }
+}
+
+fn database(e: impl std::fmt::Display) -> CalendarError {
+    CalendarError::new(CalendarErrorKind::Transient, "database", e.to_string())
+}
+
+fn invalid(code: &str, message: String) -> CalendarError {
+    CalendarError::new(CalendarErrorKind::ConnectionInvalid, code, message)
+}
+
+/// Token endpoint failures: `invalid_grant`, `invalid_client` and
+/// `unauthorized_client` make the connection invalid; 5xx, 408, 429, Google's
+/// transient error codes and network failures are retried.
+fn classify_token_error<RE: std::error::Error + 'static>(
+    error: RequestTokenError<RE, oauth2::basic::BasicErrorResponse>,
+    status: u16,
+) -> CalendarError {
+    let retryable_status = status >= 500 || status == 408 || status == 429;
+    match error {
+        RequestTokenError::ServerResponse(response) => {
+            let code = response.error().as_ref().to_owned();
+            let description = response.error_description().cloned().unwrap_or_default();
+            let message = format!("token endpoint answered {status} {code}: {description}");
+            let fatal = matches!(
+                response.error(),
+                BasicErrorResponseType::InvalidGrant
+                    | BasicErrorResponseType::InvalidClient
+                    | BasicErrorResponseType::UnauthorizedClient
+            );
+            if fatal && !retryable_status {
+                invalid(&format!("oauth_{code}"), message)
+            } else {
+                CalendarError::new(
+                    CalendarErrorKind::Transient,
+                    format!("oauth_{status}"),
+                    message,
+                )
+            }
+        }
+        RequestTokenError::Request(e) => CalendarError::new(
+            CalendarErrorKind::Transient,
+            "oauth_network",
+            format!("token endpoint unreachable: {e}"),
+        ),
+        // Deliberately not the body: a success body holds tokens.
+        RequestTokenError::Parse(..) | RequestTokenError::Other(_) => CalendarError::new(
+            CalendarErrorKind::Transient,
+            format!("oauth_{status}"),
+            format!("token endpoint answered {status} with an unreadable body"),
+        ),
+    }
+}

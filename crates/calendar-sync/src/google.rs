@@ -1,0 +1,568 @@
+//! The Google implementation of [`Calendar`], through the `google-calendar3`
+//! client: per-workspace OAuth, a request timeout, quota limiters, a circuit
+//! breaker per connection, and Google's errors classified by HTTP status and
+//! `errors[0].reason` (never message text).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use google_calendar3::CalendarHub;
+use google_calendar3::api::{Event, EventDateTime, EventExtendedProperties};
+use google_calendar3::common::{Delegate, Response, Retry};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::auth::{OAuthConfig, Tokens};
+use crate::calendar::{
+    Calendar, CalendarError, CalendarErrorKind, EventBody, EventPage, EventTime, RemoteEvent,
+};
+use crate::crypto::TokenCipher;
+use crate::db::Database;
+use crate::error::Error;
+use crate::limits::{Breakers, Limits};
+use crate::operation::CalendarKey;
+use crate::store;
+
+/// Default `GOOGLE_CALENDAR_API_URL`.
+pub const DEFAULT_CALENDAR_API_URL: &str = "https://www.googleapis.com/calendar/v3/";
+/// Default `GOOGLE_OAUTH_TOKEN_URL`.
+pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+
+/// How the drainer talks to Google.
+#[derive(Debug, Clone)]
+pub struct GoogleConfig {
+    /// The OAuth client.
+    pub oauth: OAuthConfig,
+    /// `GOOGLE_CALENDAR_API_URL`. Default: Google's.
+    pub calendar_api_url: String,
+    /// A hung Google never stalls a worker longer than this. Default: 30 s.
+    pub request_timeout: Duration,
+    /// Requests per minute per connection (Google: 600 per user). Default: 600.
+    pub per_connection_per_minute: u32,
+    /// Requests per minute for the whole Google project (Google: 10,000). Default: 10,000.
+    pub per_project_per_minute: u32,
+    /// Worker processes sharing the project budget; each process uses
+    /// `per_project_per_minute / worker_processes`. Default: 1.
+    pub worker_processes: u32,
+    /// Consecutive retryable failures that open a connection's circuit breaker. Default: 5.
+    pub breaker_threshold: u32,
+    /// How long an open breaker pauses its connection. Default: 60 s.
+    pub breaker_cool_down: Duration,
+    /// How long Google's usage limits (403 `quotaExceeded`) pause a connection. Default: 1 h.
+    pub usage_limit_pause: Duration,
+}
+
+impl GoogleConfig {
+    /// Defaults for the given OAuth client.
+    pub fn new(client_id: impl Into<String>, client_secret: SecretString) -> Self {
+        Self {
+            oauth: OAuthConfig {
+                client_id: client_id.into(),
+                client_secret,
+                token_url: DEFAULT_TOKEN_URL.to_owned(),
+            },
+            calendar_api_url: DEFAULT_CALENDAR_API_URL.to_owned(),
+            request_timeout: Duration::from_secs(30),
+            per_connection_per_minute: 600,
+            per_project_per_minute: 10_000,
+            worker_processes: 1,
+            breaker_threshold: 5,
+            breaker_cool_down: Duration::from_secs(60),
+            usage_limit_pause: Duration::from_secs(3600),
+        }
+    }
+}
+
+type Connector = HttpsConnector<HttpConnector>;
+type Hub = CalendarHub<Connector>;
+
+/// Google Calendar, for every workspace with a stored connection.
+pub struct GoogleCalendar {
+    http: Client<Connector, google_calendar3::common::Body>,
+    base_url: String,
+    timeout: Duration,
+    tokens: Tokens,
+    limits: Limits,
+    breakers: Breakers,
+    pool: deadpool_postgres::Pool,
+    usage_pause: Duration,
+    paused: Mutex<HashMap<String, Instant>>,
+}
+
+impl GoogleCalendar {
+    /// Builds the client; connections are read from `db` when first needed.
+    pub fn new(db: &Database, cipher: TokenCipher, config: GoogleConfig) -> Result<Self, Error> {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_webpki_roots()
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let http = Client::builder(TokioExecutor::new()).build(connector);
+        let mut base_url = config.calendar_api_url.clone();
+        if !base_url.ends_with('/') {
+            base_url.push('/');
+        }
+        let tokens = Tokens::new(
+            &config.oauth,
+            db.pool().clone(),
+            cipher,
+            config.request_timeout,
+        )
+        .map_err(Error::Config)?;
+        let project = config.per_project_per_minute / config.worker_processes.max(1);
+        Ok(Self {
+            http,
+            base_url,
+            timeout: config.request_timeout,
+            tokens,
+            limits: Limits::new(config.per_connection_per_minute, project),
+            breakers: Breakers::new(config.breaker_threshold, config.breaker_cool_down),
+            pool: db.pool().clone(),
+            usage_pause: config.usage_limit_pause,
+            paused: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Token refresh requests sent so far.
+    pub fn token_refreshes(&self) -> u64 {
+        self.tokens.refresh_count()
+    }
+
+    /// Workspaces whose circuit breaker is open now.
+    pub fn open_breakers(&self) -> Vec<String> {
+        self.breakers.open_connections()
+    }
+
+    fn hub(&self, token: &SecretString) -> Hub {
+        let mut hub = CalendarHub::new(self.http.clone(), token.expose_secret().to_owned());
+        hub.base_url(self.base_url.clone());
+        hub
+    }
+
+    fn paused_for(&self, workspace_id: &str) -> Option<Duration> {
+        let paused = self.paused.lock().expect("paused");
+        paused
+            .get(workspace_id)?
+            .checked_duration_since(Instant::now())
+    }
+
+    async fn pause(&self, workspace_id: &str) {
+        self.paused
+            .lock()
+            .expect("paused")
+            .insert(workspace_id.to_owned(), Instant::now() + self.usage_pause);
+        if let Ok(client) = self.pool.get().await {
+            let _ =
+                store::pause_connection(&**client, workspace_id, self.usage_pause.as_secs_f64())
+                    .await;
+        }
+    }
+
+    /// One API call with everything around it: breaker, pause, limiter, token,
+    /// timeout, and on 401 one refresh and one retry.
+    async fn call(
+        &self,
+        target: &CalendarKey,
+        request: &Request<'_>,
+    ) -> Result<Reply, CalendarError> {
+        let workspace = target.workspace_id.as_str();
+        if let Some(wait) = self.breakers.open_for(workspace) {
+            return Err(CalendarError::new(
+                CalendarErrorKind::Transient,
+                "circuit_open",
+                "paused after repeated failures of this connection",
+            )
+            .with_retry_after(Some(wait)));
+        }
+        if let Some(remaining) = self.paused_for(workspace) {
+            return Err(CalendarError::new(
+                CalendarErrorKind::UsageLimited,
+                "google_403_quotaExceeded",
+                "paused: Google's usage limits made this calendar read-only",
+            )
+            .with_retry_after(Some(remaining)));
+        }
+        let mut refreshed = false;
+        let result = loop {
+            let token = match self.tokens.access_token(workspace).await {
+                Ok(token) => token,
+                Err(e) => break Err(e),
+            };
+            self.limits.until_ready(workspace).await;
+            let mut capture = Capture::default();
+            let hub = self.hub(&token);
+            let sent = tokio::time::timeout(
+                self.timeout,
+                send(&hub, &target.calendar_id, request, &mut capture),
+            )
+            .await;
+            let result = match sent {
+                Err(_) => Err(CalendarError::new(
+                    CalendarErrorKind::Transient,
+                    "google_timeout",
+                    format!("no answer within {} s", self.timeout.as_secs_f64()),
+                )),
+                Ok(result) => result.map_err(|e| classify(e, &capture)),
+            };
+            match result {
+                Err(e) if e.code.starts_with("google_401") && !refreshed => {
+                    self.tokens.forget(workspace, &token).await;
+                    refreshed = true;
+                }
+                Err(e) if e.code.starts_with("google_401") => {
+                    break Err(CalendarError::new(
+                        CalendarErrorKind::ConnectionInvalid,
+                        e.code,
+                        format!(
+                            "Google refused a freshly refreshed access token: {}",
+                            e.message
+                        ),
+                    ));
+                }
+                other => break other,
+            }
+        };
+        let retryable = matches!(&result, Err(e) if matches!(e.kind, CalendarErrorKind::Transient | CalendarErrorKind::RateLimited));
+        if self.breakers.record(workspace, retryable) {
+            tracing::warn!(
+                workspace_id = workspace,
+                "circuit breaker opened for this connection"
+            );
+        }
+        match result {
+            Err(e) if e.kind == CalendarErrorKind::UsageLimited => {
+                self.pause(workspace).await;
+                Err(e.with_retry_after(Some(self.usage_pause)))
+            }
+            Err(e) if e.kind == CalendarErrorKind::ConnectionInvalid => {
+                self.tokens.forget_all(workspace).await;
+                Err(e)
+            }
+            other => other,
+        }
+    }
+}
+
+/// What we ask Google.
+enum Request<'a> {
+    Insert(Event),
+    Update(&'a str, Event),
+    Get(&'a str),
+    Delete(&'a str),
+    List {
+        property: String,
+        page_token: Option<&'a str>,
+    },
+}
+
+enum Reply {
+    Event(Box<Event>),
+    Deleted,
+    Page(Box<google_calendar3::api::Events>),
+}
+
+async fn send(
+    hub: &Hub,
+    calendar_id: &str,
+    request: &Request<'_>,
+    capture: &mut Capture,
+) -> google_calendar3::common::Result<Reply> {
+    let events = hub.events();
+    match request {
+        Request::Insert(event) => events
+            .insert(event.clone(), calendar_id)
+            .delegate(capture)
+            .doit()
+            .await
+            .map(|(_, e)| Reply::Event(Box::new(e))),
+        Request::Update(id, event) => events
+            .update(event.clone(), calendar_id, id)
+            .delegate(capture)
+            .doit()
+            .await
+            .map(|(_, e)| Reply::Event(Box::new(e))),
+        Request::Get(id) => events
+            .get(calendar_id, id)
+            .delegate(capture)
+            .doit()
+            .await
+            .map(|(_, e)| Reply::Event(Box::new(e))),
+        Request::Delete(id) => events
+            .delete(calendar_id, id)
+            .delegate(capture)
+            .doit()
+            .await
+            .map(|_| Reply::Deleted),
+        Request::List {
+            property,
+            page_token,
+        } => {
+            let mut call = events
+                .list(calendar_id)
+                .add_private_extended_property(property)
+                .show_deleted(false)
+                .max_results(2500)
+                .delegate(capture);
+            if let Some(token) = page_token {
+                call = call.page_token(token);
+            }
+            call.doit()
+                .await
+                .map(|(_, page)| Reply::Page(Box::new(page)))
+        }
+    }
+}
+
+/// Keeps what google-calendar3 otherwise drops: the HTTP status and the
+/// Retry-After header of a failed call.
+#[derive(Default)]
+struct Capture {
+    status: Option<u16>,
+    retry_after: Option<Duration>,
+}
+
+impl Delegate for Capture {
+    fn http_failure(&mut self, response: &Response, _body: Option<&Value>) -> Retry {
+        self.status = Some(response.status().as_u16());
+        self.retry_after = response
+            .headers()
+            .get(http::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        Retry::Abort
+    }
+}
+
+/// Maps a failed call to what the engine should do, from the HTTP status and
+/// Google's `errors[0].reason`.
+fn classify(error: google_calendar3::common::Error, capture: &Capture) -> CalendarError {
+    use google_calendar3::common::Error as E;
+    let (status, reason, message) = match &error {
+        E::BadRequest(body) => {
+            let err = &body["error"];
+            let status = err["code"]
+                .as_u64()
+                .map(|c| c as u16)
+                .or(capture.status)
+                .unwrap_or(400);
+            let reason = err["errors"][0]["reason"]
+                .as_str()
+                .or_else(|| err["status"].as_str())
+                .unwrap_or("unknown")
+                .to_owned();
+            let message = err["message"].as_str().unwrap_or("").to_owned();
+            (status, reason, message)
+        }
+        E::Failure(response) => (response.status().as_u16(), "http".to_owned(), String::new()),
+        other => {
+            return CalendarError::new(
+                CalendarErrorKind::Transient,
+                "google_network",
+                first_line(&other.to_string()),
+            );
+        }
+    };
+    let kind = match (status, reason.as_str()) {
+        (403 | 429, "rateLimitExceeded" | "userRateLimitExceeded") | (429, _) => {
+            CalendarErrorKind::RateLimited
+        }
+        (403, "quotaExceeded" | "dailyLimitExceeded" | "calendarUsageLimitsExceeded") => {
+            CalendarErrorKind::UsageLimited
+        }
+        (403, "insufficientPermissions" | "PERMISSION_DENIED") => {
+            CalendarErrorKind::ConnectionInvalid
+        }
+        (401, _) => CalendarErrorKind::ConnectionInvalid,
+        (404, _) => CalendarErrorKind::NotFound,
+        (410, _) => CalendarErrorKind::Gone,
+        (409, "duplicate") => CalendarErrorKind::Duplicate,
+        (408 | 409 | 412, _) => CalendarErrorKind::Transient,
+        (s, _) if s >= 500 => CalendarErrorKind::Transient,
+        _ => CalendarErrorKind::Permanent,
+    };
+    CalendarError::new(
+        kind,
+        format!("google_{status}_{reason}"),
+        first_line(&message),
+    )
+    .with_retry_after(capture.retry_after)
+}
+
+fn first_line(text: &str) -> String {
+    text.lines()
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(300)
+        .collect()
+}
+
+fn to_google(id: Option<&str>, body: &EventBody) -> Event {
+    let time = |t: &EventTime| match t {
+        EventTime::Date(d) => EventDateTime {
+            date: Some(*d),
+            ..Default::default()
+        },
+        EventTime::DateTime {
+            date_time,
+            time_zone,
+        } => EventDateTime {
+            date_time: Some(date_time.to_utc()),
+            time_zone: time_zone.clone(),
+            ..Default::default()
+        },
+    };
+    Event {
+        id: id.map(str::to_owned),
+        summary: Some(body.summary.clone()),
+        description: body.description.clone(),
+        start: Some(time(&body.start)),
+        end: Some(time(&body.end)),
+        status: Some("confirmed".to_owned()),
+        extended_properties: Some(EventExtendedProperties {
+            private: Some(body.private_properties.clone().into_iter().collect()),
+            shared: None,
+        }),
+        ..Default::default()
+    }
+}
+
+fn from_google(event: Event) -> Result<RemoteEvent, CalendarError> {
+    let id = event.id.clone().ok_or_else(|| {
+        CalendarError::new(
+            CalendarErrorKind::Transient,
+            "google_bad_reply",
+            "Google returned an event without an id",
+        )
+    })?;
+    let time = |t: &Option<EventDateTime>| -> Option<EventTime> {
+        let t = t.as_ref()?;
+        match (t.date, t.date_time) {
+            (Some(d), _) => Some(EventTime::Date(d)),
+            (None, Some(dt)) => Some(EventTime::DateTime {
+                date_time: dt.fixed_offset(),
+                time_zone: t.time_zone.clone(),
+            }),
+            _ => None,
+        }
+    };
+    let body = match (time(&event.start), time(&event.end)) {
+        (Some(start), Some(end)) => Some(EventBody {
+            summary: event.summary.clone().unwrap_or_default(),
+            description: event.description.clone().filter(|d| !d.is_empty()),
+            start,
+            end,
+            private_properties: event
+                .extended_properties
+                .as_ref()
+                .and_then(|p| p.private.clone())
+                .map(|p| p.into_iter().collect::<BTreeMap<_, _>>())
+                .unwrap_or_default(),
+        }),
+        _ => None,
+    };
+    Ok(RemoteEvent {
+        id,
+        etag: event.etag.clone(),
+        cancelled: event.status.as_deref() == Some("cancelled"),
+        body,
+    })
+}
+
+fn expect_event(reply: Reply) -> Result<RemoteEvent, CalendarError> {
+    match reply {
+        Reply::Event(e) => from_google(*e),
+        _ => Err(CalendarError::new(
+            CalendarErrorKind::Transient,
+            "google_bad_reply",
+            "unexpected reply",
+        )),
+    }
+}
+
+impl Calendar for GoogleCalendar {
+    async fn insert_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+        body: &EventBody,
+    ) -> Result<RemoteEvent, CalendarError> {
+        expect_event(
+            self.call(target, &Request::Insert(to_google(Some(event_id), body)))
+                .await?,
+        )
+    }
+
+    async fn update_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+        body: &EventBody,
+    ) -> Result<RemoteEvent, CalendarError> {
+        match self
+            .call(target, &Request::Update(event_id, to_google(None, body)))
+            .await
+        {
+            Ok(reply) => expect_event(reply),
+            // Whether Google lets a cancelled event be updated is undocumented;
+            // if it refuses, look: a cancelled event needs a fresh id, which the
+            // engine takes when it sees `cancelled`.
+            Err(e)
+                if e.kind == CalendarErrorKind::Permanent && e.code.starts_with("google_403") =>
+            {
+                let current = expect_event(self.call(target, &Request::Get(event_id)).await?)?;
+                if current.cancelled {
+                    Ok(current)
+                } else {
+                    Err(e)
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+    ) -> Result<(), CalendarError> {
+        self.call(target, &Request::Delete(event_id))
+            .await
+            .map(|_| ())
+    }
+
+    async fn list_events(
+        &self,
+        target: &CalendarKey,
+        property: (&str, &str),
+        page_token: Option<&str>,
+    ) -> Result<EventPage, CalendarError> {
+        let request = Request::List {
+            property: format!("{}={}", property.0, property.1),
+            page_token,
+        };
+        match self.call(target, &request).await? {
+            Reply::Page(page) => Ok(EventPage {
+                events: page
+                    .items
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(from_google)
+                    .collect::<Result<_, _>>()?,
+                next_page_token: page.next_page_token,
+            }),
+            _ => Err(CalendarError::new(
+                CalendarErrorKind::Transient,
+                "google_bad_reply",
+                "unexpected reply",
+            )),
+        }
+    }
+}
