@@ -676,3 +676,51 @@ async fn rebuild_through_google_repairs_drift_with_erratic_paging() {
     titles.sort();
     assert_eq!(titles, ["title-a", "title-b", "title-c", "title-d"]);
 }
+
+#[tokio::test]
+async fn key_rotation_keeps_old_rows_readable_and_reseals_them() {
+    let e = env().await;
+    let rotated = TokenCipher::from_keys([9; 32], vec![[7; 32]]);
+    let calendar = GoogleCalendar::new(&e.t.db, rotated.clone(), google_config(&e.g)).unwrap();
+    let d = OutboxDrainer::new(e.t.db.clone(), calendar, fast_config()).unwrap();
+    let id =
+        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
+            .await;
+    d.drain_once().await.unwrap();
+    assert_eq!(e.t.row(id).await.status, "COMPLETED");
+    let stored: String =
+        e.t.client()
+            .await
+            .query_one(
+                "SELECT refresh_token_encrypted FROM google_connections WHERE workspace_id = 'w1'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert!(
+        stored.starts_with(&format!("v1:{}:", rotated.current_key_id())),
+        "re-sealed with the new key"
+    );
+}
+
+#[tokio::test]
+async fn an_undecryptable_token_invalidates_the_connection_with_a_clear_reason() {
+    let e = env().await;
+    let wrong = TokenCipher::from_keys([1; 32], vec![]);
+    let calendar = GoogleCalendar::new(&e.t.db, wrong, google_config(&e.g)).unwrap();
+    let d = OutboxDrainer::new(e.t.db.clone(), calendar, fast_config()).unwrap();
+    let id =
+        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
+            .await;
+    d.drain_once().await.unwrap();
+    let row = e.t.row(id).await;
+    assert_eq!(row.status, "DEAD_LETTER");
+    let error = row.last_error.unwrap();
+    assert!(
+        error.starts_with("[token_undecryptable] the stored refresh token cannot be used"),
+        "{error}"
+    );
+    assert!(error.contains("unknown key id"), "{error}");
+    assert_eq!(e.g.token_request_count(), 0, "Google was not called");
+}

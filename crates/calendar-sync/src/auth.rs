@@ -185,6 +185,23 @@ impl Tokens {
             .request_async(&http)
             .await
             .map_err(|e| classify_token_error(e, http.status.load(Ordering::Relaxed)))?;
+        if response.refresh_token().is_none()
+            && self
+                .cipher
+                .needs_reencryption(&connection.refresh_token_encrypted)
+        {
+            // Sealed with a retired key: move it to the current one, so the old
+            // key can be dropped once no row carries its id.
+            let sealed = self.cipher.encrypt(workspace_id, &refresh_token);
+            store::replace_refresh_token(
+                &**client,
+                workspace_id,
+                &connection.refresh_token_encrypted,
+                &sealed,
+            )
+            .await
+            .map_err(database)?;
+        }
         if let Some(rotated) = response.refresh_token() {
             let sealed = self.cipher.encrypt(
                 workspace_id,
