@@ -184,7 +184,10 @@ impl Tokens {
             .exchange_refresh_token(&RefreshToken::new(refresh_token.expose_secret().to_owned()))
             .request_async(&http)
             .await
-            .map_err(|e| classify_token_error(e, http.status.load(Ordering::Relaxed)))?;
+            .map_err(|e| classify_token_error(e, http.status.load(Ordering::Relaxed)));
+        let result = if response.is_ok() { "ok" } else { "error" };
+        metrics::counter!("calendar_sync_token_refreshes_total", "result" => result).increment(1);
+        let response = response?;
         if response.refresh_token().is_none()
             && self
                 .cipher

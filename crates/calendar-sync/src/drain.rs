@@ -65,6 +65,15 @@ impl DrainReport {
     }
 }
 
+/// What a running drainer has done, and when its loop last went round.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    report: DrainReport,
+    last_beat: Instant,
+}
+
+type SharedProgress = Arc<Mutex<Progress>>;
+
 /// Drains `sync_outbox` into a [`Calendar`]. Cheap to clone; clones share the
 /// database and calendar.
 pub struct OutboxDrainer<C: Calendar> {
@@ -117,16 +126,19 @@ impl<C: Calendar> OutboxDrainer<C> {
     /// database connection is survived: the worker reconnects with backoff.
     pub fn start(&self) -> DrainerHandle {
         let cancel = CancellationToken::new();
-        let report = Arc::new(Mutex::new(DrainReport::default()));
+        let progress = Arc::new(Mutex::new(Progress {
+            report: DrainReport::default(),
+            last_beat: Instant::now(),
+        }));
         let task = tokio::spawn(run_until_stopped(
             self.shared.clone(),
             cancel.clone(),
-            report.clone(),
+            progress.clone(),
         ));
         DrainerHandle {
             cancel,
             task,
-            report,
+            progress,
         }
     }
 }
@@ -135,13 +147,24 @@ impl<C: Calendar> OutboxDrainer<C> {
 pub struct DrainerHandle {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,
-    report: Arc<Mutex<DrainReport>>,
+    progress: SharedProgress,
 }
 
 impl DrainerHandle {
     /// What the drainer has done so far.
     pub fn report(&self) -> DrainReport {
-        *self.report.lock().expect("report lock")
+        self.progress.lock().expect("progress lock").report
+    }
+
+    /// How long ago the drain loop last went round. An idle loop goes round at
+    /// least once per `poll_interval`, and while it waits to reconnect after
+    /// losing the database; much longer means it is stuck.
+    pub fn since_heartbeat(&self) -> Duration {
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .last_beat
+            .elapsed()
     }
 
     /// Whether the drain loop has ended (it only ends after `stop`, or on a panic).
@@ -155,14 +178,14 @@ impl DrainerHandle {
     pub async fn stop(self) -> DrainReport {
         self.cancel.cancel();
         let _ = self.task.await;
-        *self.report.lock().expect("report lock")
+        self.progress.lock().expect("progress lock").report
     }
 }
 
 async fn run_until_stopped<C: Calendar>(
     shared: Arc<Shared<C>>,
     cancel: CancellationToken,
-    report: Arc<Mutex<DrainReport>>,
+    progress: SharedProgress,
 ) {
     let mut failures = 0u32;
     while !cancel.is_cancelled() {
@@ -172,8 +195,7 @@ async fn run_until_stopped<C: Calendar>(
         };
         let outcome = match lock {
             Ok(lock) => {
-                let mut worker =
-                    Worker::new(shared.clone(), lock).with_shared_report(report.clone());
+                let mut worker = Worker::new(shared.clone(), lock).with_progress(progress.clone());
                 let outcome = worker.run(Mode::UntilStopped, &cancel).await;
                 if outcome.is_ok() {
                     return;
@@ -186,6 +208,7 @@ async fn run_until_stopped<C: Calendar>(
             failures += 1;
             let delay = reconnect_delay(failures);
             tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "drainer lost the database; reconnecting");
+            progress.lock().expect("progress lock").last_beat = Instant::now();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(delay) => {}
@@ -226,7 +249,7 @@ struct Worker<C: Calendar> {
     in_flight: JoinSet<ItemOutcome>,
     by_task: HashMap<TaskId, ClaimedItem>,
     report: DrainReport,
-    shared_report: Option<Arc<Mutex<DrainReport>>>,
+    progress: Option<SharedProgress>,
 }
 
 impl<C: Calendar> Worker<C> {
@@ -237,19 +260,23 @@ impl<C: Calendar> Worker<C> {
             in_flight: JoinSet::new(),
             by_task: HashMap::new(),
             report: DrainReport::default(),
-            shared_report: None,
+            progress: None,
         }
     }
 
-    fn with_shared_report(mut self, report: Arc<Mutex<DrainReport>>) -> Self {
-        self.report = *report.lock().expect("report lock");
-        self.shared_report = Some(report);
+    fn with_progress(mut self, progress: SharedProgress) -> Self {
+        self.report = progress.lock().expect("progress lock").report;
+        self.progress = Some(progress);
         self
     }
 
+    /// Shares the report with the handle and marks the loop alive.
     fn publish(&self) {
-        if let Some(shared) = &self.shared_report {
-            *shared.lock().expect("report lock") = self.report;
+        if let Some(progress) = &self.progress {
+            *progress.lock().expect("progress lock") = Progress {
+                report: self.report,
+                last_beat: Instant::now(),
+            };
         }
     }
 

@@ -202,6 +202,15 @@ impl GoogleCalendar {
                 send(&hub, &target.calendar_id, request, &mut capture),
             )
             .await;
+            let status = match &sent {
+                Err(_) => "timeout".to_owned(),
+                Ok(Ok(_)) => "ok".to_owned(),
+                Ok(Err(_)) => capture
+                    .status
+                    .map_or_else(|| "error".to_owned(), |s| s.to_string()),
+            };
+            metrics::counter!("calendar_sync_google_calls_total", "method" => request.method(), "status" => status)
+                .increment(1);
             let result = match sent {
                 Err(_) => Err(CalendarError::new(
                     CalendarErrorKind::Transient,
@@ -259,6 +268,19 @@ enum Request<'a> {
         property: String,
         page_token: Option<&'a str>,
     },
+}
+
+impl Request<'_> {
+    /// The `method` label of the calls metric.
+    fn method(&self) -> &'static str {
+        match self {
+            Self::Insert(_) => "insert",
+            Self::Update(..) => "update",
+            Self::Get(_) => "get",
+            Self::Delete(_) => "delete",
+            Self::List { .. } => "list",
+        }
+    }
 }
 
 enum Reply {

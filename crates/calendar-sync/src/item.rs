@@ -30,6 +30,21 @@ pub(crate) enum ItemOutcome {
     Abandoned,
 }
 
+impl ItemOutcome {
+    /// The `outcome` label of the items metric.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::Completed { changed: true } => "completed",
+            Self::Completed { changed: false } => "unchanged",
+            Self::Retried => "retried",
+            Self::DeadLettered { .. } => "dead_letter",
+            Self::Deferred => "deferred",
+            Self::ClaimLost => "claim_lost",
+            Self::Abandoned => "abandoned",
+        }
+    }
+}
+
 /// What applying the operation came to, before it is recorded.
 enum Verdict {
     Done(Applied),
@@ -46,8 +61,12 @@ enum Verdict {
 /// Decodes, applies and records one item. Never panics on bad input: a
 /// malformed payload is dead-lettered with the offending field named.
 pub(crate) async fn process<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> ItemOutcome {
+    let started = std::time::Instant::now();
     let verdict = apply(shared, item).await;
-    record(shared, item, &verdict).await
+    let outcome = record(shared, item, &verdict).await;
+    metrics::histogram!("calendar_sync_attempt_duration_seconds", "operation" => item.operation.clone())
+        .record(started.elapsed().as_secs_f64());
+    outcome
 }
 
 async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
@@ -84,6 +103,12 @@ async fn record<C: Calendar>(
         match record_once(shared, item, verdict).await {
             Ok(outcome) => {
                 log_outcome(item, verdict, outcome);
+                metrics::counter!(
+                    "calendar_sync_items_total",
+                    "operation" => item.operation.clone(),
+                    "outcome" => outcome.label()
+                )
+                .increment(1);
                 return outcome;
             }
             Err(e) => {

@@ -78,6 +78,7 @@ mod item;
 mod limits;
 mod migrate;
 pub mod operation;
+pub mod ops;
 mod rebuild;
 pub mod store;
 mod sync;

@@ -850,7 +850,7 @@ pub async fn pause_connection(
 }
 
 /// A connection as operators see it: never the token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ConnectionInfo {
     /// The workspace.
     pub workspace_id: String,

@@ -1,0 +1,215 @@
+//! What operators ask: the outbox's state at a glance, readiness, and the
+//! gauges behind `/metrics`. The worker binary renders these; embedding
+//! services can call them too.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::db::Database;
+use crate::error::Error;
+use crate::migrate::known_migrations;
+use crate::store::{self, ConnectionInfo};
+
+/// Every status an outbox row can have, in display order.
+pub const STATUSES: [&str; 5] = [
+    "PENDING",
+    "PROCESSING",
+    "COMPLETED",
+    "DEAD_LETTER",
+    "SUPERSEDED",
+];
+
+/// Dead letters of one workspace with one error code.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DeadLetterGroup {
+    /// The workspace (absent for payloads without one).
+    pub workspace_id: Option<String>,
+    /// The stable code of `last_error`, e.g. `google_404_notFound`.
+    pub code: String,
+    /// How many rows.
+    pub count: i64,
+    /// The newest row's full `last_error`.
+    pub last_error: String,
+}
+
+/// The outbox at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusReport {
+    /// Rows per status (every status present, zeros included).
+    pub counts: BTreeMap<String, i64>,
+    /// Age of the oldest PENDING row, in seconds.
+    pub oldest_pending_age_secs: Option<f64>,
+    /// Dead letters grouped by workspace and error code, largest groups first.
+    pub dead_letters: Vec<DeadLetterGroup>,
+    /// Stored Google connections (never a token).
+    pub connections: Vec<ConnectionInfo>,
+}
+
+/// Reads the status report.
+pub async fn status(db: &Database) -> Result<StatusReport, Error> {
+    let client = db.pool().get().await?;
+    let mut counts: BTreeMap<String, i64> = STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
+    for row in client
+        .query(
+            "SELECT status, count(*) FROM sync_outbox GROUP BY status",
+            &[],
+        )
+        .await?
+    {
+        counts.insert(row.get(0), row.get(1));
+    }
+    let oldest_pending_age_secs = client
+        .query_opt("SELECT age_seconds FROM sync_outbox_oldest_pending", &[])
+        .await?
+        .map(|r| r.get::<_, f64>(0));
+    let dead_letters = client
+        .query(
+            r#"
+-- dead letters per workspace and error code, with the newest message
+SELECT workspace_id, code, count(*) AS n,
+       (array_agg(coalesce(last_error, '') ORDER BY updated_at DESC))[1] AS newest
+  FROM (SELECT workspace_id, last_error, updated_at,
+               coalesce(substring(last_error FROM '^\[([^\]]+)\]'), 'unknown') AS code
+          FROM sync_outbox WHERE status = 'DEAD_LETTER') d
+ GROUP BY workspace_id, code
+ ORDER BY n DESC, workspace_id, code
+"#,
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| DeadLetterGroup {
+            workspace_id: r.get(0),
+            code: r.get(1),
+            count: r.get(2),
+            last_error: r.get(3),
+        })
+        .collect();
+    let connections = store::list_connections(&**client).await?;
+    Ok(StatusReport {
+        counts,
+        oldest_pending_age_secs,
+        dead_letters,
+        connections,
+    })
+}
+
+impl StatusReport {
+    /// A readable terminal table.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "{:<12} {:>10}", "STATUS", "ITEMS");
+        for status in STATUSES {
+            let _ = writeln!(
+                out,
+                "{status:<12} {:>10}",
+                self.counts.get(status).copied().unwrap_or(0)
+            );
+        }
+        let age = self
+            .oldest_pending_age_secs
+            .map_or_else(|| "none pending".to_owned(), human_duration);
+        let _ = writeln!(out, "\noldest pending: {age}");
+        if self.dead_letters.is_empty() {
+            let _ = writeln!(out, "dead letters: none");
+        } else {
+            let _ = writeln!(out, "\nDEAD LETTERS");
+            let _ = writeln!(
+                out,
+                "{:<24} {:<32} {:>6}  NEWEST last_error",
+                "WORKSPACE", "CODE", "ITEMS"
+            );
+            for g in &self.dead_letters {
+                let ws = g.workspace_id.as_deref().unwrap_or("-");
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<32} {:>6}  {}",
+                    cut(ws, 24),
+                    cut(&g.code, 32),
+                    g.count,
+                    cut(&g.last_error, 100)
+                );
+            }
+        }
+        if !self.connections.is_empty() {
+            let _ = writeln!(out, "\nCONNECTIONS");
+            let _ = writeln!(
+                out,
+                "{:<24} {:<32} {:<8}  NOTE",
+                "WORKSPACE", "GOOGLE ACCOUNT", "VALID"
+            );
+            for c in &self.connections {
+                let note = match (&c.invalid_reason, c.paused) {
+                    (Some(reason), _) if !c.is_valid => cut(reason, 80),
+                    (_, true) => "paused by Google usage limits".to_owned(),
+                    _ => String::new(),
+                };
+                let valid = if c.is_valid { "yes" } else { "NO" };
+                let _ = writeln!(
+                    out,
+                    "{:<24} {:<32} {valid:<8}  {note}",
+                    cut(&c.workspace_id, 24),
+                    cut(&c.google_email, 32)
+                );
+            }
+        }
+        out
+    }
+
+    /// Publishes the report as gauges through the `metrics` facade.
+    pub fn record_gauges(&self) {
+        for (status, count) in &self.counts {
+            metrics::gauge!("calendar_sync_outbox_items", "status" => status.clone())
+                .set(*count as f64);
+        }
+        metrics::gauge!("calendar_sync_oldest_pending_age_seconds")
+            .set(self.oldest_pending_age_secs.unwrap_or(0.0));
+        metrics::gauge!("calendar_sync_dead_letters")
+            .set(self.counts.get("DEAD_LETTER").copied().unwrap_or(0) as f64);
+        let invalid = self.connections.iter().filter(|c| !c.is_valid).count();
+        metrics::gauge!("calendar_sync_invalid_connections").set(invalid as f64);
+        let paused = self.connections.iter().filter(|c| c.paused).count();
+        metrics::gauge!("calendar_sync_paused_connections").set(paused as f64);
+    }
+}
+
+/// Whether the database answers and has every migration this build knows.
+pub async fn readiness(db: &Database) -> Result<(), String> {
+    let client = db
+        .pool()
+        .get()
+        .await
+        .map_err(|e| format!("database unreachable: {e}"))?;
+    let applied: i64 = client
+        .query_one("SELECT count(*) FROM calendar_sync_migrations", &[])
+        .await
+        .map_err(|e| format!("migrations not applied: {e}"))?
+        .get(0);
+    let known = known_migrations() as i64;
+    if applied < known {
+        return Err(format!(
+            "{applied} of {known} migrations applied; run `calendar-sync-worker migrate`"
+        ));
+    }
+    Ok(())
+}
+
+fn cut(text: &str, max: usize) -> String {
+    let mut out: String = text.chars().filter(|c| !c.is_control()).take(max).collect();
+    if text.chars().count() > max {
+        out.pop();
+        out.push('…');
+    }
+    out
+}
+
+fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0).round() as u64;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+    }
+}
