@@ -875,3 +875,39 @@ async fn a_missing_calendar_dead_letters_after_one_attempt() {
     assert_eq!((row.status.as_str(), row.attempts), ("DEAD_LETTER", 1));
     assert!(row.last_error.unwrap().starts_with("[google_404_notFound]"));
 }
+
+#[tokio::test]
+async fn a_running_drainer_survives_losing_every_connection() {
+    let t = TestDb::new().await;
+    let cal = MemoryCalendar::new();
+    cal.set_latency(Duration::from_millis(20));
+    for i in 0..30 {
+        t.insert("UPSERT_EVENT", upsert("w1", "c1", &format!("s{i}"), "v"))
+            .await;
+    }
+    let handle = drainer(&t, &cal, fast_config()).start();
+    t.wait_for(Duration::from_secs(10), "progress", || async {
+        t.count("COMPLETED").await >= 5
+    })
+    .await;
+    assert!(t.kill_connections().await >= 1);
+    for i in 30..40 {
+        t.insert("UPSERT_EVENT", upsert("w1", "c1", &format!("s{i}"), "v"))
+            .await;
+    }
+    t.wait_for(
+        Duration::from_secs(30),
+        "every item completed after reconnecting",
+        || async { t.count("COMPLETED").await == 40 },
+    )
+    .await;
+    assert!(!handle.is_finished(), "no crash");
+    assert!(handle.since_heartbeat() < Duration::from_secs(5));
+    handle.stop().await;
+    assert_eq!(
+        cal.live_events("c1").len(),
+        40,
+        "exactly one event per source"
+    );
+    assert_eq!(t.held_row_locks().await, 0);
+}

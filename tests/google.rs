@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use calendar_sync::{DrainerConfig, GoogleCalendar, GoogleConfig, OutboxDrainer, TokenCipher};
 use calendar_sync_tests::{TestDb, cancel, fast_config, rebuild, upsert};
-use fake_google::{ApiMethod, CancelledWritePolicy, FakeGoogle, Fault, FaultKind, PagingMode};
+use fake_google::{
+    ApiMethod, CancelledWritePolicy, ExtPropMatch, FakeGoogle, Fault, FaultKind, PagingMode,
+};
 use secrecy::SecretString;
 use serde_json::Value;
 
@@ -642,8 +644,15 @@ async fn upsert_after_a_hand_deletion_ends_live_under_every_cancelled_write_poli
 
 #[tokio::test]
 async fn rebuild_through_google_repairs_drift_with_erratic_paging() {
+    for matching in [ExtPropMatch::All, ExtPropMatch::Any] {
+        rebuild_repairs_drift(matching).await;
+    }
+}
+
+async fn rebuild_repairs_drift(matching: ExtPropMatch) {
     let e = env().await;
     e.g.set_paging(PagingMode::Erratic);
+    e.g.set_ext_prop_match(matching);
     let d = e.drainer();
     for s in ["a", "b", "c", "d"] {
         e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, s, &format!("title-{s}")))
@@ -723,4 +732,21 @@ async fn an_undecryptable_token_invalidates_the_connection_with_a_clear_reason()
     );
     assert!(error.contains("unknown key id"), "{error}");
     assert_eq!(e.g.token_request_count(), 0, "Google was not called");
+}
+
+#[tokio::test]
+async fn any_2xx_answer_to_delete_is_success() {
+    for status in [200, 204] {
+        let e = env().await;
+        e.g.set_delete_status(status);
+        let d = e.drainer();
+        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
+            .await;
+        d.drain_once().await.unwrap();
+        e.t.insert("CANCEL_EVENT", cancel("w1", CAL1, "s1")).await;
+        d.drain_once().await.unwrap();
+        assert_eq!(e.t.count("COMPLETED").await, 2, "delete answered {status}");
+        assert_eq!(e.g.calls(ApiMethod::Delete), 1);
+        assert!(e.live(CAL1, "s1").is_empty());
+    }
 }

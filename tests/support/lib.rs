@@ -33,6 +33,13 @@ pub struct TestDb {
 impl TestDb {
     /// Creates and migrates a fresh database.
     pub async fn new() -> Self {
+        let t = Self::empty().await;
+        calendar_sync::migrate(&t.db).await.expect("migrate");
+        t
+    }
+
+    /// Creates a fresh database without the schema.
+    pub async fn empty() -> Self {
         let admin_config: tokio_postgres::Config =
             database_url().parse().expect("DATABASE_URL parses");
         let name = format!("cs_test_{}", Uuid::new_v4().simple());
@@ -48,8 +55,16 @@ impl TestDb {
         let mut config = admin_config.clone();
         config.dbname(&name);
         let db = Database::from_config(config.clone(), 16).expect("pool");
-        calendar_sync::migrate(&db).await.expect("migrate");
         Self { name, config, db }
+    }
+
+    /// A URL for this database (for child processes).
+    pub fn url(&self) -> String {
+        let base = database_url();
+        match base.rfind('/') {
+            Some(i) if base[..i].contains("://") => format!("{}/{}", &base[..i], self.name),
+            _ => format!("{base} dbname={}", self.name),
+        }
     }
 
     /// A plain client on the test database.

@@ -1,0 +1,227 @@
+//! One function per subcommand: build the library objects from the settings,
+//! call the library, write the result to `out`.
+
+use std::io::{Read, Write};
+
+use calendar_sync::{Database, GoogleCalendar, OutboxDrainer};
+use secrecy::SecretString;
+
+use crate::cli::{ConfigError, ConnectionsCommand, RequeueArgs, Settings};
+
+/// Why a command failed: bad configuration (exit 2) or a runtime failure (exit 1).
+#[derive(Debug)]
+pub enum Failure {
+    Config(String),
+    Runtime(String),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Self::Config(e.0)
+    }
+}
+
+impl From<calendar_sync::Error> for Failure {
+    fn from(e: calendar_sync::Error) -> Self {
+        match e {
+            calendar_sync::Error::Config(m) => Self::Config(m),
+            other => Self::Runtime(other.to_string()),
+        }
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(e: std::io::Error) -> Self {
+        Self::Runtime(e.to_string())
+    }
+}
+
+type Outcome = Result<(), Failure>;
+
+fn database(settings: &Settings, pool_size: usize) -> Result<Database, Failure> {
+    let url = settings.database_url()?;
+    Database::connect(url, pool_size)
+        .map_err(|e| Failure::Config(format!("DATABASE_URL is not a usable PostgreSQL URL: {e}")))
+}
+
+fn drainer(settings: &Settings) -> Result<(Database, OutboxDrainer<GoogleCalendar>), Failure> {
+    let cipher = settings.cipher()?;
+    let google = settings.google()?;
+    let db = database(settings, settings.concurrency as usize + 4)?;
+    let calendar = GoogleCalendar::new(&db, cipher, google)?;
+    let drainer = OutboxDrainer::new(db.clone(), calendar, settings.drainer())?;
+    Ok((db, drainer))
+}
+
+/// `run`: the drainer until SIGTERM/SIGINT, with /healthz, /readyz, /metrics.
+pub async fn run(settings: &Settings) -> Outcome {
+    let (db, drainer) = drainer(settings)?;
+    let metrics = crate::http::install_metrics()?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .map_err(|e| {
+            Failure::Runtime(format!(
+                "cannot listen on CALENDAR_SYNC_HTTP_ADDR {}: {e}",
+                settings.http_addr
+            ))
+        })?;
+    if let Err(e) = calendar_sync::ops::readiness(&db).await {
+        tracing::warn!(error = %e, "not ready yet; the drainer keeps trying");
+    }
+    let handle = std::sync::Arc::new(drainer.start());
+    tracing::info!(http = %settings.http_addr, "calendar-sync worker running");
+    let server = crate::http::serve(
+        listener,
+        db,
+        handle.clone(),
+        metrics,
+        settings.drainer().poll_interval,
+    );
+    let server = tokio::spawn(server);
+    shutdown_signal().await;
+    tracing::info!("signal received; stopping");
+    server.abort();
+    // Wait until the server (and its share of the handle) is gone.
+    let _ = server.await;
+    let handle = std::sync::Arc::into_inner(handle)
+        .ok_or_else(|| Failure::Runtime("drainer handle still shared".into()))?;
+    let report = handle.stop().await;
+    tracing::info!(?report, "stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
+}
+
+/// `drain --once`: everything due now, then exit with the counts.
+pub async fn drain(settings: &Settings, once: bool, out: &mut impl Write) -> Outcome {
+    if !once {
+        return Err(Failure::Config(
+            "`drain` needs --once (use `run` to keep draining)".into(),
+        ));
+    }
+    let (_, drainer) = drainer(settings)?;
+    let r = drainer.drain_once().await?;
+    writeln!(
+        out,
+        "claimed {} completed {} (unchanged {}) retried {} dead_lettered {} superseded {} deferred {} recovered {}",
+        r.claimed,
+        r.completed,
+        r.unchanged,
+        r.retried,
+        r.dead_lettered,
+        r.superseded,
+        r.deferred,
+        r.recovered
+    )?;
+    Ok(())
+}
+
+/// `migrate`: apply pending migrations.
+pub async fn migrate(settings: &Settings, out: &mut impl Write) -> Outcome {
+    let db = database(settings, 1)?;
+    let applied = calendar_sync::migrate(&db).await?;
+    writeln!(out, "applied {applied} migration(s); schema is current")?;
+    Ok(())
+}
+
+/// `status [--json]`.
+pub async fn status(settings: &Settings, json: bool, out: &mut impl Write) -> Outcome {
+    let db = database(settings, 1)?;
+    let report = calendar_sync::ops::status(&db).await?;
+    if json {
+        let text =
+            serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.to_string()))?;
+        writeln!(out, "{text}")?;
+    } else {
+        write!(out, "{}", report.render_table())?;
+    }
+    Ok(())
+}
+
+/// `requeue <ID>` or `requeue --dead-letter [--workspace W]`.
+pub async fn requeue(settings: &Settings, args: &RequeueArgs, out: &mut impl Write) -> Outcome {
+    let db = database(settings, 1)?;
+    let n = match args.id {
+        Some(id) => {
+            let n = calendar_sync::requeue(&db, Some(&[id]), None).await?;
+            if n == 0 {
+                return Err(Failure::Runtime(format!(
+                    "no DEAD_LETTER item with id {id}"
+                )));
+            }
+            n
+        }
+        None => calendar_sync::requeue(&db, None, args.workspace.as_deref()).await?,
+    };
+    writeln!(out, "requeued {n} item(s)")?;
+    Ok(())
+}
+
+/// `cleanup --older-than-days N`.
+pub async fn cleanup(settings: &Settings, days: u32, out: &mut impl Write) -> Outcome {
+    let db = database(settings, 1)?;
+    let days = i32::try_from(days)
+        .map_err(|_| Failure::Config("--older-than-days is too large".into()))?;
+    let n = calendar_sync::cleanup(&db, days).await?;
+    writeln!(out, "deleted {n} finished item(s) older than {days} day(s)")?;
+    Ok(())
+}
+
+/// `connections put` (token on stdin) and `connections list`.
+pub async fn connections(
+    settings: &Settings,
+    command: ConnectionsCommand,
+    out: &mut impl Write,
+) -> Outcome {
+    match command {
+        ConnectionsCommand::Put { workspace, email } => {
+            let cipher = settings.cipher()?;
+            let db = database(settings, 1)?;
+            let mut token = String::new();
+            std::io::stdin().read_to_string(&mut token)?;
+            let token = SecretString::from(token.trim().to_owned());
+            if secrecy::ExposeSecret::expose_secret(&token).is_empty() {
+                return Err(Failure::Config("no refresh token on standard input".into()));
+            }
+            calendar_sync::put_connection(&db, &cipher, &workspace, &email, &token).await?;
+            writeln!(
+                out,
+                "stored the connection of workspace {workspace} ({email}); it is valid"
+            )?;
+        }
+        ConnectionsCommand::List => {
+            let db = database(settings, 1)?;
+            let connections = calendar_sync::list_connections(&db).await?;
+            writeln!(
+                out,
+                "{:<36} {:<32} {:<6} {:<7} REASON",
+                "WORKSPACE", "GOOGLE ACCOUNT", "VALID", "PAUSED"
+            )?;
+            for c in connections {
+                writeln!(
+                    out,
+                    "{:<36} {:<32} {:<6} {:<7} {}",
+                    c.workspace_id,
+                    c.google_email,
+                    if c.is_valid { "yes" } else { "NO" },
+                    if c.paused { "yes" } else { "no" },
+                    c.invalid_reason.unwrap_or_default()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! `/healthz`, `/readyz` and `/metrics` on CALENDAR_SYNC_HTTP_ADDR.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use calendar_sync::{Database, DrainerHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::commands::Failure;
+
+#[derive(Clone)]
+struct AppState {
+    db: Database,
+    drainer: Arc<DrainerHandle>,
+    metrics: PrometheusHandle,
+    stuck_after: Duration,
+}
+
+/// Installs the Prometheus recorder behind the library's `metrics` calls.
+pub fn install_metrics() -> Result<PrometheusHandle, Failure> {
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("duration_seconds".into()),
+            &[
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ],
+        )
+        .map_err(|e| Failure::Runtime(e.to_string()))?
+        .install_recorder()
+        .map_err(|e| Failure::Runtime(format!("cannot install the metrics recorder: {e}")))
+}
+
+/// Serves until the task is aborted.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    db: Database,
+    drainer: Arc<DrainerHandle>,
+    metrics: PrometheusHandle,
+    poll_interval: Duration,
+) {
+    let state = AppState {
+        db,
+        drainer,
+        metrics,
+        // An idle loop goes round once per poll interval.
+        stuck_after: (poll_interval * 3).max(Duration::from_secs(30)),
+    };
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_page))
+        .with_state(state);
+    if let Err(e) = axum::serve(listener, app).await {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
+    let since = s.drainer.since_heartbeat();
+    if !s.drainer.is_finished() && since < s.stuck_after {
+        (StatusCode::OK, "ok\n".into())
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("drain loop silent for {} s\n", since.as_secs()),
+        )
+    }
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    match calendar_sync::ops::readiness(&s.db).await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
+    }
+}
+
+async fn metrics_page(State(s): State<AppState>) -> (StatusCode, String) {
+    match calendar_sync::ops::status(&s.db).await {
+        Ok(report) => report.record_gauges(),
+        Err(e) => tracing::warn!(error = %e, "could not read outbox gauges"),
+    }
+    (StatusCode::OK, s.metrics.render())
+}

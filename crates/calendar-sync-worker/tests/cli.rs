@@ -1,0 +1,401 @@
+//! The real binary, driven as a process against a real PostgreSQL and the fake Google.
+
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use calendar_sync_tests::{TestDb, upsert};
+use fake_google::FakeGoogle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A command with a clean environment (nothing inherited that could steer it).
+fn worker(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
+    worker(args, env).output().expect("run the binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn bad_configuration_is_one_clear_line_and_exit_2() {
+    let db = (
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (vec!["status"], vec![], "DATABASE_URL is not set"),
+        (
+            vec!["status"],
+            vec![db, ("CALENDAR_SYNC_BATCH_SIZE", "abc")],
+            "CALENDAR_SYNC_BATCH_SIZE",
+        ),
+        (
+            vec!["status"],
+            vec![db, ("CALENDAR_SYNC_BATCH_SIZE", "0")],
+            "CALENDAR_SYNC_BATCH_SIZE",
+        ),
+        (
+            vec!["status"],
+            vec![db, ("CALENDAR_SYNC_POLL_INTERVAL_MS", "-5")],
+            "CALENDAR_SYNC_POLL_INTERVAL_MS",
+        ),
+        (
+            vec!["status"],
+            vec![db, ("LOG_FORMAT", "xml")],
+            "LOG_FORMAT",
+        ),
+        (
+            vec!["status"],
+            vec![db, ("CALENDAR_SYNC_HTTP_ADDR", "here")],
+            "CALENDAR_SYNC_HTTP_ADDR",
+        ),
+        (vec!["status", "--bogus"], vec![db], "--bogus"),
+        (
+            vec!["run"],
+            vec![db, ("TOKEN_ENCRYPTION_KEY", "c2hvcnQ=")],
+            "TOKEN_ENCRYPTION_KEY must be base64 of 32 bytes",
+        ),
+        (vec!["run"], vec![db], "TOKEN_ENCRYPTION_KEY"),
+        (
+            vec!["run"],
+            vec![db, ("TOKEN_ENCRYPTION_KEY", KEY)],
+            "GOOGLE_CLIENT_ID is not set",
+        ),
+        (
+            vec!["run"],
+            vec![
+                db,
+                ("TOKEN_ENCRYPTION_KEY", KEY),
+                ("GOOGLE_CLIENT_ID", "x"),
+                ("GOOGLE_CLIENT_SECRET", "y"),
+                ("GOOGLE_OAUTH_TOKEN_URL", "ftp://x"),
+            ],
+            "GOOGLE_OAUTH_TOKEN_URL must be an http(s) URL",
+        ),
+        (
+            vec!["status"],
+            vec![("DATABASE_URL", "not a url at all ::")],
+            "DATABASE_URL",
+        ),
+        (vec!["drain"], vec![db], "--once"),
+    ];
+    for (args, env, expected) in cases {
+        let out = output(&args, &env);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+        assert!(stderr.contains(expected), "{expected:?} in {stderr:?}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn help_documents_each_variable_with_its_default() {
+    let out = output(&["--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    for (var, default) in [
+        ("CALENDAR_SYNC_BATCH_SIZE", "10"),
+        ("CALENDAR_SYNC_POLL_INTERVAL_MS", "5000"),
+        ("CALENDAR_SYNC_MAX_RETRIES", "5"),
+        ("CALENDAR_SYNC_HTTP_ADDR", "127.0.0.1:9464"),
+        ("LOG_FORMAT", "text"),
+    ] {
+        assert!(help.contains(var), "{var} in --help");
+        assert!(
+            help.contains(&format!("[default: {default}]")),
+            "default {default} in --help"
+        );
+    }
+    for var in [
+        "DATABASE_URL",
+        "GOOGLE_CLIENT_ID",
+        "GOOGLE_CLIENT_SECRET",
+        "TOKEN_ENCRYPTION_KEY",
+        "GOOGLE_CALENDAR_API_URL",
+        "GOOGLE_OAUTH_TOKEN_URL",
+    ] {
+        assert!(help.contains(var), "{var} in --help");
+    }
+}
+
+#[tokio::test]
+async fn migrate_twice_is_harmless() {
+    let t = TestDb::empty().await;
+    let url = t.url();
+    let first = output(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
+    assert!(text(&first.stdout).contains(&format!(
+        "applied {} migration(s)",
+        calendar_sync::known_migrations()
+    )));
+    let second = output(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert_eq!(second.status.code(), Some(0));
+    assert!(text(&second.stdout).contains("applied 0 migration(s)"));
+}
+
+#[tokio::test]
+async fn status_requeue_cleanup_and_connections_do_what_they_say() {
+    let t = TestDb::new().await;
+    let url = t.url();
+    let env = [
+        ("DATABASE_URL", url.as_str()),
+        ("TOKEN_ENCRYPTION_KEY", KEY),
+    ];
+    let dead = t
+        .insert("UPSERT_EVENT", upsert("w1", "c1", "s1", "v"))
+        .await;
+    let client = t.client().await;
+    client
+        .execute(
+            "UPDATE sync_outbox SET status = 'DEAD_LETTER', attempts = 5, last_error = '[google_404_notFound] Not Found' WHERE id = $1",
+            &[&dead],
+        )
+        .await
+        .unwrap();
+    t.insert(
+        "CANCEL_EVENT",
+        calendar_sync_tests::cancel("w1", "c1", "s2"),
+    )
+    .await;
+
+    let out = output(&["status"], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let table = text(&out.stdout);
+    assert!(
+        table.contains("PENDING") && table.contains("google_404_notFound"),
+        "{table}"
+    );
+    let out = output(&["status", "--json"], &env);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(json["counts"]["DEAD_LETTER"], 1);
+    assert_eq!(json["dead_letters"][0]["workspace_id"], "w1");
+
+    let id = dead.to_string();
+    let out = output(&["requeue", &id], &env);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("requeued 1 item(s)"));
+    assert_eq!(t.row(dead).await.status, "PENDING");
+    assert_eq!(t.row(dead).await.attempts, 0);
+    let out = output(&["requeue", &id], &env);
+    assert_eq!(out.status.code(), Some(1), "not dead any more");
+    client
+        .execute(
+            "UPDATE sync_outbox SET status = 'DEAD_LETTER' WHERE id = $1",
+            &[&dead],
+        )
+        .await
+        .unwrap();
+    let out = output(&["requeue", "--dead-letter", "--workspace", "w1"], &env);
+    assert!(text(&out.stdout).contains("requeued 1 item(s)"));
+
+    client
+        .execute(
+            "UPDATE sync_outbox SET status = 'COMPLETED', updated_at = now() - interval '40 days' WHERE id = $1",
+            &[&dead],
+        )
+        .await
+        .unwrap();
+    let out = output(&["cleanup", "--older-than-days", "30"], &env);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("deleted 1 finished item(s)"));
+
+    let token = "1//0gTOKEN-from-stdin-never-argv";
+    let mut child = worker(
+        &[
+            "connections",
+            "put",
+            "--workspace",
+            "w9",
+            "--email",
+            "w9@example.com",
+        ],
+        &env,
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{token}\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stored: String = client
+        .query_one(
+            "SELECT refresh_token_encrypted FROM google_connections WHERE workspace_id = 'w9'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(stored.starts_with("v1:") && !stored.contains(token));
+    let cipher = calendar_sync::TokenCipher::new(KEY, "").unwrap();
+    assert_eq!(
+        secrecy::ExposeSecret::expose_secret(&cipher.decrypt("w9", &stored).unwrap()),
+        token
+    );
+    let out = output(&["connections", "list"], &env);
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains("w9@example.com") && listing.contains("yes"),
+        "{listing}"
+    );
+    for printed in [listing, text(&out.stderr), table] {
+        assert!(!printed.contains(token) && !printed.contains(&stored));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn http_get(port: u16, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
+#[tokio::test]
+async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
+    let g = FakeGoogle::start().await;
+    g.add_client("client-1", "secret-1");
+    g.add_refresh_token("rt-1", "client-1", "w1@example.com");
+    g.add_calendar("w1@example.com");
+    g.set_latency(Duration::from_millis(30));
+    let t = TestDb::new().await;
+    let cipher = calendar_sync::TokenCipher::new(KEY, "").unwrap();
+    calendar_sync::put_connection(
+        &t.db,
+        &cipher,
+        "w1",
+        "w1@example.com",
+        &secrecy::SecretString::from("rt-1"),
+    )
+    .await
+    .unwrap();
+    for i in 0..300 {
+        t.insert(
+            "UPSERT_EVENT",
+            upsert("w1", "w1@example.com", &format!("s{i}"), "v"),
+        )
+        .await;
+    }
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = t.url();
+    let api = g.calendar_base_url();
+    let token_url = g.token_url();
+    let mut child = worker(
+        &["run"],
+        &[
+            ("DATABASE_URL", &url),
+            ("TOKEN_ENCRYPTION_KEY", KEY),
+            ("GOOGLE_CLIENT_ID", "client-1"),
+            ("GOOGLE_CLIENT_SECRET", "secret-1"),
+            ("GOOGLE_CALENDAR_API_URL", &api),
+            ("GOOGLE_OAUTH_TOKEN_URL", &token_url),
+            ("CALENDAR_SYNC_HTTP_ADDR", &addr),
+            ("CALENDAR_SYNC_CONCURRENCY", "4"),
+            ("CALENDAR_SYNC_SHUTDOWN_GRACE_MS", "5000"),
+            ("LOG_FORMAT", "json"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+
+    t.wait_for(Duration::from_secs(20), "some items completed", || async {
+        t.count("COMPLETED").await >= 20
+    })
+    .await;
+    let (status, _) = http_get(port, "/healthz").await;
+    assert_eq!(status, 200);
+    let (status, _) = http_get(port, "/readyz").await;
+    assert_eq!(status, 200);
+    let (status, metrics) = http_get(port, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "calendar_sync_items_total",
+        "calendar_sync_google_calls_total",
+        "calendar_sync_attempt_duration_seconds_bucket",
+        "calendar_sync_outbox_items",
+        "calendar_sync_oldest_pending_age_seconds",
+        "calendar_sync_token_refreshes_total",
+        "calendar_sync_invalid_connections",
+    ] {
+        assert!(metrics.contains(name), "{name} in /metrics");
+    }
+
+    // SIGTERM mid-load: exit 0 within the grace period, nothing left behind.
+    assert!(t.count("PENDING").await > 0, "still under load");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "exited within the grace period"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(t.count("PROCESSING").await, 0);
+    assert_eq!(t.held_row_locks().await, 0);
+    assert!(
+        stderr.lines().all(|l| l.starts_with('{')),
+        "LOG_FORMAT=json: {stderr}"
+    );
+    assert!(!stderr.contains("secret-1") && !stderr.contains("rt-1"));
+}
