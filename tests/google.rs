@@ -750,3 +750,22 @@ async fn any_2xx_answer_to_delete_is_success() {
         assert!(e.live(CAL1, "s1").is_empty());
     }
 }
+
+#[tokio::test]
+async fn token_endpoint_failures_are_retried() {
+    let e = env().await;
+    e.g.inject(Fault::new(FaultKind::BackendError).path("/token").times(1));
+    e.g.inject(Fault::new(FaultKind::ServiceUnavailable).path("/token").times(1));
+    let d = e.drainer();
+    let id = e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v")).await;
+    for expected in ["[oauth_500]", "[oauth_503]"] {
+        d.drain_once().await.unwrap();
+        let row = e.t.row(id).await;
+        assert_eq!(row.status, "PENDING");
+        assert!(row.last_error.as_deref().unwrap().starts_with(expected), "{:?}", row.last_error);
+        e.t.make_all_due().await;
+    }
+    d.drain_once().await.unwrap();
+    assert_eq!(e.t.row(id).await.status, "COMPLETED");
+    assert!(calendar_sync::list_connections(&e.t.db).await.unwrap()[0].is_valid);
+}
