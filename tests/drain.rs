@@ -837,7 +837,7 @@ async fn rebuild_all_runs_alone_after_earlier_items_and_repairs_drift() {
     // a re-created, b restored, the ghost deleted; c and d were right already.
     assert_eq!(
         result,
-        json!({"created": 1, "updated": 1, "deleted": 1, "unchanged": 2})
+        json!({"created": 1, "updated": 1, "deleted": 1, "unchanged": 2, "invalid": 0, "source": "bindings"})
     );
     let titles: Vec<String> = cal
         .live_events("c1")
@@ -858,7 +858,7 @@ async fn rebuild_all_runs_alone_after_earlier_items_and_repairs_drift() {
     assert_eq!(cal.write_calls(), writes);
     assert_eq!(
         t.row(again).await.result.unwrap(),
-        json!({"created": 0, "updated": 0, "deleted": 0, "unchanged": 5})
+        json!({"created": 0, "updated": 0, "deleted": 0, "unchanged": 5, "invalid": 0, "source": "bindings"})
     );
 }
 

@@ -96,6 +96,11 @@ impl MemoryCalendar {
         self.state().missing_calendars.insert(calendar.to_owned());
     }
 
+    /// How many events one list page holds.
+    pub fn set_page_size(&self, size: usize) {
+        self.state().page_size = size.max(1);
+    }
+
     /// Delay before every call answers.
     pub fn set_latency(&self, latency: Duration) {
         self.state().latency = latency;

@@ -61,13 +61,22 @@ struct Cached {
     expires_at: Instant,
 }
 
+/// One connection's cache: its access token, and the stored refresh token that
+/// Google refused (so that items waiting on the same refresh do not each ask
+/// again; storing a new token changes the envelope and clears it).
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    refused: Option<(String, CalendarError)>,
+}
+
 /// Access tokens of every workspace this process serves.
 pub(crate) struct Tokens {
     oauth: OAuthClient,
     http: reqwest::Client,
     pool: Pool,
     cipher: TokenCipher,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
     refreshes: AtomicU64,
 }
 
@@ -106,7 +115,7 @@ impl Tokens {
         self.refreshes.load(Ordering::Relaxed)
     }
 
-    fn slot(&self, workspace_id: &str) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+    fn slot(&self, workspace_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut slots = self.slots.lock().expect("token slots");
         slots.entry(workspace_id.to_owned()).or_default().clone()
     }
@@ -115,15 +124,15 @@ impl Tokens {
     /// refresh: they wait on the workspace's slot while the first refreshes.
     pub async fn access_token(&self, workspace_id: &str) -> Result<SecretString, CalendarError> {
         let slot = self.slot(workspace_id);
-        let mut cached = slot.lock().await;
-        if let Some(c) = cached.as_ref()
+        let mut slot = slot.lock().await;
+        if let Some(c) = slot.cached.as_ref()
             && c.expires_at > Instant::now() + EXPIRY_MARGIN
         {
             return Ok(c.token.clone());
         }
-        let fresh = self.refresh(workspace_id).await?;
+        let fresh = self.refresh(workspace_id, &mut slot).await?;
         let token = fresh.token.clone();
-        *cached = Some(fresh);
+        slot.cached = Some(fresh);
         Ok(token)
     }
 
@@ -131,21 +140,22 @@ impl Tokens {
     /// another caller already replaced it.
     pub async fn forget(&self, workspace_id: &str, stale: &SecretString) {
         let slot = self.slot(workspace_id);
-        let mut cached = slot.lock().await;
-        if cached
+        let mut slot = slot.lock().await;
+        if slot
+            .cached
             .as_ref()
             .is_some_and(|c| c.token.expose_secret() == stale.expose_secret())
         {
-            *cached = None;
+            slot.cached = None;
         }
     }
 
     /// Drops whatever is cached, so the next call reads the connection again.
     pub async fn forget_all(&self, workspace_id: &str) {
-        *self.slot(workspace_id).lock().await = None;
+        self.slot(workspace_id).lock().await.cached = None;
     }
 
-    async fn refresh(&self, workspace_id: &str) -> Result<Cached, CalendarError> {
+    async fn refresh(&self, workspace_id: &str, slot: &mut Slot) -> Result<Cached, CalendarError> {
         let client = self.pool.get().await.map_err(database)?;
         let connection = store::connection(&**client, workspace_id)
             .await
@@ -164,6 +174,11 @@ impl Tokens {
                 "connection_invalid",
                 format!("connection invalid: {reason}"),
             ));
+        }
+        if let Some((envelope, error)) = &slot.refused
+            && *envelope == connection.refresh_token_encrypted
+        {
+            return Err(error.clone());
         }
         let refresh_token = self
             .cipher
@@ -187,7 +202,15 @@ impl Tokens {
             .map_err(|e| classify_token_error(e, http.status.load(Ordering::Relaxed)));
         let result = if response.is_ok() { "ok" } else { "error" };
         metrics::counter!("calendar_sync_token_refreshes_total", "result" => result).increment(1);
-        let response = response?;
+        let response = match response {
+            Ok(response) => response,
+            Err(e) => {
+                if e.kind == CalendarErrorKind::ConnectionInvalid {
+                    slot.refused = Some((connection.refresh_token_encrypted.clone(), e.clone()));
+                }
+                return Err(e);
+            }
+        };
         if response.refresh_token().is_none()
             && self
                 .cipher

@@ -30,6 +30,9 @@ pub struct DrainerConfig {
     /// On stop, how long in-flight items may finish before they are released
     /// back to PENDING. Default: 30 s.
     pub shutdown_grace: Duration,
+    /// Sources a REBUILD_ALL reconciles per attempt before it stores a
+    /// checkpoint and lets other work have a turn. Default: 500.
+    pub rebuild_chunk: usize,
 }
 
 impl Default for DrainerConfig {
@@ -44,6 +47,7 @@ impl Default for DrainerConfig {
             backoff_jitter: 0.2,
             usage_limit_pause: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(30),
+            rebuild_chunk: 500,
         }
     }
 }
@@ -54,6 +58,9 @@ impl DrainerConfig {
         let fail = |msg: &str| Err(Error::Config(msg.to_owned()));
         if self.batch_size == 0 {
             return fail("batch_size must be at least 1");
+        }
+        if self.rebuild_chunk == 0 {
+            return fail("rebuild_chunk must be at least 1");
         }
         if self.concurrency == 0 {
             return fail("concurrency must be at least 1");

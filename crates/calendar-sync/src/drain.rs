@@ -23,6 +23,7 @@ use tracing::Instrument;
 use crate::calendar::Calendar;
 use crate::config::DrainerConfig;
 use crate::db::{Database, LockConnection};
+use crate::desired::EventSource;
 use crate::error::Error;
 use crate::item::{self, ItemOutcome};
 use crate::store::{self, ClaimedItem};
@@ -44,6 +45,8 @@ pub struct DrainReport {
     pub superseded: u64,
     /// Rows put back to wait without using an attempt (usage-limit pause, shutdown).
     pub deferred: u64,
+    /// Long items (REBUILD_ALL chunks) that stored a checkpoint to resume from.
+    pub continued: u64,
     /// Rows of dead workers taken back.
     pub recovered: u64,
     /// Rows whose claim another worker had taken over when we finished.
@@ -60,6 +63,7 @@ impl DrainReport {
             ItemOutcome::Retried => self.retried += 1,
             ItemOutcome::DeadLettered { others } => self.dead_lettered += 1 + others,
             ItemOutcome::Deferred => self.deferred += 1,
+            ItemOutcome::Continued => self.continued += 1,
             ItemOutcome::ClaimLost | ItemOutcome::Abandoned => self.claim_lost += 1,
         }
     }
@@ -92,17 +96,39 @@ pub(crate) struct Shared<C> {
     pub db: Database,
     pub calendar: C,
     pub config: DrainerConfig,
+    pub event_source: Option<Arc<dyn EventSource>>,
 }
 
 impl<C: Calendar> OutboxDrainer<C> {
     /// A drainer over `db` writing to `calendar`.
     pub fn new(db: Database, calendar: C, config: DrainerConfig) -> Result<Self, Error> {
+        Self::build(db, calendar, config, None)
+    }
+
+    /// A drainer whose REBUILD_ALL takes the desired state from `source` (the
+    /// application's own data) instead of the SQL view or the bindings.
+    pub fn with_event_source(
+        db: Database,
+        calendar: C,
+        config: DrainerConfig,
+        source: Arc<dyn EventSource>,
+    ) -> Result<Self, Error> {
+        Self::build(db, calendar, config, Some(source))
+    }
+
+    fn build(
+        db: Database,
+        calendar: C,
+        config: DrainerConfig,
+        event_source: Option<Arc<dyn EventSource>>,
+    ) -> Result<Self, Error> {
         config.validate()?;
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
                 calendar,
                 config,
+                event_source,
             }),
         })
     }

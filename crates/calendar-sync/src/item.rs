@@ -24,6 +24,8 @@ pub(crate) enum ItemOutcome {
     DeadLettered { others: u64 },
     /// Back to PENDING without using an attempt.
     Deferred,
+    /// A long item stored its checkpoint and went back in line.
+    Continued,
     /// Another worker owns the row now; nothing was written.
     ClaimLost,
     /// The outcome could not be recorded; the row will be recovered as an orphan.
@@ -39,6 +41,7 @@ impl ItemOutcome {
             Self::Retried => "retried",
             Self::DeadLettered { .. } => "dead_letter",
             Self::Deferred => "deferred",
+            Self::Continued => "continued",
             Self::ClaimLost => "claim_lost",
             Self::Abandoned => "abandoned",
         }
@@ -79,7 +82,10 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
     let applied = match &operation {
         Operation::UpsertEvent(u) => sync::upsert(calendar, pool, item, u).await,
         Operation::CancelEvent(s) => sync::cancel(calendar, item, s).await,
-        Operation::RebuildAll(c) => rebuild::rebuild(calendar, pool, item, c).await,
+        Operation::RebuildAll(c) => {
+            let chunk = shared.config.rebuild_chunk;
+            rebuild::rebuild(calendar, pool, shared.event_source.as_ref(), chunk, item, c).await
+        }
     };
     match applied {
         Ok(applied) => Verdict::Done(applied),
@@ -130,6 +136,13 @@ async fn record_once<C: Calendar>(
     let config = &shared.config;
     let outcome = match verdict {
         Verdict::ClaimLost => ItemOutcome::ClaimLost,
+        Verdict::Done(applied) if applied.continue_later => {
+            let progress = applied.result.clone().unwrap_or_default();
+            match store::checkpoint(client, item, &progress).await? {
+                FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
+                _ => ItemOutcome::Continued,
+            }
+        }
         Verdict::Done(applied) => {
             if store::complete(
                 client,

@@ -71,6 +71,7 @@ mod calendar;
 mod config;
 pub mod crypto;
 mod db;
+mod desired;
 mod drain;
 mod error;
 mod google;
@@ -92,6 +93,7 @@ pub use calendar::{
 pub use config::DrainerConfig;
 pub use crypto::TokenCipher;
 pub use db::Database;
+pub use desired::{DesiredEvent, EventSource, SourceCursor, SourceFuture};
 pub use drain::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
 pub use google::{DEFAULT_CALENDAR_API_URL, DEFAULT_TOKEN_URL, GoogleCalendar, GoogleConfig};

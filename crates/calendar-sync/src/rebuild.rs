@@ -1,130 +1,324 @@
 //! REBUILD_ALL: reconcile one (workspace, calendar) with Google instead of
-//! cancelling and recreating everything.
+//! cancelling and recreating everything (which would spam attendees, leave an
+//! empty calendar for a while, and cost two calls per event).
 //!
-//! Desired state: the content last synced for each source, as recorded in the
-//! bindings. Actual state: every event on the calendar carrying this
-//! workspace's private extended property (all pages), plus the bindings. The
-//! difference is applied: missing events are created (under a fresh id, since
-//! a deleted id stays taken), drifted ones updated, our events that no binding
-//! wants deleted. Events already right get no write call.
+//! Desired state comes from the first configured source (see
+//! [`crate::desired`]). Actual state is every event on the calendar carrying
+//! this workspace's private extended property (all pages, events whose binding
+//! was lost included) together with the bindings. The difference is applied:
+//! missing events are created, drifted ones updated, ours that nothing wants
+//! deleted, and the bindings fixed. Events already right get no write call.
+//!
+//! The work is bounded: each attempt lists our events, walks one chunk of
+//! sources in (source_type, source_id) order, stores a checkpoint in the row's
+//! `result`, and puts the row back in line; a killed worker's successor resumes
+//! from the last checkpoint. Orphans are deleted after the last chunk.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use deadpool_postgres::Pool;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
-use crate::calendar::{Calendar, EventBody, PROP_WORKSPACE, RemoteEvent};
-use crate::operation::CalendarKey;
+use crate::calendar::{
+    Calendar, CalendarErrorKind, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
+};
+use crate::desired::{Desired, EventSource, SourceCursor, Wanted};
+use crate::operation::{CalendarKey, SourceKey};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem, StoredBinding};
-use crate::sync::{Applied, ApplyError, content_hash, event_id};
+use crate::sync::{
+    Applied, ApplyError, Start, content_hash, event_id, fresh, live_binding, write_event,
+};
 
-/// Counts reported in the row's `result` when a rebuild completes.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Counts {
+/// Progress of a rebuild, stored in the row's `result` between chunks and as
+/// the final report.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Progress {
+    /// The last source handled; absent once finished.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cursor: Option<SourceCursor>,
     created: u64,
     updated: u64,
     deleted: u64,
     unchanged: u64,
+    /// Desired sources whose content is unusable (left as they are).
+    #[serde(default)]
+    invalid: u64,
+    /// Which desired-state source was used.
+    #[serde(default)]
+    source: String,
+}
+
+/// What one attempt works with.
+struct Pass<'a, C> {
+    calendar: &'a C,
+    pool: &'a Pool,
+    item: &'a ClaimedItem,
+    target: &'a CalendarKey,
+    remote: HashMap<String, RemoteEvent>,
+    by_source: HashMap<SourceCursor, Vec<String>>,
+    progress: Progress,
 }
 
 pub(crate) async fn rebuild<C: Calendar>(
     calendar: &C,
     pool: &Pool,
+    source: Option<&Arc<dyn EventSource>>,
+    chunk: usize,
     item: &ClaimedItem,
     target: &CalendarKey,
 ) -> Result<Applied, ApplyError> {
+    let desired = Desired::choose(source, pool).await?;
+    let mut progress: Progress = item
+        .result
+        .clone()
+        .and_then(|v| serde_json::from_value(v).ok())
+        .unwrap_or_default();
+    progress.source = desired.name().to_owned();
     let remote = list_ours(calendar, target).await?;
-    let bindings = store::bindings_of_calendar(&**pool.get().await?, target).await?;
-    let mut counts = Counts::default();
-    let mut wanted_ids = HashSet::new();
-    for stored in &bindings {
-        if stored.binding.state != BindingState::Cancelled {
-            wanted_ids.insert(stored.binding.google_event_id.clone());
-        }
-        let Some(desired) = desired_body(stored) else {
-            continue;
-        };
-        let actual = remote.get(&stored.binding.google_event_id);
-        let repaired = match actual {
-            Some(event) if event.body.as_ref() == Some(&desired) => {
-                counts.unchanged += 1;
-                None
-            }
-            Some(_) => {
-                let event = calendar
-                    .update_event(target, &stored.binding.google_event_id, &desired)
-                    .await?;
-                counts.updated += 1;
-                Some((
-                    stored.binding.google_event_id.clone(),
-                    stored.binding.generation,
-                    event,
-                ))
-            }
-            None => {
-                let generation = stored.binding.generation + 1;
-                let id = event_id(&stored.source, generation);
-                put(
-                    pool,
-                    item,
-                    stored,
-                    &id,
-                    generation,
-                    BindingState::Inserting,
-                    None,
-                    None,
-                )
-                .await?;
-                let event = match calendar.insert_event(target, &id, &desired).await {
-                    Err(e) if e.kind == crate::calendar::CalendarErrorKind::Duplicate => {
-                        calendar.update_event(target, &id, &desired).await?
-                    }
-                    other => other?,
-                };
-                wanted_ids.insert(id.clone());
-                counts.created += 1;
-                Some((id, generation, event))
-            }
-        };
-        if let Some((id, generation, event)) = repaired {
-            let hash = content_hash(&desired);
-            put(
-                pool,
-                item,
-                stored,
-                &id,
-                generation,
-                BindingState::Live,
-                event.etag,
-                Some(hash),
-            )
-            .await?;
+    let mut by_source: HashMap<SourceCursor, Vec<String>> = HashMap::new();
+    for (id, event) in &remote {
+        if let Some(key) = event.body.as_ref().and_then(|b| {
+            Some(SourceCursor {
+                source_type: b.private_properties.get(PROP_SOURCE_TYPE)?.clone(),
+                source_id: b.private_properties.get(PROP_SOURCE_ID)?.clone(),
+            })
+        }) {
+            by_source.entry(key).or_default().push(id.clone());
         }
     }
-    for id in remote.keys().filter(|id| !wanted_ids.contains(*id)) {
-        match calendar.delete_event(target, id).await {
+    let mut pass = Pass {
+        calendar,
+        pool,
+        item,
+        target,
+        remote,
+        by_source,
+        progress,
+    };
+
+    let after = pass.progress.cursor.clone();
+    let page = desired.page(pool, target, after.as_ref(), chunk).await?;
+    let upto = (page.len() >= chunk)
+        .then(|| page.last().map(|w| w.cursor.clone()))
+        .flatten();
+    let bindings =
+        store::bindings_in_range(&**pool.get().await?, target, after.as_ref(), upto.as_ref())
+            .await?;
+    let mut keys: BTreeMap<SourceCursor, (Option<&Wanted>, Option<&StoredBinding>)> =
+        BTreeMap::new();
+    for wanted in &page {
+        keys.entry(wanted.cursor.clone()).or_default().0 = Some(wanted);
+    }
+    for bound in &bindings {
+        let key = SourceCursor {
+            source_type: bound.source.source_type.clone(),
+            source_id: bound.source.source_id.clone(),
+        };
+        keys.entry(key).or_default().1 = Some(bound);
+    }
+    let bindings_are_desired = matches!(desired, Desired::Bindings);
+    for (key, (wanted, bound)) in keys {
+        pass.reconcile(&key, wanted, bound, bindings_are_desired)
+            .await?;
+    }
+
+    if let Some(upto) = upto {
+        pass.progress.cursor = Some(upto);
+        return Ok(Applied {
+            binding: None,
+            result: Some(serde_json::to_value(&pass.progress).expect("progress serialises")),
+            changed: true,
+            continue_later: true,
+        });
+    }
+    pass.delete_orphans().await?;
+    pass.progress.cursor = None;
+    let p = &pass.progress;
+    Ok(Applied {
+        binding: None,
+        changed: p.created + p.updated + p.deleted > 0,
+        result: Some(serde_json::to_value(p).expect("progress serialises")),
+        continue_later: false,
+    })
+}
+
+impl<C: Calendar> Pass<'_, C> {
+    fn source(&self, key: &SourceCursor) -> SourceKey {
+        SourceKey {
+            calendar: self.target.clone(),
+            source_type: key.source_type.clone(),
+            source_id: key.source_id.clone(),
+        }
+    }
+
+    /// Brings one source to its desired state.
+    async fn reconcile(
+        &mut self,
+        key: &SourceCursor,
+        wanted: Option<&Wanted>,
+        bound: Option<&StoredBinding>,
+        bindings_are_desired: bool,
+    ) -> Result<(), ApplyError> {
+        let source = self.source(key);
+        let Some(wanted) = wanted else {
+            // Ours but no longer desired. With bindings as the desired state, an
+            // INSERTING binding (content unknown) is left alone.
+            return match bound {
+                Some(b)
+                    if b.binding.state == BindingState::Live
+                        || (b.binding.state == BindingState::Inserting
+                            && !bindings_are_desired) =>
+                {
+                    self.retire(&source, b).await
+                }
+                _ => Ok(()),
+            };
+        };
+        let body = match &wanted.body {
+            Ok(body) => body,
+            Err(reason) => {
+                tracing::warn!(source_type = %key.source_type, source_id = %key.source_id, reason, "desired event unusable; left as it is");
+                self.progress.invalid += 1;
+                return Ok(());
+            }
+        };
+        let generation = bound.map_or(0, |b| b.binding.generation);
+        let actual = self.actual(&source, key, bound).cloned();
+        let start = match &actual {
+            Some(event) if event.body.as_ref() == Some(body) => {
+                self.progress.unchanged += 1;
+                let hash = content_hash(body);
+                let in_step = bound.is_some_and(|b| {
+                    b.binding.google_event_id == event.id
+                        && b.binding.state == BindingState::Live
+                        && b.binding.content_hash.as_deref() == Some(hash.as_str())
+                });
+                if !in_step {
+                    let written = crate::sync::Written {
+                        id: event.id.clone(),
+                        generation,
+                        etag: event.etag.clone(),
+                    };
+                    self.put(&live_binding(&source, &wanted.event_type, body, written))
+                        .await?;
+                }
+                return Ok(());
+            }
+            Some(event) => {
+                self.progress.updated += 1;
+                Start::Update {
+                    id: event.id.clone(),
+                    generation,
+                }
+            }
+            None => {
+                self.progress.created += 1;
+                match bound {
+                    Some(b) if b.binding.state == BindingState::Inserting => Start::Insert {
+                        id: b.binding.google_event_id.clone(),
+                        generation,
+                    },
+                    Some(_) => fresh(&source, generation + 1),
+                    None => fresh(&source, 0),
+                }
+            }
+        };
+        let written = write_event(
+            self.calendar,
+            self.pool,
+            self.item,
+            &source,
+            &wanted.event_type,
+            body,
+            start,
+        )
+        .await?;
+        self.put(&live_binding(&source, &wanted.event_type, body, written))
+            .await
+    }
+
+    /// The source's live event: the bound one, else one carrying its
+    /// properties (a lost binding), preferring the id we would have chosen.
+    fn actual(
+        &self,
+        source: &SourceKey,
+        key: &SourceCursor,
+        bound: Option<&StoredBinding>,
+    ) -> Option<&RemoteEvent> {
+        if let Some(event) = bound.and_then(|b| self.remote.get(&b.binding.google_event_id)) {
+            return Some(event);
+        }
+        let candidates = self.by_source.get(key)?;
+        let preferred = event_id(source, bound.map_or(0, |b| b.binding.generation));
+        let id = candidates
+            .iter()
+            .find(|id| **id == preferred)
+            .or_else(|| candidates.iter().min())?;
+        self.remote.get(id)
+    }
+
+    /// Deletes a source's event that is no longer desired.
+    async fn retire(
+        &mut self,
+        source: &SourceKey,
+        bound: &StoredBinding,
+    ) -> Result<(), ApplyError> {
+        let id = &bound.binding.google_event_id;
+        if self.remote.contains_key(id) {
+            self.delete(id).await?;
+        }
+        self.put(&BindingWrite {
+            source: source.clone(),
+            google_event_id: id.clone(),
+            generation: bound.binding.generation,
+            state: BindingState::Cancelled,
+            etag: None,
+            content_hash: None,
+            content: None,
+            event_type: None,
+        })
+        .await
+    }
+
+    /// Deletes our events that no binding wants (after the last chunk, every
+    /// desired source is bound to exactly one event).
+    async fn delete_orphans(&mut self) -> Result<(), ApplyError> {
+        let keep = store::bound_event_ids(&**self.pool.get().await?, self.target).await?;
+        let orphans: BTreeSet<String> = self
+            .remote
+            .keys()
+            .filter(|id| !keep.contains(*id))
+            .cloned()
+            .collect();
+        for id in orphans {
+            self.delete(&id).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&mut self, id: &str) -> Result<(), ApplyError> {
+        match self.calendar.delete_event(self.target, id).await {
             Ok(()) => {}
             Err(e)
                 if matches!(
                     e.kind,
-                    crate::calendar::CalendarErrorKind::NotFound
-                        | crate::calendar::CalendarErrorKind::Gone
+                    CalendarErrorKind::NotFound | CalendarErrorKind::Gone
                 ) => {}
             Err(e) => return Err(e.into()),
         }
-        counts.deleted += 1;
+        self.remote.remove(id);
+        self.progress.deleted += 1;
+        Ok(())
     }
-    let changed = counts.created + counts.updated + counts.deleted > 0;
-    Ok(Applied {
-        binding: None,
-        result: Some(json!({
-            "created": counts.created,
-            "updated": counts.updated,
-            "deleted": counts.deleted,
-            "unchanged": counts.unchanged,
-        })),
-        changed,
-    })
+
+    async fn put(&self, binding: &BindingWrite) -> Result<(), ApplyError> {
+        if store::put_binding(&**self.pool.get().await?, self.item, binding).await? {
+            Ok(())
+        } else {
+            Err(ApplyError::ClaimLost)
+        }
+    }
 }
 
 /// Every live event of ours on the calendar, by id.
@@ -149,41 +343,5 @@ async fn list_ours<C: Calendar>(
             Some(token) => page_token = Some(token),
             None => return Ok(events),
         }
-    }
-}
-
-/// The content a LIVE binding says its event should have.
-fn desired_body(stored: &StoredBinding) -> Option<EventBody> {
-    if stored.binding.state != BindingState::Live {
-        return None;
-    }
-    serde_json::from_value(stored.content.clone()?).ok()
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn put(
-    pool: &Pool,
-    item: &ClaimedItem,
-    stored: &StoredBinding,
-    id: &str,
-    generation: i32,
-    state: BindingState,
-    etag: Option<String>,
-    content_hash: Option<String>,
-) -> Result<(), ApplyError> {
-    let write = BindingWrite {
-        source: stored.source.clone(),
-        google_event_id: id.to_owned(),
-        generation,
-        state,
-        etag,
-        content_hash,
-        content: stored.content.clone(),
-        event_type: stored.event_type.clone(),
-    };
-    if store::put_binding(&**pool.get().await?, item, &write).await? {
-        Ok(())
-    } else {
-        Err(ApplyError::ClaimLost)
     }
 }

@@ -119,6 +119,8 @@ pub struct ClaimedItem {
     pub claim_token: Uuid,
     /// The source's binding, read with the claim.
     pub binding: Option<Binding>,
+    /// The row's `result`: a long item's checkpoint.
+    pub result: Option<Value>,
 }
 
 /// A candidate row judged by [`judge_candidates`].
@@ -289,6 +291,7 @@ pub async fn mark_claimed(
                 attempts: r.get("attempts"),
                 claim_token: r.get("claim_token"),
                 binding,
+                result: r.get("result"),
             }
         })
         .collect();
@@ -309,7 +312,7 @@ claimed AS (
        SET status = 'PROCESSING', attempts = o.attempts + 1,
            claim_token = gen_random_uuid(), updated_at = now()
      WHERE o.id = ANY ($3::uuid[]) AND o.status = 'PENDING'
- RETURNING o.id, o.seq, o.operation, o.payload, o.attempts, o.claim_token,
+ RETURNING o.id, o.seq, o.operation, o.payload, o.attempts, o.claim_token, o.result,
            o.workspace_id, o.calendar_id, o.source_type, o.source_id
 ),
 stale AS (
@@ -331,7 +334,7 @@ stale AS (
               AND r.seq > o.seq AND r.seq < c.seq)
  RETURNING o.id
 )
-SELECT c.id, c.seq, c.operation, c.payload, c.attempts, c.claim_token,
+SELECT c.id, c.seq, c.operation, c.payload, c.attempts, c.claim_token, c.result,
        (SELECT count(*) FROM stale) AS stale_count,
        b.google_event_id, b.generation, b.state, b.etag, b.content_hash
   FROM claimed c
@@ -549,42 +552,6 @@ pub struct StoredBinding {
     pub content: Option<Value>,
     /// The application's event category.
     pub event_type: Option<String>,
-}
-
-/// Every binding of one (workspace, calendar).
-pub async fn bindings_of_calendar(
-    client: &impl GenericClient,
-    calendar: &CalendarKey,
-) -> Result<Vec<StoredBinding>, tokio_postgres::Error> {
-    let rows = client
-        .query(
-            "SELECT source_type, source_id, google_event_id, generation, state, etag, content_hash,
-                    content, event_type
-               FROM calendar_event_bindings
-              WHERE workspace_id = $1 AND calendar_id = $2
-              ORDER BY source_type, source_id",
-            &[&calendar.workspace_id, &calendar.calendar_id],
-        )
-        .await?;
-    Ok(rows
-        .iter()
-        .map(|r| StoredBinding {
-            source: SourceKey {
-                calendar: calendar.clone(),
-                source_type: r.get("source_type"),
-                source_id: r.get("source_id"),
-            },
-            binding: Binding {
-                google_event_id: r.get("google_event_id"),
-                generation: r.get("generation"),
-                state: BindingState::parse(r.get("state")),
-                etag: r.get("etag"),
-                content_hash: r.get("content_hash"),
-            },
-            content: r.get("content"),
-            event_type: r.get("event_type"),
-        })
-        .collect())
 }
 
 /// The outcome of a failed attempt, as stored.
@@ -886,4 +853,204 @@ pub async fn list_connections(
             paused: r.get(4),
         })
         .collect())
+}
+
+/// Whether the application defines the desired-state view.
+pub async fn desired_view_exists(
+    client: &impl GenericClient,
+) -> Result<bool, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('calendar_sync_desired_events') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+/// A row of the application's `calendar_sync_desired_events` view.
+#[derive(Debug, Clone)]
+pub struct DesiredRow {
+    /// Source type.
+    pub source_type: String,
+    /// Source id.
+    pub source_id: String,
+    /// The application's event category.
+    pub event_type: Option<String>,
+    /// Title.
+    pub title: Option<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Start, as ISO text.
+    pub start_at: Option<String>,
+    /// End, as ISO text.
+    pub end_at: Option<String>,
+    /// All-day flag.
+    pub is_all_day: Option<bool>,
+    /// IANA time zone.
+    pub time_zone: Option<String>,
+}
+
+/// The next page of the view's rows of one calendar after `after`, in byte
+/// order of (source_type, source_id). Timestamps and dates are read through
+/// JSON, which renders them in ISO 8601 whatever their column type.
+pub async fn desired_view_page(
+    client: &impl GenericClient,
+    calendar: &CalendarKey,
+    after: Option<&crate::desired::SourceCursor>,
+    limit: i64,
+) -> Result<Vec<DesiredRow>, tokio_postgres::Error> {
+    let (after_type, after_id) = split_cursor(after);
+    let rows = client
+        .query(
+            r#"
+-- desired_view_page
+SELECT source_type::text, source_id::text, event_type::text, title::text, description::text,
+       to_jsonb(start_at) #>> '{}', to_jsonb(end_at) #>> '{}', is_all_day, time_zone::text
+  FROM calendar_sync_desired_events
+ WHERE workspace_id::text = $1 AND calendar_id::text = $2
+   AND ($3::text IS NULL
+        OR (source_type::text COLLATE "C", source_id::text COLLATE "C") > ($3::text COLLATE "C", $4::text COLLATE "C"))
+ ORDER BY source_type::text COLLATE "C", source_id::text COLLATE "C"
+ LIMIT $5
+"#,
+            &[&calendar.workspace_id, &calendar.calendar_id, &after_type, &after_id, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| DesiredRow {
+            source_type: r.get(0),
+            source_id: r.get(1),
+            event_type: r.get(2),
+            title: r.get(3),
+            description: r.get(4),
+            start_at: r.get(5),
+            end_at: r.get(6),
+            is_all_day: r.get(7),
+            time_zone: r.get(8),
+        })
+        .collect())
+}
+
+fn split_cursor(cursor: Option<&crate::desired::SourceCursor>) -> (Option<&str>, Option<&str>) {
+    (
+        cursor.map(|c| c.source_type.as_str()),
+        cursor.map(|c| c.source_id.as_str()),
+    )
+}
+
+/// LIVE bindings of one calendar after `after`, in byte order, at most `limit`.
+pub async fn live_bindings_page(
+    client: &impl GenericClient,
+    calendar: &CalendarKey,
+    after: Option<&crate::desired::SourceCursor>,
+    limit: i64,
+) -> Result<Vec<StoredBinding>, tokio_postgres::Error> {
+    bindings_query(client, calendar, after, None, true, limit).await
+}
+
+/// Bindings (any state) of one calendar with keys in `(after, upto]`.
+pub async fn bindings_in_range(
+    client: &impl GenericClient,
+    calendar: &CalendarKey,
+    after: Option<&crate::desired::SourceCursor>,
+    upto: Option<&crate::desired::SourceCursor>,
+) -> Result<Vec<StoredBinding>, tokio_postgres::Error> {
+    bindings_query(client, calendar, after, upto, false, i64::MAX).await
+}
+
+async fn bindings_query(
+    client: &impl GenericClient,
+    calendar: &CalendarKey,
+    after: Option<&crate::desired::SourceCursor>,
+    upto: Option<&crate::desired::SourceCursor>,
+    live_only: bool,
+    limit: i64,
+) -> Result<Vec<StoredBinding>, tokio_postgres::Error> {
+    let (after_type, after_id) = split_cursor(after);
+    let (upto_type, upto_id) = split_cursor(upto);
+    let rows = client
+        .query(
+            r#"
+-- bindings_query: one calendar's bindings in a key range, in byte order
+SELECT source_type, source_id, google_event_id, generation, state, etag, content_hash, content, event_type
+  FROM calendar_event_bindings
+ WHERE workspace_id = $1 AND calendar_id = $2
+   AND ($3::text IS NULL OR (source_type COLLATE "C", source_id COLLATE "C") > ($3::text COLLATE "C", $4::text COLLATE "C"))
+   AND ($5::text IS NULL OR (source_type COLLATE "C", source_id COLLATE "C") <= ($5::text COLLATE "C", $6::text COLLATE "C"))
+   AND (NOT $7 OR state = 'LIVE')
+ ORDER BY source_type COLLATE "C", source_id COLLATE "C"
+ LIMIT $8
+"#,
+            &[
+                &calendar.workspace_id,
+                &calendar.calendar_id,
+                &after_type,
+                &after_id,
+                &upto_type,
+                &upto_id,
+                &live_only,
+                &limit,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| stored_binding(calendar, r)).collect())
+}
+
+fn stored_binding(calendar: &CalendarKey, r: &tokio_postgres::Row) -> StoredBinding {
+    StoredBinding {
+        source: SourceKey {
+            calendar: calendar.clone(),
+            source_type: r.get("source_type"),
+            source_id: r.get("source_id"),
+        },
+        binding: Binding {
+            google_event_id: r.get("google_event_id"),
+            generation: r.get("generation"),
+            state: BindingState::parse(r.get("state")),
+            etag: r.get("etag"),
+            content_hash: r.get("content_hash"),
+        },
+        content: r.get("content"),
+        event_type: r.get("event_type"),
+    }
+}
+
+/// Event ids the calendar's bindings want kept (LIVE or being inserted).
+pub async fn bound_event_ids(
+    client: &impl GenericClient,
+    calendar: &CalendarKey,
+) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT google_event_id FROM calendar_event_bindings
+              WHERE workspace_id = $1 AND calendar_id = $2 AND state IN ('LIVE', 'INSERTING')",
+            &[&calendar.workspace_id, &calendar.calendar_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Stores a long item's checkpoint and puts it back in line without using an
+/// attempt, so that it resumes from there (after other work had a turn).
+pub async fn checkpoint(
+    client: &impl GenericClient,
+    item: &ClaimedItem,
+    progress: &Value,
+) -> Result<FailureStatus, tokio_postgres::Error> {
+    let row = client
+        .query_opt(
+            r#"
+-- checkpoint
+UPDATE sync_outbox
+   SET status = 'PENDING', attempts = greatest(attempts - 1, 0), result = $3,
+       next_attempt_at = now(), claim_token = NULL, updated_at = now()
+ WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+RETURNING status
+"#,
+            &[&item.id, &item.claim_token, progress],
+        )
+        .await?;
+    Ok(failure_status(row))
 }

@@ -35,6 +35,20 @@ pub(crate) struct Applied {
     pub result: Option<Value>,
     /// False when the desired state already held and no write call was made.
     pub changed: bool,
+    /// The work is not finished: store `result` as a checkpoint and come back.
+    pub continue_later: bool,
+}
+
+impl Applied {
+    /// Nothing to do: the desired state already holds.
+    pub fn unchanged() -> Self {
+        Self {
+            binding: None,
+            result: None,
+            changed: false,
+            continue_later: false,
+        }
+    }
 }
 
 /// Why an operation could not be applied.
@@ -144,12 +158,19 @@ pub fn content_hash(body: &EventBody) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Where an upsert stands while it works its way to a live event.
-enum Step {
+/// Where writing a source's event starts.
+pub(crate) enum Start {
     /// Update the event we believe is live.
-    Update,
-    /// Insert (after persisting the id).
-    Insert,
+    Update { id: String, generation: i32 },
+    /// Insert under this id (persisted first).
+    Insert { id: String, generation: i32 },
+}
+
+/// The event a source ended up with.
+pub(crate) struct Written {
+    pub id: String,
+    pub generation: i32,
+    pub etag: Option<String>,
 }
 
 /// Creates or updates the source's event.
@@ -161,46 +182,103 @@ pub(crate) async fn upsert<C: Calendar>(
 ) -> Result<Applied, ApplyError> {
     let body = event_body(upsert);
     let hash = content_hash(&body);
-    let target = &upsert.source.calendar;
-    let (mut id, mut generation, mut step) = match &item.binding {
+    let start = match &item.binding {
         Some(b)
             if b.state == BindingState::Live
                 && b.content_hash.as_deref() == Some(hash.as_str()) =>
         {
-            return Ok(Applied {
-                binding: None,
-                result: None,
-                changed: false,
-            });
+            return Ok(Applied::unchanged());
         }
         Some(b) => match b.state {
-            BindingState::Live => (b.google_event_id.clone(), b.generation, Step::Update),
-            BindingState::Inserting => (b.google_event_id.clone(), b.generation, Step::Insert),
-            BindingState::Cancelled => {
-                let next = b.generation + 1;
-                (event_id(&upsert.source, next), next, Step::Insert)
-            }
+            BindingState::Live => Start::Update {
+                id: b.google_event_id.clone(),
+                generation: b.generation,
+            },
+            BindingState::Inserting => Start::Insert {
+                id: b.google_event_id.clone(),
+                generation: b.generation,
+            },
+            BindingState::Cancelled => fresh(&upsert.source, b.generation + 1),
         },
-        None => (event_id(&upsert.source, 0), 0, Step::Insert),
+        None => fresh(&upsert.source, 0),
     };
-    let live = |id: String, generation: i32, etag: Option<String>| Applied {
-        binding: Some(BindingWrite {
-            source: upsert.source.clone(),
-            google_event_id: id,
-            generation,
-            state: BindingState::Live,
-            etag,
-            content_hash: Some(hash.clone()),
-            content: Some(serde_json::to_value(&body).expect("an EventBody always serialises")),
-            event_type: Some(upsert.event_type.clone()),
-        }),
+    let written = write_event(
+        calendar,
+        pool,
+        item,
+        &upsert.source,
+        &upsert.event_type,
+        &body,
+        start,
+    )
+    .await?;
+    Ok(Applied {
+        binding: Some(live_binding(
+            &upsert.source,
+            &upsert.event_type,
+            &body,
+            written,
+        )),
         result: None,
         changed: true,
+        continue_later: false,
+    })
+}
+
+/// An insert under the id of `generation`.
+pub(crate) fn fresh(source: &SourceKey, generation: i32) -> Start {
+    Start::Insert {
+        id: event_id(source, generation),
+        generation,
+    }
+}
+
+/// The LIVE binding of a written event.
+pub(crate) fn live_binding(
+    source: &SourceKey,
+    event_type: &str,
+    body: &EventBody,
+    written: Written,
+) -> BindingWrite {
+    BindingWrite {
+        source: source.clone(),
+        google_event_id: written.id,
+        generation: written.generation,
+        state: BindingState::Live,
+        etag: written.etag,
+        content_hash: Some(content_hash(body)),
+        content: Some(serde_json::to_value(body).expect("an EventBody always serialises")),
+        event_type: Some(event_type.to_owned()),
+    }
+}
+
+/// Makes the source's event exist with `body`, starting from `start`: an
+/// update that finds the event cancelled or gone moves to a fresh id; an
+/// insert persists its id first and adopts its own event on 409.
+pub(crate) async fn write_event<C: Calendar>(
+    calendar: &C,
+    pool: &Pool,
+    item: &ClaimedItem,
+    source: &SourceKey,
+    event_type: &str,
+    body: &EventBody,
+    start: Start,
+) -> Result<Written, ApplyError> {
+    let target = &source.calendar;
+    let (mut id, mut generation, mut update) = match start {
+        Start::Update { id, generation } => (id, generation, true),
+        Start::Insert { id, generation } => (id, generation, false),
     };
     for _ in 0..MAX_GENERATION_STEPS {
-        match step {
-            Step::Update => match calendar.update_event(target, &id, &body).await {
-                Ok(event) if !event.cancelled => return Ok(live(id, generation, event.etag)),
+        if update {
+            match calendar.update_event(target, &id, body).await {
+                Ok(event) if !event.cancelled => {
+                    return Ok(Written {
+                        id,
+                        generation,
+                        etag: event.etag,
+                    });
+                }
                 // Deleted by hand (the update left it cancelled, or it is gone):
                 // its id stays taken, so move to a fresh one.
                 Ok(_) => {}
@@ -210,36 +288,38 @@ pub(crate) async fn upsert<C: Calendar>(
                         CalendarErrorKind::NotFound | CalendarErrorKind::Gone
                     ) => {}
                 Err(e) => return Err(e.into()),
-            },
-            Step::Insert => {
-                let reservation = BindingWrite {
-                    source: upsert.source.clone(),
-                    google_event_id: id.clone(),
-                    generation,
-                    state: BindingState::Inserting,
-                    etag: None,
-                    content_hash: None,
-                    content: None,
-                    event_type: Some(upsert.event_type.clone()),
-                };
-                if !store::put_binding(&**pool.get().await?, item, &reservation).await? {
-                    return Err(ApplyError::ClaimLost);
-                }
-                match calendar.insert_event(target, &id, &body).await {
-                    Ok(event) => return Ok(live(id, generation, event.etag)),
-                    // Our own id exists: an earlier attempt's insert landed but
-                    // its reply was lost. Adopt it by updating it.
-                    Err(e) if e.kind == CalendarErrorKind::Duplicate => {
-                        step = Step::Update;
-                        continue;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
             }
+            generation += 1;
+            id = event_id(source, generation);
+            update = false;
+            continue;
         }
-        generation += 1;
-        id = event_id(&upsert.source, generation);
-        step = Step::Insert;
+        let reservation = BindingWrite {
+            source: source.clone(),
+            google_event_id: id.clone(),
+            generation,
+            state: BindingState::Inserting,
+            etag: None,
+            content_hash: None,
+            content: None,
+            event_type: Some(event_type.to_owned()),
+        };
+        if !store::put_binding(&**pool.get().await?, item, &reservation).await? {
+            return Err(ApplyError::ClaimLost);
+        }
+        match calendar.insert_event(target, &id, body).await {
+            Ok(event) => {
+                return Ok(Written {
+                    id,
+                    generation,
+                    etag: event.etag,
+                });
+            }
+            // Our own id exists: an earlier attempt's insert landed but its
+            // reply was lost (or a cancelled event keeps the id). Adopt it.
+            Err(e) if e.kind == CalendarErrorKind::Duplicate => update = true,
+            Err(e) => return Err(e.into()),
+        }
     }
     Err(CalendarError::new(
         CalendarErrorKind::Transient,
@@ -257,18 +337,10 @@ pub(crate) async fn cancel<C: Calendar>(
 ) -> Result<Applied, ApplyError> {
     let Some(binding) = &item.binding else {
         // Never synced: nothing to delete.
-        return Ok(Applied {
-            binding: None,
-            result: None,
-            changed: false,
-        });
+        return Ok(Applied::unchanged());
     };
     if binding.state == BindingState::Cancelled {
-        return Ok(Applied {
-            binding: None,
-            result: None,
-            changed: false,
-        });
+        return Ok(Applied::unchanged());
     }
     match calendar
         .delete_event(&source.calendar, &binding.google_event_id)
@@ -295,6 +367,7 @@ pub(crate) async fn cancel<C: Calendar>(
         }),
         result: None,
         changed: true,
+        continue_later: false,
     })
 }
 

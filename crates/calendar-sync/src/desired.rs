@@ -1,0 +1,211 @@
+//! The desired state of a calendar, for REBUILD_ALL, from the first source that
+//! is configured:
+//! 1. an [`EventSource`] the embedding service implements;
+//! 2. the SQL view `calendar_sync_desired_events`, when the application defines it;
+//! 3. otherwise the content last synced, as recorded in the bindings.
+//!
+//! Every source is read in pages in ascending byte order of
+//! (source_type, source_id), so a rebuild can walk it in bounded chunks and
+//! resume after a crash.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use deadpool_postgres::Pool;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::calendar::EventBody;
+use crate::operation::{CalendarKey, EventDetails, Operation, SourceKey, UpsertEvent};
+use crate::store;
+use crate::sync::{ApplyError, event_body};
+
+/// The position of a source in the (source_type, source_id) order.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCursor {
+    /// The application's kind of object.
+    pub source_type: String,
+    /// The application's id of the object.
+    pub source_id: String,
+}
+
+/// One event the application wants on the calendar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DesiredEvent {
+    /// The application's kind of object.
+    pub source_type: String,
+    /// The application's id of the object.
+    pub source_id: String,
+    /// The application's own category.
+    pub event_type: String,
+    /// The content.
+    pub event: EventDetails,
+}
+
+/// A boxed future, so that [`EventSource`] can be used as a trait object.
+pub type SourceFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Vec<DesiredEvent>, String>> + Send + 'a>>;
+
+/// The application's current state, for REBUILD_ALL.
+pub trait EventSource: Send + Sync + 'static {
+    /// Up to `limit` desired events of `calendar` whose (source_type,
+    /// source_id) comes after `after` (all from the start when `None`), in
+    /// ascending byte order of (source_type, source_id) — as SQL's
+    /// `ORDER BY source_type COLLATE "C", source_id COLLATE "C"`.
+    fn desired_events<'a>(
+        &'a self,
+        calendar: &'a CalendarKey,
+        after: Option<&'a SourceCursor>,
+        limit: usize,
+    ) -> SourceFuture<'a>;
+}
+
+/// Where desired state comes from for one rebuild.
+pub(crate) enum Desired {
+    Source(Arc<dyn EventSource>),
+    View,
+    Bindings,
+}
+
+/// A desired source and its content, or why its content is unusable.
+pub(crate) struct Wanted {
+    pub cursor: SourceCursor,
+    pub event_type: String,
+    pub body: Result<EventBody, String>,
+}
+
+impl Desired {
+    /// The first configured source.
+    pub async fn choose(
+        source: Option<&Arc<dyn EventSource>>,
+        pool: &Pool,
+    ) -> Result<Self, ApplyError> {
+        if let Some(source) = source {
+            return Ok(Self::Source(source.clone()));
+        }
+        if store::desired_view_exists(&**pool.get().await?).await? {
+            return Ok(Self::View);
+        }
+        Ok(Self::Bindings)
+    }
+
+    /// Which source this is, for the row's `result`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Source(_) => "event_source",
+            Self::View => "sql_view",
+            Self::Bindings => "bindings",
+        }
+    }
+
+    /// The next page of desired sources after `after`.
+    pub async fn page(
+        &self,
+        pool: &Pool,
+        calendar: &CalendarKey,
+        after: Option<&SourceCursor>,
+        limit: usize,
+    ) -> Result<Vec<Wanted>, ApplyError> {
+        let mut page: Vec<Wanted> = match self {
+            Self::Source(source) => source
+                .desired_events(calendar, after, limit)
+                .await
+                .map_err(|e| ApplyError::Database(format!("the event source failed: {e}")))?
+                .into_iter()
+                .map(|d| {
+                    wanted(
+                        calendar,
+                        d.source_type,
+                        d.source_id,
+                        d.event_type,
+                        Ok(d.event),
+                    )
+                })
+                .collect(),
+            Self::View => store::desired_view_page(
+                &**pool.get().await?,
+                calendar,
+                after,
+                limit as i64,
+            )
+            .await?
+            .into_iter()
+            .map(|row| {
+                let payload = json!({
+                    "workspaceId": calendar.workspace_id, "calendarId": calendar.calendar_id,
+                    "sourceType": row.source_type, "sourceId": row.source_id,
+                    "eventType": row.event_type,
+                    "event": {
+                        "title": row.title, "description": row.description,
+                        "start": row.start_at, "end": row.end_at,
+                        "isAllDay": row.is_all_day, "timeZone": row.time_zone,
+                    },
+                });
+                let details = match Operation::decode("UPSERT_EVENT", &payload) {
+                    Ok(Operation::UpsertEvent(u)) => Ok(u.event),
+                    Ok(_) => Err("not an event".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                };
+                let event_type = row.event_type.unwrap_or_default();
+                wanted(
+                    calendar,
+                    row.source_type,
+                    row.source_id,
+                    event_type,
+                    details,
+                )
+            })
+            .collect(),
+            Self::Bindings => {
+                store::live_bindings_page(&**pool.get().await?, calendar, after, limit as i64)
+                    .await?
+                    .into_iter()
+                    .map(|b| Wanted {
+                        cursor: SourceCursor {
+                            source_type: b.source.source_type,
+                            source_id: b.source.source_id,
+                        },
+                        event_type: b.event_type.unwrap_or_default(),
+                        body: b
+                            .content
+                            .ok_or_else(|| "no synced content recorded".to_owned())
+                            .and_then(|c| serde_json::from_value(c).map_err(|e| e.to_string())),
+                    })
+                    .collect()
+            }
+        };
+        page.sort_by(|a, b| a.cursor.cmp(&b.cursor));
+        Ok(page)
+    }
+}
+
+fn wanted(
+    calendar: &CalendarKey,
+    source_type: String,
+    source_id: String,
+    event_type: String,
+    details: Result<EventDetails, String>,
+) -> Wanted {
+    let source = SourceKey {
+        calendar: calendar.clone(),
+        source_type: source_type.clone(),
+        source_id: source_id.clone(),
+    };
+    let body = details.map(|event| {
+        event_body(&UpsertEvent {
+            source,
+            event_type: event_type.clone(),
+            event,
+        })
+    });
+    Wanted {
+        cursor: SourceCursor {
+            source_type,
+            source_id,
+        },
+        event_type,
+        body,
+    }
+}
