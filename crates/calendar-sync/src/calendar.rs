@@ -133,6 +133,15 @@ impl CalendarError {
         self
     }
 
+    /// Whether the error says the event is not there (404, 410): for a delete,
+    /// the desired state already holds.
+    pub fn means_absent(&self) -> bool {
+        matches!(
+            self.kind,
+            CalendarErrorKind::NotFound | CalendarErrorKind::Gone
+        )
+    }
+
     /// How the engine treats this error when nothing more specific applies.
     pub fn class(&self) -> ErrorClass {
         match self.kind {

@@ -20,14 +20,13 @@ use std::sync::Arc;
 use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::{
-    Calendar, CalendarErrorKind, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
-};
+use crate::calendar::{Calendar, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent};
 use crate::desired::{Desired, EventSource, SourceCursor, Wanted};
 use crate::operation::{CalendarKey, SourceKey};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem, StoredBinding};
 use crate::sync::{
-    Applied, ApplyError, Start, content_hash, event_id, fresh, live_binding, write_event,
+    Applied, ApplyError, Start, content_hash, delete_event, event_id, fresh, live_binding,
+    write_event,
 };
 
 /// Progress of a rebuild, stored in the row's `result` between chunks and as
@@ -298,15 +297,7 @@ impl<C: Calendar> Pass<'_, C> {
     }
 
     async fn delete(&mut self, id: &str) -> Result<(), ApplyError> {
-        match self.calendar.delete_event(self.target, id).await {
-            Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind,
-                    CalendarErrorKind::NotFound | CalendarErrorKind::Gone
-                ) => {}
-            Err(e) => return Err(e.into()),
-        }
+        delete_event(self.calendar, self.target, id).await?;
         self.remote.remove(id);
         self.progress.deleted += 1;
         Ok(())

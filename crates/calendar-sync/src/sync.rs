@@ -19,7 +19,7 @@ use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventTime, PROP_EVENT_TYPE,
     PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE,
 };
-use crate::operation::{EventTiming, SourceKey, UpsertEvent};
+use crate::operation::{CalendarKey, EventTiming, SourceKey, UpsertEvent};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem};
 
 /// At most this many fresh ids per attempt: each step means Google reported the
@@ -282,11 +282,7 @@ pub(crate) async fn write_event<C: Calendar>(
                 // Deleted by hand (the update left it cancelled, or it is gone):
                 // its id stays taken, so move to a fresh one.
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind,
-                        CalendarErrorKind::NotFound | CalendarErrorKind::Gone
-                    ) => {}
+                Err(e) if e.means_absent() => {}
                 Err(e) => return Err(e.into()),
             }
             generation += 1;
@@ -329,6 +325,18 @@ pub(crate) async fn write_event<C: Calendar>(
     .into())
 }
 
+/// Deletes an event; one that is already gone (404, 410) counts as deleted.
+pub(crate) async fn delete_event<C: Calendar>(
+    calendar: &C,
+    target: &CalendarKey,
+    id: &str,
+) -> Result<(), ApplyError> {
+    match calendar.delete_event(target, id).await {
+        Err(e) if !e.means_absent() => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
 /// Deletes the source's event. A 404 or 410 means the desired state holds.
 pub(crate) async fn cancel<C: Calendar>(
     calendar: &C,
@@ -342,18 +350,7 @@ pub(crate) async fn cancel<C: Calendar>(
     if binding.state == BindingState::Cancelled {
         return Ok(Applied::unchanged());
     }
-    match calendar
-        .delete_event(&source.calendar, &binding.google_event_id)
-        .await
-    {
-        Ok(()) => {}
-        Err(e)
-            if matches!(
-                e.kind,
-                CalendarErrorKind::NotFound | CalendarErrorKind::Gone
-            ) => {}
-        Err(e) => return Err(e.into()),
-    }
+    delete_event(calendar, &source.calendar, &binding.google_event_id).await?;
     Ok(Applied {
         binding: Some(BindingWrite {
             source: source.clone(),
