@@ -211,28 +211,21 @@ impl Tokens {
                 return Err(e);
             }
         };
-        if response.refresh_token().is_none()
-            && self
+        // Store the refresh token again when Google rotated it, or when it is
+        // sealed with a retired key (so that key can be dropped once no row
+        // carries its id).
+        let reseal = match response.refresh_token() {
+            Some(rotated) => Some(SecretString::from(rotated.secret().to_owned())),
+            None if self
                 .cipher
-                .needs_reencryption(&connection.refresh_token_encrypted)
-        {
-            // Sealed with a retired key: move it to the current one, so the old
-            // key can be dropped once no row carries its id.
-            let sealed = self.cipher.encrypt(workspace_id, &refresh_token);
-            store::replace_refresh_token(
-                &**client,
-                workspace_id,
-                &connection.refresh_token_encrypted,
-                &sealed,
-            )
-            .await
-            .map_err(database)?;
-        }
-        if let Some(rotated) = response.refresh_token() {
-            let sealed = self.cipher.encrypt(
-                workspace_id,
-                &SecretString::from(rotated.secret().to_owned()),
-            );
+                .needs_reencryption(&connection.refresh_token_encrypted) =>
+            {
+                Some(refresh_token)
+            }
+            None => None,
+        };
+        if let Some(token) = reseal {
+            let sealed = self.cipher.encrypt(workspace_id, &token);
             store::replace_refresh_token(
                 &**client,
                 workspace_id,
@@ -243,7 +236,7 @@ impl Tokens {
             .map_err(database)?;
             tracing::info!(
                 workspace_id,
-                "Google rotated the refresh token; stored the new one"
+                "stored the refresh token sealed with the current key"
             );
         }
         let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
