@@ -199,3 +199,48 @@ async fn claim_plan_reads_only_pending_rows() {
         "claim uses the partial index:\n{plan}"
     );
 }
+
+/// Notifications received on `LISTEN calendar_sync_outbox` within a short wait
+/// after `sql` ran on another session.
+async fn notifications_after(t: &TestDb, sql: &str) -> usize {
+    use futures_util::StreamExt;
+    let (listener, mut connection) = t.config.connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.channel().to_owned());
+            }
+        }
+    });
+    listener
+        .batch_execute("LISTEN calendar_sync_outbox")
+        .await
+        .unwrap();
+    t.client().await.batch_execute(sql).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut n = 0;
+    while rx.try_recv().is_ok() {
+        n += 1;
+    }
+    n
+}
+
+#[tokio::test]
+async fn inserts_notify_idle_workers_once_per_transaction_and_busy_ones_not_at_all() {
+    let t = TestDb::new().await;
+    let insert = "INSERT INTO sync_outbox (operation, payload) VALUES ('CANCEL_EVENT', '{}')";
+    // Idle queue: one notification, even for several rows in one transaction.
+    let sql = format!("BEGIN; {insert}; {insert}; {insert}; COMMIT;");
+    assert_eq!(notifications_after(&t, &sql).await, 1);
+    // Due work is waiting, so workers are busy: no notification needed.
+    assert_eq!(notifications_after(&t, insert).await, 0);
+    // Only rows waiting for a retry: workers may be idle, so notify.
+    t.client()
+        .await
+        .batch_execute("UPDATE sync_outbox SET next_attempt_at = now() + interval '1 hour'")
+        .await
+        .unwrap();
+    assert_eq!(notifications_after(&t, insert).await, 1);
+}
