@@ -2,6 +2,7 @@
 //! per test, and an in-memory [`Calendar`] with fault injection.
 
 mod memory_calendar;
+mod processes;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,6 +13,11 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use memory_calendar::{Call, Fault, MemoryCalendar};
+pub use processes::{
+    Audit, Cluster, GoogleWorld, Rng, WORKER_CLIENT_ID, WORKER_CLIENT_SECRET, WORKER_KEY_B64,
+    WorkerProcess, connect, count_in, enqueue_all, finished, free_port, namespace_locks, set_env,
+    source_payload_cancel, source_payload_upsert, status_counts, wait_until,
+};
 
 /// The server tests run against.
 pub fn database_url() -> String {

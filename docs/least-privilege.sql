@@ -1,0 +1,60 @@
+-- calendar-sync: least-privilege roles.
+--
+-- Run as the owner of the schema (the role that ran `calendar-sync-worker
+-- migrate`), in the application's database, after the migrations:
+--
+--     psql "$OWNER_DATABASE_URL" -f docs/least-privilege.sql
+--     psql "$OWNER_DATABASE_URL" -c "ALTER ROLE calendar_sync_worker PASSWORD '…'"
+--
+-- Rename `calendar_sync_worker` / `calendar_sync_producer` as you like (replace
+-- every occurrence). The schema is assumed to be `public`, where the migrations
+-- create it by default. Nothing else is granted: neither role owns anything,
+-- can create objects, or can change the schema. Checked on PostgreSQL 15 by
+-- tests/least_privilege.rs, which runs the drainer as `calendar_sync_worker`
+-- (claims, advisory locks, LISTEN, orphan recovery from pg_locks, Google
+-- outcomes, invalid connections, token rotation, status, requeue, cleanup,
+-- connections) and enqueues as `calendar_sync_producer`.
+--
+-- What needs no grant (PostgreSQL 15 defaults): CONNECT on the database and
+-- USAGE on schema public (granted to PUBLIC, unless you revoked them: then
+-- grant them back to both roles); the advisory-lock functions
+-- pg_try_advisory_lock / pg_advisory_unlock / pg_advisory_xact_lock and
+-- gen_random_uuid (EXECUTE granted to PUBLIC); reading pg_locks and
+-- pg_database (readable by PUBLIC); LISTEN and pg_notify (no privilege at all).
+-- The identity sequence behind sync_outbox.seq needs no USAGE grant: an
+-- identity column takes its value with the table's INSERT privilege.
+
+-- The worker: `calendar-sync-worker run`, `drain --once`, `status`,
+-- `requeue`, `cleanup`, `connections put|list`. NOLOGIN roles can be members
+-- of it; give it a password or your own authentication.
+CREATE ROLE calendar_sync_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+
+-- sync_outbox: claims and outcomes (SELECT, UPDATE); `cleanup` (DELETE).
+-- No INSERT: the worker never enqueues.
+GRANT SELECT, UPDATE, DELETE ON sync_outbox TO calendar_sync_worker;
+-- calendar_event_bindings: written as INSERT … ON CONFLICT DO UPDATE; never deleted.
+GRANT SELECT, INSERT, UPDATE ON calendar_event_bindings TO calendar_sync_worker;
+-- google_connections: `connections put` (INSERT … ON CONFLICT DO UPDATE), a
+-- rotated refresh token or an invalid grant (UPDATE), the token refresher (SELECT).
+GRANT SELECT, INSERT, UPDATE ON google_connections TO calendar_sync_worker;
+-- `status` and /metrics read the views; /readyz and `status` count the applied migrations.
+GRANT SELECT ON sync_outbox_status, sync_outbox_dead_letters, sync_outbox_oldest_pending
+    TO calendar_sync_worker;
+GRANT SELECT ON calendar_sync_migrations TO calendar_sync_worker;
+-- `requeue` and `cleanup` (they run with the caller's rights on sync_outbox).
+GRANT EXECUTE ON FUNCTION requeue_dead_letter_items(uuid[], text), cleanup_old_outbox_items(integer)
+    TO calendar_sync_worker;
+-- If the application defines the desired-state view for REBUILD_ALL, also:
+--   GRANT SELECT ON calendar_sync_desired_events TO calendar_sync_worker;
+-- (a view reads its tables with its owner's rights, so this one grant is enough).
+
+-- A producer: the application role that enqueues (INSERT … RETURNING id, as
+-- calendar_sync::enqueue does). The wake-up trigger (calendar_sync_notify, run
+-- at commit with the producer's rights) reads status, next_attempt_at and xmin
+-- to see whether other due work is waiting; those columns, and id for
+-- RETURNING, are all a producer can read: not the payloads of other rows, not
+-- last_error.
+CREATE ROLE calendar_sync_producer NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+GRANT INSERT ON sync_outbox TO calendar_sync_producer;
+GRANT SELECT (id, status, next_attempt_at, xmin) ON sync_outbox TO calendar_sync_producer;
+-- Then: GRANT calendar_sync_producer TO your_application_role;
