@@ -1,105 +1,115 @@
 //! `calendar-sync-bench`: figures measured against the real PostgreSQL, printed
-//! and written under `docs/benchmarks/`.
+//! and written under `docs/benchmarks/` (markdown + JSON, and SVG charts).
 //!
 //! ```text
-//! cargo run --release -p calendar-sync-bench -- producer-insert-rate [--quick]
+//! cargo run --release -p calendar-sync-bench -- <scenario> [--quick]
+//! cargo run --release -p calendar-sync-bench -- all [--quick]
 //! ```
+//!
+//! `--quick` runs a tiny size and only prints (a smoke test that keeps the
+//! suite from rotting); full runs write their results. See
+//! `docs/benchmarks/README.md`.
 
-use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+mod backlog_scale;
+mod baseline;
+mod calls;
+mod chart;
+mod engine;
+mod footprint;
+mod google_env;
+mod load;
+mod pickup;
+mod probe;
+mod producer;
+mod quota;
+mod report;
+mod support;
+mod throughput;
+mod wire;
 
-use calendar_sync_tests::{TestDb, upsert};
+use std::time::Instant;
+
+/// The scenarios, in the issue's order: (number, name, what it measures).
+const SCENARIOS: [(&str, &str, &str); 8] = [
+    ("1", "throughput", "engine throughput at concurrency 1/8/32"),
+    ("2", "baseline", "the seed's design vs ours"),
+    (
+        "3",
+        "pickup-latency",
+        "commit-to-calendar latency of an idle worker",
+    ),
+    ("4", "quota", "quota saturation against the fake Google"),
+    (
+        "5",
+        "backlog-scale",
+        "throughput with 1M finished rows of history",
+    ),
+    (
+        "6",
+        "calls-per-change",
+        "Google write calls per item and per source",
+    ),
+    ("7", "footprint", "worker binary RSS, and 1 vs 4 processes"),
+    (
+        "-",
+        "producer-insert-rate",
+        "what the NOTIFY trigger costs producers",
+    ),
+];
+
+fn usage() -> ! {
+    eprintln!("usage: calendar-sync-bench <scenario>|all [--quick]\n\nscenarios:");
+    for (n, name, what) in SCENARIOS {
+        eprintln!("  {n} {name:<22} {what}");
+    }
+    std::process::exit(2);
+}
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    match args.first().map(String::as_str) {
-        Some("producer-insert-rate") => producer_insert_rate(quick).await,
-        _ => {
-            eprintln!("usage: calendar-sync-bench producer-insert-rate [--quick]");
-            std::process::exit(2);
-        }
-    }
-}
-
-/// Producer cost of the NOTIFY trigger: single-row INSERT transactions from
-/// concurrent producers, with the statement-level trigger enabled and disabled,
-/// alternating rounds so drift on a noisy machine hits both alike.
-async fn producer_insert_rate(quick: bool) {
-    let (producers, per_producer, rounds) = if quick { (2, 200, 1) } else { (8, 2_000, 3) };
-    let t = TestDb::new().await;
-    let admin = t.client().await;
-    let mut with = Vec::new();
-    let mut without = Vec::new();
-    for _ in 0..rounds {
-        for trigger in [true, false] {
-            let toggle = if trigger { "ENABLE" } else { "DISABLE" };
-            admin
-                .batch_execute(&format!("ALTER TABLE sync_outbox {toggle} TRIGGER sync_outbox_notify; TRUNCATE sync_outbox"))
-                .await
-                .expect("toggle trigger");
-            let rate = insert_rate(&t, producers, per_producer).await;
-            if trigger {
-                with.push(rate)
-            } else {
-                without.push(rate)
-            }
-        }
-    }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
+    let Some(which) = args.iter().find(|a| !a.starts_with("--")) else {
+        usage()
     };
-    let (on, off) = (median(&mut with), median(&mut without));
-    let mut report = String::new();
-    writeln!(report, "# Producer insert rate: NOTIFY trigger on vs off").unwrap();
-    writeln!(report).unwrap();
-    writeln!(report, "{producers} producers x {per_producer} single-row INSERT transactions, {rounds} alternating round(s), median.").unwrap();
-    writeln!(
-        report,
-        "Machine: {} cores; PostgreSQL at DATABASE_URL with default settings.",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
-    )
-    .unwrap();
-    writeln!(report).unwrap();
-    writeln!(report, "| trigger | inserts/s |").unwrap();
-    writeln!(report, "|---|---|").unwrap();
-    writeln!(report, "| statement-level NOTIFY (shipped) | {on:.0} |").unwrap();
-    writeln!(report, "| disabled | {off:.0} |").unwrap();
-    writeln!(report).unwrap();
-    writeln!(
-        report,
-        "Producer cost of the wake-up: {:.1} %",
-        (1.0 - on / off) * 100.0
-    )
-    .unwrap();
-    print!("{report}");
-    if !quick {
-        std::fs::write("docs/benchmarks/producer-insert-rate.md", &report).expect("write results");
-        println!("written to docs/benchmarks/producer-insert-rate.md");
+    if which == "engine-worker" {
+        // A child process of the footprint scenario: one drainer into an
+        // in-memory calendar until its standard input closes.
+        footprint::engine_worker(&args).await;
+        return;
     }
+    if which == "profile-drain" {
+        throughput::profile_drain(&args).await;
+        return;
+    }
+    let names: Vec<&str> = if which == "all" {
+        SCENARIOS.iter().map(|s| s.1).collect()
+    } else {
+        match SCENARIOS.iter().find(|s| s.0 == which || s.1 == which) {
+            Some(s) => vec![s.1],
+            None => usage(),
+        }
+    };
+    let started = Instant::now();
+    for name in names {
+        let t = Instant::now();
+        println!("\n=== {name}{} ===\n", if quick { " (quick)" } else { "" });
+        run(name, quick).await;
+        println!("\n({name}: {:.1} s)", t.elapsed().as_secs_f64());
+    }
+    println!("\ntotal: {:.1} s", started.elapsed().as_secs_f64());
 }
 
-async fn insert_rate(t: &TestDb, producers: usize, per_producer: usize) -> f64 {
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..producers {
-        let client = t.client().await;
-        tasks.push(tokio::spawn(async move {
-            let stmt = client
-                .prepare("INSERT INTO sync_outbox (operation, payload) VALUES ('UPSERT_EVENT', $1)")
-                .await
-                .expect("prepare");
-            for i in 0..per_producer {
-                let payload = upsert("w1", "c1", &format!("p{p}-{i}"), "bench");
-                client.execute(&stmt, &[&payload]).await.expect("insert");
-            }
-        }));
+async fn run(name: &str, quick: bool) {
+    match name {
+        "throughput" => throughput::run(quick).await,
+        "baseline" => baseline::run(quick).await,
+        "pickup-latency" => pickup::run(quick).await,
+        "quota" => quota::run(quick).await,
+        "backlog-scale" => backlog_scale::run(quick).await,
+        "calls-per-change" => calls::run(quick).await,
+        "footprint" => footprint::run(quick).await,
+        "producer-insert-rate" => producer::run(quick).await,
+        _ => usage(),
     }
-    for task in tasks {
-        task.await.expect("producer");
-    }
-    let elapsed = started.elapsed().max(Duration::from_micros(1));
-    (producers * per_producer) as f64 / elapsed.as_secs_f64()
 }
