@@ -609,6 +609,17 @@ async fn a_circuit_breaker_pauses_a_failing_connection_while_others_proceed() {
             .unwrap()
             .get(0);
     assert_eq!(open, 1, "the fourth w1 item was held back without a call");
+    let held: i32 =
+        e.t.client()
+            .await
+            .query_one(
+                "SELECT attempts FROM sync_outbox WHERE last_error LIKE '[circuit_open]%'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(held, 0, "waiting behind an open breaker uses no attempt");
     assert_eq!(e.g.calls(ApiMethod::Insert), 4);
 }
 

@@ -89,6 +89,9 @@ pub enum CalendarErrorKind {
     RateLimited,
     /// Google's usage limits (403 quotaExceeded): the calendar is read-only for hours.
     UsageLimited,
+    /// Held back on our side (an open circuit breaker): wait `retry_after`
+    /// without using an attempt.
+    HeldBack,
     /// 5xx, timeouts, connection errors, 412, token endpoint 5xx: retry later.
     Transient,
     /// The OAuth grant is unusable (revoked, wrong client, missing scope): needs re-authorisation.
@@ -150,7 +153,7 @@ impl CalendarError {
                     retry_after: self.retry_after,
                 }
             }
-            CalendarErrorKind::UsageLimited => ErrorClass::Paused,
+            CalendarErrorKind::UsageLimited | CalendarErrorKind::HeldBack => ErrorClass::Paused,
             CalendarErrorKind::ConnectionInvalid => ErrorClass::ConnectionInvalid,
             CalendarErrorKind::NotFound
             | CalendarErrorKind::Gone

@@ -174,7 +174,7 @@ impl GoogleCalendar {
         let workspace = target.workspace_id.as_str();
         if let Some(wait) = self.breakers.open_for(workspace) {
             return Err(CalendarError::new(
-                CalendarErrorKind::Transient,
+                CalendarErrorKind::HeldBack,
                 "circuit_open",
                 "paused after repeated failures of this connection",
             )
