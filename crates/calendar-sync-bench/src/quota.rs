@@ -206,7 +206,7 @@ async fn run_case(
         handles.push(drainer.start());
     }
     // Run a little longer than measured, so the measured span is full.
-    tokio::time::sleep(duration + Duration::from_secs(1)).await;
+    tokio::time::sleep(duration + quota.window / 4).await;
     let mut report = DrainReport::default();
     for handle in handles {
         let r = handle.stop().await;
