@@ -46,7 +46,7 @@ struct State {
 /// Runs the scenario.
 pub async fn run(quick: bool) {
     let (history_n, pending_n, measured) = if quick {
-        (20_000, 2_000, 500)
+        (10_000, 1_000, 300)
     } else {
         (1_000_000, 100_000, 10_000)
     };
@@ -65,7 +65,7 @@ pub async fn run(quick: bool) {
     let setup_s = started.elapsed().as_secs_f64();
     let full = measure(&t, &admin, measured).await;
 
-    let stale_n = if quick { 1_000 } else { 3_000 };
+    let stale_n = if quick { 600 } else { 3_000 };
     let stale = stale_claim(stale_n).await;
 
     let ratio = full.run.rate() / empty.run.rate();

@@ -142,19 +142,23 @@ async fn start_worker(t: &TestDb, fake_port: u16, processes: usize) -> Child {
     child
 }
 
-/// SIGTERM (a graceful stop), then wait.
-async fn terminate(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
-            .status()
-            .await;
+/// SIGTERM to each (a graceful stop), then wait for all.
+async fn terminate(children: &mut [Child]) {
+    for child in children.iter() {
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
     }
-    if tokio::time::timeout(Duration::from_secs(40), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
+    for child in children.iter_mut() {
+        if tokio::time::timeout(Duration::from_secs(40), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
     }
 }
 
@@ -220,9 +224,7 @@ async fn binary_run(
         .iter()
         .map(|p| rss_mib(*p).map_or(f64::NAN, |r| r.1))
         .collect();
-    for child in &mut children {
-        terminate(child).await;
-    }
+    terminate(&mut children).await;
     BinaryRun {
         processes,
         idle_rss,
@@ -303,11 +305,16 @@ pub async fn engine_worker(args: &[String]) {
 /// Runs the scenario.
 pub async fn run(quick: bool) {
     let (items, span, engine_items) = if quick {
-        (2_000, Duration::from_secs(2), 400)
+        (1_000, Duration::from_secs(1), 200)
     } else {
         (10_000, Duration::from_secs(20), 5_000)
     };
+    let build = Instant::now();
     ensure_binaries().await;
+    println!(
+        "(building calendar-sync-worker and fake-google: {:.1} s)",
+        build.elapsed().as_secs_f64()
+    );
     let t = TestDb::new().await;
     let m = machine(&t).await;
     let admin = t.client().await;

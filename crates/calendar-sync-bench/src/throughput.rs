@@ -42,7 +42,7 @@ fn cases() -> Vec<Case> {
 
 /// Runs the scenario.
 pub async fn run(quick: bool) {
-    let (n, n_wire) = if quick { (300, 100) } else { (10_000, 1_000) };
+    let (n, n_wire) = if quick { (200, 60) } else { (10_000, 1_000) };
     let t = TestDb::new().await;
     let m = machine(&t).await;
     let admin = t.client().await;
