@@ -20,10 +20,16 @@ pub struct DrainRun {
     pub secs: f64,
     /// CPU used meanwhile.
     pub cpu: CpuUse,
-    /// Transactions committed in the database meanwhile (pg_stat_database).
+    /// Transactions committed in the database until the drainer stopped
+    /// (pg_stat_database).
     pub commits: i64,
+    /// Items finished until the drainer stopped (a drainer asked to stop under
+    /// load may finish more than `items` first).
+    pub processed: u64,
     /// The drainer's own report.
     pub report: DrainReport,
+    /// sync_outbox block and update counters per item.
+    pub io: Io,
 }
 
 impl DrainRun {
@@ -44,7 +50,7 @@ impl DrainRun {
 
     /// Committed transactions per item.
     pub fn commits_per_item(&self) -> f64 {
-        self.commits as f64 / self.items as f64
+        self.commits as f64 / self.processed as f64
     }
 }
 
@@ -61,6 +67,7 @@ pub async fn drain_backlog<C: Calendar>(
 ) -> DrainRun {
     let keep = sessions(admin, &t.name).await;
     let commits_before = xact_commit(admin, &t.name).await;
+    let io_before = io(admin).await;
     let db = Database::from_config(pg, config.concurrency + 4).expect("pool");
     let drainer = OutboxDrainer::new(db, calendar, config).expect("drainer");
     let meter = CpuMeter::start(admin, &t.name).await;
@@ -68,16 +75,20 @@ pub async fn drain_backlog<C: Calendar>(
     let handle = drainer.start();
     let (report, took) = wait_finished(&handle, n, started, Duration::from_secs(600)).await;
     let cpu = meter.stop(admin).await;
-    handle.stop().await;
+    let last = handle.stop().await;
+    let processed = last.completed + last.superseded + last.dead_lettered;
     drop(drainer);
     settle_stats(admin, &t.name, keep).await;
     let commits = xact_commit(admin, &t.name).await - commits_before;
+    let io = io(admin).await.minus(&io_before, processed as f64);
     DrainRun {
         items: n,
         secs: took.as_secs_f64(),
         cpu,
         commits,
+        processed,
         report,
+        io,
     }
 }
 
@@ -108,4 +119,58 @@ pub fn through(t: &TestDb, proxy: &WireCounter) -> tokio_postgres::Config {
         c.password(password);
     }
     c
+}
+
+/// Block and update counters of sync_outbox (pg_statio_user_tables,
+/// pg_stat_user_tables); per item once subtracted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Io {
+    /// Heap blocks read from outside shared_buffers.
+    pub heap_read: f64,
+    /// Heap buffer hits.
+    pub heap_hit: f64,
+    /// Index blocks read from outside shared_buffers.
+    pub idx_read: f64,
+    /// Index buffer hits.
+    pub idx_hit: f64,
+    /// Rows updated.
+    pub updates: f64,
+    /// Of which heap-only (HOT).
+    pub hot: f64,
+}
+
+impl Io {
+    /// Per item: (self - before) / items.
+    pub fn minus(&self, before: &Io, items: f64) -> Io {
+        Io {
+            heap_read: (self.heap_read - before.heap_read) / items,
+            heap_hit: (self.heap_hit - before.heap_hit) / items,
+            idx_read: (self.idx_read - before.idx_read) / items,
+            idx_hit: (self.idx_hit - before.idx_hit) / items,
+            updates: (self.updates - before.updates) / items,
+            hot: (self.hot - before.hot) / items,
+        }
+    }
+}
+
+pub async fn io(admin: &Client) -> Io {
+    let r = admin
+        .query_one(
+            "SELECT coalesce(s.heap_blks_read, 0)::float8, coalesce(s.heap_blks_hit, 0)::float8,
+                    coalesce(s.idx_blks_read, 0)::float8, coalesce(s.idx_blks_hit, 0)::float8,
+                    t.n_tup_upd::float8, t.n_tup_hot_upd::float8
+               FROM pg_statio_user_tables s JOIN pg_stat_user_tables t USING (relid)
+              WHERE s.relname = 'sync_outbox'",
+            &[],
+        )
+        .await
+        .expect("table statistics");
+    Io {
+        heap_read: r.get(0),
+        heap_hit: r.get(1),
+        idx_read: r.get(2),
+        idx_hit: r.get(3),
+        updates: r.get(4),
+        hot: r.get(5),
+    }
 }

@@ -20,7 +20,7 @@ use tokio_postgres::Client;
 use crate::google_env::{CLIENT_ID, CLIENT_SECRET, KEY, refresh_token, store_connections};
 use crate::load::{backlog, calendar_of, workspace};
 use crate::report::{Report, f, verdict};
-use crate::support::{machine, reset, rss_mib};
+use crate::support::{cpu_seconds, machine, reset, rss_mib};
 
 /// Target: idle RSS, MiB.
 pub const TARGET_IDLE_MIB: f64 = 20.0;
@@ -191,9 +191,11 @@ async fn sample_rss(pids: &[u32], span: Duration) -> Vec<f64> {
 
 struct BinaryRun {
     processes: usize,
+    declared: usize,
     idle_rss: Vec<f64>,
     busy_rss: Vec<f64>,
     peak_hwm: Vec<f64>,
+    cpu: Vec<f64>,
     rate: f64,
 }
 
@@ -201,14 +203,14 @@ async fn binary_run(
     t: &TestDb,
     admin: &Client,
     fake_port: u16,
-    processes: usize,
+    (processes, declared): (usize, usize),
     items: i64,
     (idle_wait, span): (Duration, Duration),
 ) -> BinaryRun {
     reset(admin).await;
     let mut children = Vec::new();
     for _ in 0..processes {
-        children.push(start_worker(t, fake_port, processes).await);
+        children.push(start_worker(t, fake_port, declared).await);
     }
     let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
     tokio::time::sleep(idle_wait).await;
@@ -218,7 +220,16 @@ async fn binary_run(
         .collect();
     backlog(admin, items, WORKSPACES as i64, "f").await;
     let before = finished(admin).await;
+    let cpu_before: Vec<f64> = pids
+        .iter()
+        .map(|p| cpu_seconds(&p.to_string()).unwrap_or(0.0))
+        .collect();
     let busy_rss = sample_rss(&pids, span).await;
+    let cpu = pids
+        .iter()
+        .zip(&cpu_before)
+        .map(|(p, b)| cpu_seconds(&p.to_string()).unwrap_or(0.0) - b)
+        .collect();
     let done = finished(admin).await - before;
     let peak_hwm = pids
         .iter()
@@ -227,9 +238,11 @@ async fn binary_run(
     terminate(&mut children).await;
     BinaryRun {
         processes,
+        declared,
         idle_rss,
         busy_rss,
         peak_hwm,
+        cpu,
         rate: done as f64 / span.as_secs_f64(),
     }
 }
@@ -322,8 +335,12 @@ pub async fn run(quick: bool) {
     let fake_port = free_port();
     let mut fake = start_fake(fake_port).await;
     let idle_wait = Duration::from_millis(if quick { 500 } else { 1_500 });
-    let one = binary_run(&t, &admin, fake_port, 1, items, (idle_wait, span)).await;
-    let four = binary_run(&t, &admin, fake_port, 4, items, (idle_wait, span)).await;
+    let times = (idle_wait, span);
+    let one = binary_run(&t, &admin, fake_port, (1, 1), items, times).await;
+    let four = binary_run(&t, &admin, fake_port, (4, 4), items, times).await;
+    // Each process believing it has the whole project budget (what a wrong
+    // WORKER_PROCESSES would do): shows whether anything but the limiter binds.
+    let greedy = binary_run(&t, &admin, fake_port, (4, 1), items, times).await;
     let _ = fake.kill().await;
     let engine_one = engine_processes(&t, &admin, 1, engine_items).await;
     let engine_four = engine_processes(&t, &admin, 4, engine_items).await;
@@ -349,13 +366,14 @@ pub async fn run(quick: bool) {
             "busy RSS MiB (max sample)",
             "peak VmHWM MiB",
             "total RSS busy MiB",
+            "CPU s while busy (each)",
             "items/s (all processes)",
         ],
-        &[&one, &four]
+        &[&one, &four, &greedy]
             .iter()
             .map(|r| {
                 vec![
-                    format!("{} (WORKER_PROCESSES={})", r.processes, r.processes),
+                    format!("{} (WORKER_PROCESSES={})", r.processes, r.declared),
                     r.idle_rss
                         .iter()
                         .map(|v| f(*v, 1))
@@ -364,6 +382,11 @@ pub async fn run(quick: bool) {
                     f(max(&r.busy_rss), 1),
                     f(max(&r.peak_hwm), 1),
                     f(sum(&r.busy_rss), 1),
+                    r.cpu
+                        .iter()
+                        .map(|v| f(*v, 2))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     f(r.rate, 0),
                 ]
             })
@@ -388,8 +411,10 @@ pub async fn run(quick: bool) {
     );
     report.para(&format!(
         "The binary's throughput is its limiter's: 10,000/min per project = 166.7 calls/s, \
-         divided among the processes, so 4 processes drain {:.0} items/s in total against \
-         {:.0} for one ({:.2}x): more processes add availability, not quota. Engine scaling \
+         divided among the processes: 4 processes (WORKER_PROCESSES=4) drain {:.0} items/s in \
+         total against {:.0} for one ({:.2}x); more processes add availability, not quota. \
+         With WORKER_PROCESSES=1 in each of 4 processes (each spending the whole project \
+         budget, which would overrun Google's quota 4x) they drain {:.0} items/s. Engine scaling \
          without the limiter, child processes of this binary each running one drainer \
          (concurrency 8) into an in-memory calendar, {engine_items} items: 1 process \
          {engine_one:.0} items/s, 4 processes {engine_four:.0} items/s ({:.2}x) on this \
@@ -398,6 +423,7 @@ pub async fn run(quick: bool) {
         four.rate,
         one.rate,
         four.rate / one.rate,
+        greedy.rate,
         engine_four / engine_one
     ));
     report.set("workspaces", json!(WORKSPACES));
@@ -407,11 +433,15 @@ pub async fn run(quick: bool) {
         "calendar",
         json!("calendar-sync-worker -> fake-google process"),
     );
-    for (key, r) in [("one_process", &one), ("four_processes", &four)] {
+    for (key, r) in [
+        ("one_process", &one),
+        ("four_processes", &four),
+        ("four_processes_each_whole_budget", &greedy),
+    ] {
         report.set(
             key,
-            json!({"processes": r.processes, "idle_rss_mib": r.idle_rss, "busy_rss_mib": r.busy_rss,
-                   "peak_hwm_mib": r.peak_hwm, "items_per_s": r.rate}),
+            json!({"processes": r.processes, "worker_processes_setting": r.declared, "idle_rss_mib": r.idle_rss, "busy_rss_mib": r.busy_rss,
+                   "peak_hwm_mib": r.peak_hwm, "busy_cpu_s": r.cpu, "items_per_s": r.rate}),
         );
     }
     report.set(

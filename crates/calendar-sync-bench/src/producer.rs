@@ -40,8 +40,8 @@ pub async fn run(quick: bool) {
     writeln!(report, "{producers} producers x {per_producer} single-row INSERT transactions, {rounds} alternating round(s), median.").unwrap();
     writeln!(
         report,
-        "Machine: {} cores; PostgreSQL at DATABASE_URL with default settings.",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "Machine: {}.",
+        crate::support::machine(&t).await.line()
     )
     .unwrap();
     writeln!(report).unwrap();

@@ -57,6 +57,8 @@ struct Outcome {
     accepted: usize,
     rejections: u64,
     rejected_403_429: usize,
+    /// 403/429 answers after the first window.
+    late_rejections: usize,
     /// Accepted calls per second, as a share of the quota's rate, over time.
     series: Vec<(f64, f64)>,
     report: DrainReport,
@@ -87,7 +89,10 @@ pub async fn run(quick: bool) {
             format!("{:.1} %", o.peak_share * 100.0),
             format!("{:.1} %", o.first_share * 100.0),
             o.accepted.to_string(),
-            o.rejected_403_429.to_string(),
+            format!(
+                "{} ({} after the first window)",
+                o.rejected_403_429, o.late_rejections
+            ),
             o.report.retried.to_string(),
             verdict(met),
         ]);
@@ -99,6 +104,7 @@ pub async fn run(quick: bool) {
             "accepted_calls": o.accepted,
             "quota_rejections": o.rejections,
             "answers_403_or_429": o.rejected_403_429,
+            "answers_403_or_429_after_first_window": o.late_rejections,
             "items_retried": o.report.retried,
             "items_completed": o.report.completed,
             "per_second_share": o.series,
@@ -234,11 +240,14 @@ fn measure(g: &FakeGoogle, quota: QuotaConfig, duration: Duration, report: Drain
         .filter(|c| c.1.is_some_and(|s| (200..300).contains(&s)))
         .map(|c| secs(c.0))
         .collect();
-    let rejected_403_429 = calls
+    let rejected: Vec<f64> = calls
         .iter()
         .filter(|c| matches!(c.1, Some(403 | 429)))
-        .count();
+        .map(|c| secs(c.0))
+        .collect();
+    let rejected_403_429 = rejected.len();
     let w = quota.window.as_secs_f64();
+    let late_rejections = rejected.iter().filter(|&&s| s >= w).count();
     let end = duration.as_secs_f64();
     let per = quota.per_project as f64;
     let steady = accepted.iter().filter(|&&s| s >= w && s < end).count() as f64;
@@ -272,6 +281,7 @@ fn measure(g: &FakeGoogle, quota: QuotaConfig, duration: Duration, report: Drain
         accepted: accepted.len(),
         rejections: g.quota_rejections(),
         rejected_403_429,
+        late_rejections,
         series,
         report,
     }
