@@ -148,11 +148,12 @@ impl CalendarError {
     /// How the engine treats this error when nothing more specific applies.
     pub fn class(&self) -> ErrorClass {
         match self.kind {
-            CalendarErrorKind::RateLimited | CalendarErrorKind::Transient => {
-                ErrorClass::Retryable {
-                    retry_after: self.retry_after,
-                }
-            }
+            CalendarErrorKind::Transient => ErrorClass::Retryable {
+                retry_after: self.retry_after,
+            },
+            CalendarErrorKind::RateLimited => ErrorClass::RateLimited {
+                retry_after: self.retry_after,
+            },
             CalendarErrorKind::UsageLimited | CalendarErrorKind::HeldBack => ErrorClass::Paused,
             CalendarErrorKind::ConnectionInvalid => ErrorClass::ConnectionInvalid,
             CalendarErrorKind::NotFound
@@ -168,6 +169,15 @@ impl CalendarError {
 pub enum ErrorClass {
     /// Back to PENDING with backoff (the service's retry-after wins when longer).
     Retryable {
+        /// The service's hint.
+        retry_after: Option<Duration>,
+    },
+    /// Google asked us to slow down (429, 403 rate limits): back to PENDING
+    /// after the backoff delay (or the service's retry-after when longer)
+    /// *without* using an attempt. The item is not at fault and succeeds once
+    /// the quota window slides; counting these would dead-letter healthy items
+    /// during a long storm.
+    RateLimited {
         /// The service's hint.
         retry_after: Option<Duration>,
     },

@@ -46,8 +46,10 @@ pub struct GoogleConfig {
     pub per_connection_per_minute: u32,
     /// Requests per minute for the whole Google project (Google: 10,000). Default: 10,000.
     pub per_project_per_minute: u32,
-    /// Worker processes sharing the project budget; each process uses
-    /// `per_project_per_minute / worker_processes`. Default: 1.
+    /// Worker processes sharing Google's quotas; each process uses
+    /// `per_project_per_minute / worker_processes`, and the same share of
+    /// `per_connection_per_minute` (any process may serve any workspace, so each
+    /// connection's budget is shared too). Default: 1.
     pub worker_processes: u32,
     /// Consecutive retryable failures that open a connection's circuit breaker. Default: 5.
     pub breaker_threshold: u32,
@@ -58,6 +60,16 @@ pub struct GoogleConfig {
 }
 
 impl GoogleConfig {
+    /// This process's share of (the per-connection, the per-project) budget
+    /// per minute.
+    pub fn process_share(&self) -> (u32, u32) {
+        let processes = self.worker_processes.max(1);
+        (
+            (self.per_connection_per_minute / processes).max(1),
+            (self.per_project_per_minute / processes).max(1),
+        )
+    }
+
     /// Defaults for the given OAuth client.
     pub fn new(client_id: impl Into<String>, client_secret: SecretString) -> Self {
         Self {
@@ -115,13 +127,13 @@ impl GoogleCalendar {
             config.request_timeout,
         )
         .map_err(Error::Config)?;
-        let project = config.per_project_per_minute / config.worker_processes.max(1);
+        let (per_connection, project) = config.process_share();
         Ok(Self {
             http,
             base_url,
             timeout: config.request_timeout,
             tokens,
-            limits: Limits::new(config.per_connection_per_minute, project),
+            limits: Limits::new(per_connection, project),
             breakers: Breakers::new(config.breaker_threshold, config.breaker_cool_down),
             pool: db.pool().clone(),
             usage_pause: config.usage_limit_pause,
@@ -586,5 +598,20 @@ impl Calendar for GoogleCalendar {
                 "unexpected reply",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_processes_split_both_budgets() {
+        let mut config = GoogleConfig::new("id", SecretString::from("secret"));
+        assert_eq!(config.process_share(), (600, 10_000));
+        config.worker_processes = 4;
+        assert_eq!(config.process_share(), (150, 2_500));
+        config.worker_processes = 1000;
+        assert_eq!(config.process_share(), (1, 10));
     }
 }

@@ -184,6 +184,13 @@ async fn record_once<C: Calendar>(
             ErrorClass::Retryable { retry_after } => {
                 retry(shared, client, item, retry_after, &error.to_string()).await?
             }
+            ErrorClass::RateLimited { retry_after } => {
+                let delay = backoff_for(config, item, retry_after);
+                match store::defer(client, item, delay.as_secs_f64(), &error.to_string()).await? {
+                    FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
+                    _ => ItemOutcome::Deferred,
+                }
+            }
             ErrorClass::Permanent => dead_or_lost(
                 store::dead_letter(client, item, &error.to_string()).await?,
                 0,
@@ -217,14 +224,7 @@ async fn retry<C: Calendar>(
     error: &str,
 ) -> Result<ItemOutcome, Error> {
     let config = &shared.config;
-    let delay = retry_delay(
-        item.attempts.max(1) as u32,
-        config.backoff_base,
-        config.backoff_cap,
-        config.backoff_jitter,
-        rand::random::<f64>(),
-        retry_after,
-    );
+    let delay = backoff_for(config, item, retry_after);
     let status = store::fail_retryable(
         client,
         item,
@@ -237,6 +237,22 @@ async fn retry<C: Calendar>(
         FailureStatus::Pending => ItemOutcome::Retried,
         other => dead_or_lost(other, 0),
     })
+}
+
+/// The retry delay after this item's attempt (the service's hint wins when longer).
+fn backoff_for(
+    config: &crate::config::DrainerConfig,
+    item: &ClaimedItem,
+    retry_after: Option<Duration>,
+) -> Duration {
+    retry_delay(
+        item.attempts.max(1) as u32,
+        config.backoff_base,
+        config.backoff_cap,
+        config.backoff_jitter,
+        rand::random::<f64>(),
+        retry_after,
+    )
 }
 
 fn dead_or_lost(status: FailureStatus, others: u64) -> ItemOutcome {
