@@ -244,3 +244,57 @@ async fn inserts_notify_idle_workers_once_per_transaction_and_busy_ones_not_at_a
         .unwrap();
     assert_eq!(notifications_after(&t, insert).await, 1);
 }
+
+/// The claim reserves event ids in SQL (`calendar_sync_event_id`); they must be
+/// the ids the library derives, for any text.
+#[tokio::test]
+async fn sql_event_ids_equal_the_librarys() {
+    let t = TestDb::new().await;
+    let client = t.client().await;
+    let texts = [
+        "w1",
+        "c@example.com",
+        "task",
+        "",
+        "ünïcødé ✓ 日本語",
+        "with\ttab and 'quotes' \"double\"",
+        "a",
+        "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz",
+    ];
+    let mut checked = 0;
+    for (i, ws) in texts.iter().enumerate() {
+        for (j, st) in texts.iter().enumerate() {
+            let source = calendar_sync::SourceKey {
+                calendar: calendar_sync::CalendarKey {
+                    workspace_id: (*ws).to_owned(),
+                    calendar_id: texts[(i + j) % texts.len()].to_owned(),
+                },
+                source_type: (*st).to_owned(),
+                source_id: texts[(i * 3 + j) % texts.len()].to_owned(),
+            };
+            for generation in [0, 1, 7, 65_536, i32::MAX] {
+                let sql: String = client
+                    .query_one(
+                        "SELECT calendar_sync_event_id($1, $2, $3, $4, $5)",
+                        &[
+                            &source.calendar.workspace_id,
+                            &source.calendar.calendar_id,
+                            &source.source_type,
+                            &source.source_id,
+                            &generation,
+                        ],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(
+                    sql,
+                    calendar_sync::event_id(&source, generation),
+                    "{source:?} generation {generation}"
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 320);
+}

@@ -1,12 +1,13 @@
 //! Database access: a connection pool for ordinary statements, and dedicated
 //! connections for what must stay on one session (row locks, LISTEN, migrations).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Statement};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
@@ -111,6 +112,7 @@ impl Database {
             client,
             notified,
             closed,
+            statements: HashMap::new(),
         })
     }
 }
@@ -122,4 +124,21 @@ pub(crate) struct LockConnection {
     pub notified: Arc<Notify>,
     /// Cancelled when the connection dies.
     pub closed: CancellationToken,
+    /// The hot statements, parsed and planned once per session.
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl LockConnection {
+    /// `sql` prepared on this session (the first use prepares it).
+    pub async fn prepared(
+        &mut self,
+        sql: &'static str,
+    ) -> Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql).await?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
 }

@@ -25,8 +25,9 @@ use crate::config::DrainerConfig;
 use crate::db::{Database, LockConnection};
 use crate::desired::EventSource;
 use crate::error::Error;
-use crate::item::{self, ItemOutcome};
-use crate::store::{self, ClaimedItem};
+use crate::item::{self, ItemOutcome, Processed};
+use crate::store::{self, ClaimBatch, ClaimedItem, Completion};
+use crate::sync::Applied;
 
 /// Counts of what a drain did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -249,6 +250,12 @@ fn reconnect_delay(failures: u32) -> Duration {
     Duration::from_millis(ms.min(30_000))
 }
 
+/// A claim looks at no more than this many due rows per row it may claim (and
+/// at least [`MIN_EXAMINED`]), so that a long run of blocked rows (behind a
+/// REBUILD_ALL, say) cannot make every claim expensive.
+const MAX_EXAMINED_PER_CLAIMED: usize = 20;
+const MIN_EXAMINED: usize = 1000;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
     /// Return when nothing is due and nothing is in flight.
@@ -257,22 +264,11 @@ enum Mode {
     UntilStopped,
 }
 
-/// What a claim statement found.
-struct ClaimBatch {
-    /// Candidates judged (claimed, superseded, or lost to a lock race).
-    examined: usize,
-    /// Candidates superseded by a newer item of their source.
-    superseded: usize,
-    /// Waiting (not yet due) items superseded by the claimed rows.
-    stale: usize,
-    items: Vec<ClaimedItem>,
-}
-
 /// One worker: a lock connection and the items in flight on it.
 struct Worker<C: Calendar> {
     shared: Arc<Shared<C>>,
     lock: LockConnection,
-    in_flight: JoinSet<ItemOutcome>,
+    in_flight: JoinSet<Processed>,
     by_task: HashMap<TaskId, ClaimedItem>,
     report: DrainReport,
     progress: Option<SharedProgress>,
@@ -335,12 +331,12 @@ impl<C: Calendar> Worker<C> {
                 let batch = self.claim(room).await?;
                 let claimed = batch.items.len();
                 progressed |= claimed > 0 || batch.superseded > 0;
-                contended |= batch.examined > claimed + batch.superseded;
+                contended |= batch.busy > 0;
                 self.report.superseded += (batch.superseded + batch.stale) as u64;
                 for item in batch.items {
                     self.spawn(item);
                 }
-                if batch.examined < room || (claimed == 0 && batch.superseded == 0) {
+                if !batch.more || (claimed == 0 && batch.superseded == 0) {
                     break;
                 }
             }
@@ -412,55 +408,96 @@ impl<C: Calendar> Worker<C> {
         self.by_task.insert(handle.id(), item);
     }
 
-    /// Records finished tasks (a panicked or aborted one is failed or released
-    /// here) and then releases their row locks in one statement.
+    /// Records finished tasks (successes in one statement; a panicked or
+    /// aborted task is failed or released here) and then releases their row
+    /// locks in one statement.
     async fn settle(
         &mut self,
-        finished: Vec<Result<(TaskId, ItemOutcome), JoinError>>,
+        finished: Vec<Result<(TaskId, Processed), JoinError>>,
     ) -> Result<(), Error> {
         let mut keys = Vec::with_capacity(finished.len());
+        let mut done = Vec::new();
         for joined in finished {
-            let (task_id, outcome) = match joined {
-                Ok((task_id, outcome)) => (task_id, outcome),
+            let (task_id, processed) = match joined {
+                Ok(joined) => joined,
                 Err(e) => {
                     let task_id = e.id();
                     let Some(item) = self.by_task.get(&task_id) else {
                         continue;
                     };
-                    (
-                        task_id,
-                        item::settle_interrupted(&self.shared, item, e).await,
-                    )
+                    let outcome = item::settle_interrupted(&self.shared, item, e).await;
+                    (task_id, Processed::Recorded(outcome))
                 }
             };
-            if let Some(item) = self.by_task.remove(&task_id) {
-                keys.push(item.lock_key);
+            let Some(item) = self.by_task.remove(&task_id) else {
+                continue;
+            };
+            keys.push(item.lock_key);
+            match processed {
+                Processed::Recorded(outcome) => self.report.add(outcome),
+                Processed::Done(applied) => done.push((item, *applied)),
             }
-            self.report.add(outcome);
         }
-        store::unlock_rows(&self.lock.client, &keys).await?;
+        self.complete(done).await;
+        let unlock = self.lock.prepared(store::UNLOCK).await?;
+        store::unlock_rows(&self.lock.client, &unlock, &keys).await?;
         self.publish();
         Ok(())
     }
 
-    /// Claims up to `limit` rows, then releases any lock it took for a row it
-    /// did not claim (the row changed between judging and locking, or the
-    /// transaction failed).
-    async fn claim(&mut self, limit: usize) -> Result<ClaimBatch, Error> {
-        let mut locked = Vec::new();
-        let result = claim_in_transaction(&mut self.lock.client, limit, &mut locked).await;
-        let stray: Vec<i32> = match &result {
-            Ok(batch) => locked
-                .iter()
-                .copied()
-                .filter(|k| !batch.items.iter().any(|i| i.lock_key == *k))
-                .collect(),
-            Err(_) => locked,
+    /// Records successes in one statement on the lock connection; if that
+    /// fails, one by one through the pool (with retries).
+    async fn complete(&mut self, done: Vec<(ClaimedItem, Applied)>) {
+        if done.is_empty() {
+            return;
+        }
+        let batch: Vec<Completion<'_>> = done
+            .iter()
+            .map(|(item, applied)| Completion {
+                item,
+                binding: applied.binding.as_ref(),
+                result: applied.result.as_ref(),
+            })
+            .collect();
+        let recorded = match self.lock.prepared(store::COMPLETE_MANY).await {
+            Ok(statement) => store::complete_many(&self.lock.client, &statement, &batch).await,
+            Err(e) => Err(e),
         };
-        let unlocked = store::unlock_rows(&self.lock.client, &stray).await;
-        let batch = result?;
-        unlocked?;
-        Ok(batch)
+        drop(batch);
+        match recorded {
+            Ok(ids) => {
+                let ids: std::collections::HashSet<_> = ids.into_iter().collect();
+                for (item, applied) in &done {
+                    let outcome = if ids.contains(&item.id) {
+                        ItemOutcome::Completed {
+                            changed: applied.changed,
+                        }
+                    } else {
+                        ItemOutcome::ClaimLost
+                    };
+                    item::note_recorded(item, outcome);
+                    self.report.add(outcome);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, items = done.len(), "could not record finished items together; recording them one by one");
+                for (item, applied) in done {
+                    let outcome = item::record_done(&self.shared, &item, applied).await;
+                    self.report.add(outcome);
+                }
+            }
+        }
+    }
+
+    /// Claims up to `limit` rows in one statement. On error the session may
+    /// still hold locks of rows it did not claim: the caller drops the
+    /// connection, which releases them.
+    async fn claim(&mut self, limit: usize) -> Result<ClaimBatch, Error> {
+        let statement = self.lock.prepared(store::CLAIM).await?;
+        let max_examined = limit
+            .saturating_mul(MAX_EXAMINED_PER_CLAIMED)
+            .max(MIN_EXAMINED);
+        Ok(store::claim(&self.lock.client, &statement, limit, max_examined).await?)
     }
 
     /// Takes back rows left PROCESSING by workers that died.
@@ -481,7 +518,8 @@ impl<C: Calendar> Worker<C> {
             self.shared.config.max_retries as i32,
         )
         .await;
-        store::unlock_rows(&self.lock.client, &locked).await?;
+        let unlock = self.lock.prepared(store::UNLOCK).await?;
+        store::unlock_rows(&self.lock.client, &unlock, &locked).await?;
         let (requeued, dead) = recovered?;
         if requeued + dead > 0 {
             tracing::warn!(
@@ -494,40 +532,4 @@ impl<C: Calendar> Worker<C> {
         self.report.dead_lettered += dead;
         Ok(())
     }
-}
-
-/// One claim transaction: judge the first due rows, lock the free ones, mark
-/// them PROCESSING, supersede what coalescing makes unnecessary. `locked`
-/// receives every key locked, even when a later step fails.
-async fn claim_in_transaction(
-    client: &mut tokio_postgres::Client,
-    limit: usize,
-    locked: &mut Vec<i32>,
-) -> Result<ClaimBatch, tokio_postgres::Error> {
-    let tx = client.transaction().await?;
-    store::take_claim_mutex(&tx).await?;
-    let candidates = store::judge_candidates(&tx, limit as i64).await?;
-    let superseded: Vec<_> = candidates
-        .iter()
-        .filter_map(|c| c.superseded_by.map(|by| (c.id, by)))
-        .collect();
-    let free: Vec<_> = candidates
-        .iter()
-        .filter(|c| c.superseded_by.is_none())
-        .collect();
-    let keys: Vec<i32> = free.iter().map(|c| c.lock_key).collect();
-    *locked = store::try_lock_rows(&tx, &keys).await?;
-    let claim: Vec<_> = free
-        .iter()
-        .filter(|c| locked.contains(&c.lock_key))
-        .map(|c| c.id)
-        .collect();
-    let (items, stale) = store::mark_claimed(&tx, &superseded, &claim).await?;
-    tx.commit().await?;
-    Ok(ClaimBatch {
-        examined: candidates.len(),
-        superseded: superseded.len(),
-        stale: stale as usize,
-        items,
-    })
 }

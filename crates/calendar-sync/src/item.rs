@@ -10,7 +10,7 @@ use crate::drain::Shared;
 use crate::error::Error;
 use crate::operation::{DecodeError, Operation};
 use crate::rebuild;
-use crate::store::{self, ClaimedItem, FailureStatus};
+use crate::store::{self, ClaimedItem, FailureStatus, Wait};
 use crate::sync::{self, Applied, ApplyError};
 
 /// What became of an item, for the drain report.
@@ -61,15 +61,57 @@ enum Verdict {
     ClaimLost,
 }
 
-/// Decodes, applies and records one item. Never panics on bad input: a
-/// malformed payload is dead-lettered with the offending field named.
-pub(crate) async fn process<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> ItemOutcome {
+/// A processed item: its outcome already recorded, or a success that the
+/// worker records together with others (one commit for many).
+pub(crate) enum Processed {
+    /// The outcome is in the database.
+    Recorded(ItemOutcome),
+    /// Applied; to be recorded as COMPLETED with its binding.
+    Done(Box<Applied>),
+}
+
+/// Decodes and applies one item, and records any outcome but plain success.
+/// Never panics on bad input: a malformed payload is dead-lettered with the
+/// offending field named.
+pub(crate) async fn process<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Processed {
     let started = std::time::Instant::now();
     let verdict = apply(shared, item).await;
-    let outcome = record(shared, item, &verdict).await;
     metrics::histogram!("calendar_sync_attempt_duration_seconds", "operation" => item.operation.clone())
         .record(started.elapsed().as_secs_f64());
-    outcome
+    match verdict {
+        Verdict::Done(applied) if !applied.continue_later => Processed::Done(Box::new(applied)),
+        verdict => Processed::Recorded(record(shared, item, &verdict).await),
+    }
+}
+
+/// Records one success on its own: the fallback when a batch failed.
+pub(crate) async fn record_done<C: Calendar>(
+    shared: &Shared<C>,
+    item: &ClaimedItem,
+    applied: Applied,
+) -> ItemOutcome {
+    record(shared, item, &Verdict::Done(applied)).await
+}
+
+/// Logs and counts an outcome that a batch recorded.
+pub(crate) fn note_recorded(item: &ClaimedItem, outcome: ItemOutcome) {
+    note(item, None, outcome);
+}
+
+fn note(item: &ClaimedItem, verdict: Option<&Verdict>, outcome: ItemOutcome) {
+    if let Some(verdict) = verdict {
+        log_outcome(item, verdict, outcome);
+    } else if let ItemOutcome::Completed { changed } = outcome {
+        tracing::debug!(outbox.id = %item.id, changed, "item completed");
+    } else {
+        tracing::warn!(outbox.id = %item.id, ?outcome, "item outcome");
+    }
+    metrics::counter!(
+        "calendar_sync_items_total",
+        "operation" => item.operation.clone(),
+        "outcome" => outcome.label()
+    )
+    .increment(1);
 }
 
 async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
@@ -108,13 +150,7 @@ async fn record<C: Calendar>(
     for attempt in 0..4u32 {
         match record_once(shared, item, verdict).await {
             Ok(outcome) => {
-                log_outcome(item, verdict, outcome);
-                metrics::counter!(
-                    "calendar_sync_items_total",
-                    "operation" => item.operation.clone(),
-                    "outcome" => outcome.label()
-                )
-                .increment(1);
+                note(item, Some(verdict), outcome);
                 return outcome;
             }
             Err(e) => {
@@ -186,7 +222,15 @@ async fn record_once<C: Calendar>(
             }
             ErrorClass::RateLimited { retry_after } => {
                 let delay = backoff_for(config, item, retry_after);
-                match store::defer(client, item, delay.as_secs_f64(), &error.to_string()).await? {
+                match store::defer(
+                    client,
+                    item,
+                    delay.as_secs_f64(),
+                    &error.to_string(),
+                    Wait::RateLimited,
+                )
+                .await?
+                {
                     FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
                     _ => ItemOutcome::Deferred,
                 }
@@ -200,7 +244,7 @@ async fn record_once<C: Calendar>(
                     .retry_after
                     .unwrap_or(config.usage_limit_pause)
                     .as_secs_f64();
-                match store::defer(client, item, pause, &error.to_string()).await? {
+                match store::defer(client, item, pause, &error.to_string(), Wait::Other).await? {
                     FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
                     _ => ItemOutcome::Deferred,
                 }
@@ -239,14 +283,15 @@ async fn retry<C: Calendar>(
     })
 }
 
-/// The retry delay after this item's attempt (the service's hint wins when longer).
+/// The retry delay after this item's attempt: it grows with attempts and with
+/// rate-limited answers met (the service's hint wins when longer).
 fn backoff_for(
     config: &crate::config::DrainerConfig,
     item: &ClaimedItem,
     retry_after: Option<Duration>,
 ) -> Duration {
     retry_delay(
-        item.attempts.max(1) as u32,
+        (item.attempts.max(1) as u32).saturating_add(item.rate_limited.max(0) as u32),
         config.backoff_base,
         config.backoff_cap,
         config.backoff_jitter,
@@ -299,6 +344,7 @@ pub(crate) async fn settle_interrupted<C: Calendar>(
             item,
             0.0,
             "[shutdown] released unfinished when the worker stopped",
+            Wait::Other,
         )
         .await?;
         Ok::<_, Error>(status)

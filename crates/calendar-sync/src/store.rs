@@ -11,8 +11,8 @@ use crate::operation::{CalendarKey, Operation, SourceKey};
 /// First key of every advisory lock we take (`"csyn"`), so our locks cannot
 /// collide with the host application's own two-key advisory locks.
 pub const LOCK_NAMESPACE: i32 = 0x6373_796e;
-/// Second key of the claim mutex; row keys are 1..=i32::MAX.
-const CLAIM_MUTEX_KEY: i32 = 0;
+// Row keys are 1..=i32::MAX; key 0 is the claim mutex (taken inside
+// `calendar_sync_claim`), key -1 the migration lock.
 /// The channel the insert trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "calendar_sync_outbox";
 
@@ -115,6 +115,9 @@ pub struct ClaimedItem {
     pub payload: Value,
     /// Attempts including this one.
     pub attempts: i32,
+    /// Rate-limited answers met so far (they use no attempt, but lengthen the
+    /// retry delay).
+    pub rate_limited: i32,
     /// Completion must present this token.
     pub claim_token: Uuid,
     /// The source's binding, read with the claim.
@@ -123,101 +126,77 @@ pub struct ClaimedItem {
     pub result: Option<Value>,
 }
 
-/// A candidate row judged by [`judge_candidates`].
-#[derive(Debug, Clone)]
-pub struct Candidate {
-    /// Row id.
-    pub id: Uuid,
-    /// Advisory-lock key.
-    pub lock_key: i32,
-    /// A newer item of the same source that makes this one unnecessary.
-    pub superseded_by: Option<Uuid>,
+/// What one claim statement did.
+#[derive(Debug, Default)]
+pub struct ClaimBatch {
+    /// Rows claimed: locked, PROCESSING, bindings read (ids reserved).
+    pub items: Vec<ClaimedItem>,
+    /// Due rows superseded by a newer item of their source.
+    pub superseded: usize,
+    /// Waiting (not yet due) rows superseded by the claimed ones.
+    pub stale: usize,
+    /// Free rows whose lock another session held for a moment.
+    pub busy: usize,
+    /// The walk stopped early (enough claimed, or the examined cap reached):
+    /// more due rows may be waiting.
+    pub more: bool,
 }
 
-/// Serialises claims across all workers for the rest of the transaction, so
-/// ordering checks see every earlier claim.
-pub async fn take_claim_mutex(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
-    client
-        .execute(
-            "SELECT pg_advisory_xact_lock($1, $2)",
-            &[&LOCK_NAMESPACE, &CLAIM_MUTEX_KEY],
-        )
-        .await?;
-    Ok(())
-}
-
-/// The first `limit` due PENDING rows in insertion order that no earlier item
-/// holds back (per-source order, REBUILD_ALL fences), each either superseded by
-/// a newer item of its source or free to claim.
-pub async fn judge_candidates(
+/// Claims up to `limit` due rows for this session (which keeps their advisory
+/// locks until [`unlock_rows`]), in one statement: see `calendar_sync_claim`
+/// in the migrations for the rules. Looks at no more than `max_examined` due
+/// rows. On error, locks it took may stay held by the session: close it.
+pub async fn claim<S>(
     client: &impl GenericClient,
-    limit: i64,
-) -> Result<Vec<Candidate>, tokio_postgres::Error> {
-    let rows = client.query(JUDGE_CANDIDATES, &[&limit]).await?;
-    Ok(rows
-        .iter()
-        .map(|r| Candidate {
-            id: r.get("id"),
-            lock_key: row_lock_key(r.get("seq")),
-            superseded_by: r.get("superseded_by"),
-        })
-        .collect())
+    statement: &S,
+    limit: usize,
+    max_examined: usize,
+) -> Result<ClaimBatch, tokio_postgres::Error>
+where
+    S: ?Sized + tokio_postgres::ToStatement + Sync + Send,
+{
+    let limit = i32::try_from(limit).unwrap_or(i32::MAX);
+    let max_examined = i32::try_from(max_examined).unwrap_or(i32::MAX);
+    let rows = client.query(statement, &[&limit, &max_examined]).await?;
+    let mut batch = ClaimBatch::default();
+    let mut claimed = 0usize;
+    for r in &rows {
+        match r.get::<_, &str>("outcome") {
+            "CLAIMED" => {
+                claimed += 1;
+                batch.stale += r.get::<_, i32>("superseded_older") as usize;
+                let binding =
+                    r.get::<_, Option<String>>("google_event_id")
+                        .map(|google_event_id| Binding {
+                            google_event_id,
+                            generation: r.get("generation"),
+                            state: BindingState::parse(r.get("binding_state")),
+                            etag: r.get("etag"),
+                            content_hash: r.get("content_hash"),
+                        });
+                batch.items.push(ClaimedItem {
+                    id: r.get("id"),
+                    lock_key: row_lock_key(r.get("seq")),
+                    operation: r.get("operation"),
+                    payload: r.get("payload"),
+                    attempts: r.get("attempts"),
+                    rate_limited: r.get("rate_limited"),
+                    claim_token: r.get("claim_token"),
+                    binding,
+                    result: r.get("result"),
+                });
+            }
+            "SUPERSEDED" => batch.superseded += 1,
+            "BUSY" => batch.busy += 1,
+            _ => batch.more = true,
+        }
+    }
+    batch.more |= claimed >= limit as usize;
+    Ok(batch)
 }
 
-const JUDGE_CANDIDATES: &str = r#"
--- judge_candidates: the first due rows, FIFO, that nothing earlier holds back
--- (blocked rows are skipped, so they cannot starve other sources), each with
--- the newer item of its source that supersedes it, if any.
-WITH cand AS MATERIALIZED (
-    SELECT c.id, c.seq, c.operation, c.workspace_id, c.calendar_id, c.source_type, c.source_id
-      FROM sync_outbox c
-     WHERE c.status = 'PENDING' AND c.next_attempt_at <= now()
-       AND NOT CASE
-           -- An item of a source waits while another item of that source is in
-           -- flight, and while an earlier REBUILD_ALL of its calendar is unfinished.
-           WHEN c.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT') THEN
-               EXISTS (
-                   SELECT 1 FROM sync_outbox p
-                    WHERE p.workspace_id = c.workspace_id AND p.calendar_id = c.calendar_id
-                      AND p.source_type = c.source_type AND p.source_id = c.source_id
-                      AND p.status = 'PROCESSING')
-               OR EXISTS (
-                   SELECT 1 FROM sync_outbox r
-                    WHERE r.operation = 'REBUILD_ALL' AND r.status IN ('PENDING', 'PROCESSING')
-                      AND r.workspace_id = c.workspace_id AND r.calendar_id = c.calendar_id
-                      AND r.seq < c.seq)
-           -- A REBUILD_ALL waits for everything of its calendar enqueued before it,
-           -- and runs alone.
-           WHEN c.operation = 'REBUILD_ALL' THEN
-               EXISTS (
-                   SELECT 1 FROM sync_outbox e
-                    WHERE e.workspace_id = c.workspace_id AND e.calendar_id = c.calendar_id
-                      AND e.status IN ('PENDING', 'PROCESSING')
-                      AND (e.seq < c.seq OR e.status = 'PROCESSING'))
-           ELSE false
-       END
-     ORDER BY c.seq
-     LIMIT $1
-)
-SELECT c.id, c.seq,
-       CASE WHEN c.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT') THEN (
-           SELECT n.id FROM sync_outbox n
-            WHERE n.workspace_id = c.workspace_id AND n.calendar_id = c.calendar_id
-              AND n.source_type = c.source_type AND n.source_id = c.source_id
-              AND n.status IN ('PENDING', 'PROCESSING', 'COMPLETED')
-              AND n.seq > c.seq
-              AND n.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
-              AND NOT EXISTS (
-                  SELECT 1 FROM sync_outbox r
-                   WHERE r.operation = 'REBUILD_ALL' AND r.status IN ('PENDING', 'PROCESSING')
-                     AND r.workspace_id = c.workspace_id AND r.calendar_id = c.calendar_id
-                     AND r.seq > c.seq AND r.seq < n.seq)
-            ORDER BY n.seq DESC
-            LIMIT 1)
-       END AS superseded_by
-  FROM cand c
- ORDER BY c.seq
-"#;
+/// The claim statement.
+pub const CLAIM: &str = "SELECT * FROM calendar_sync_claim($1, $2)";
 
 /// Tries to take the advisory lock of each key; returns the keys it got.
 /// The lock call sits in the select list of a plain `unnest`, so PostgreSQL
@@ -239,111 +218,24 @@ pub async fn try_lock_rows(
 }
 
 /// Releases row locks held by this session.
-pub async fn unlock_rows(
+pub async fn unlock_rows<S>(
     client: &impl GenericClient,
+    statement: &S,
     keys: &[i32],
-) -> Result<(), tokio_postgres::Error> {
+) -> Result<(), tokio_postgres::Error>
+where
+    S: ?Sized + tokio_postgres::ToStatement + Sync + Send,
+{
     if keys.is_empty() {
         return Ok(());
     }
-    client
-        .execute(
-            "SELECT count(*) FROM (SELECT pg_advisory_unlock($1, k) FROM unnest($2::int4[]) AS k) t",
-            &[&LOCK_NAMESPACE, &keys],
-        )
-        .await?;
+    client.execute(statement, &[&LOCK_NAMESPACE, &keys]).await?;
     Ok(())
 }
 
-/// Marks superseded rows and claims the locked ones (PROCESSING, attempt
-/// counted now, new claim token), superseding older waiting items of each
-/// claimed source. Returns the claimed rows with their bindings, and how many
-/// waiting items the claimed rows superseded.
-pub async fn mark_claimed(
-    client: &impl GenericClient,
-    superseded: &[(Uuid, Uuid)],
-    claim: &[Uuid],
-) -> Result<(Vec<ClaimedItem>, u64), tokio_postgres::Error> {
-    let (sup_ids, sup_by): (Vec<Uuid>, Vec<Uuid>) = superseded.iter().copied().unzip();
-    let rows = client
-        .query(MARK_CLAIMED, &[&sup_ids, &sup_by, &claim])
-        .await?;
-    let stale = rows
-        .first()
-        .map_or(0, |r| r.get::<_, i64>("stale_count") as u64);
-    let items = rows
-        .iter()
-        .map(|r| {
-            let binding = r
-                .get::<_, Option<String>>("google_event_id")
-                .map(|google_event_id| Binding {
-                    google_event_id,
-                    generation: r.get("generation"),
-                    state: BindingState::parse(r.get("state")),
-                    etag: r.get("etag"),
-                    content_hash: r.get("content_hash"),
-                });
-            ClaimedItem {
-                id: r.get("id"),
-                lock_key: row_lock_key(r.get("seq")),
-                operation: r.get("operation"),
-                payload: r.get("payload"),
-                attempts: r.get("attempts"),
-                claim_token: r.get("claim_token"),
-                binding,
-                result: r.get("result"),
-            }
-        })
-        .collect();
-    Ok((items, stale))
-}
-
-const MARK_CLAIMED: &str = r#"
--- mark_claimed: supersede, claim, and supersede what the claimed rows make stale.
-WITH sup AS (
-    UPDATE sync_outbox o
-       SET status = 'SUPERSEDED', superseded_by = s.by, claim_token = NULL,
-           updated_at = now(), processed_at = now()
-      FROM unnest($1::uuid[], $2::uuid[]) AS s(id, by)
-     WHERE o.id = s.id AND o.status = 'PENDING'
-),
-claimed AS (
-    UPDATE sync_outbox o
-       SET status = 'PROCESSING', attempts = o.attempts + 1,
-           claim_token = gen_random_uuid(), updated_at = now()
-     WHERE o.id = ANY ($3::uuid[]) AND o.status = 'PENDING'
- RETURNING o.id, o.seq, o.operation, o.payload, o.attempts, o.claim_token, o.result,
-           o.workspace_id, o.calendar_id, o.source_type, o.source_id
-),
-stale AS (
-    UPDATE sync_outbox o
-       SET status = 'SUPERSEDED', superseded_by = c.id, claim_token = NULL,
-           updated_at = now(), processed_at = now()
-      FROM claimed c
-     WHERE c.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
-       AND o.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
-       AND o.status = 'PENDING'
-       AND o.id <> ALL ($1::uuid[])
-       AND o.workspace_id = c.workspace_id AND o.calendar_id = c.calendar_id
-       AND o.source_type = c.source_type AND o.source_id = c.source_id
-       AND o.seq < c.seq
-       AND NOT EXISTS (
-           SELECT 1 FROM sync_outbox r
-            WHERE r.operation = 'REBUILD_ALL' AND r.status IN ('PENDING', 'PROCESSING')
-              AND r.workspace_id = c.workspace_id AND r.calendar_id = c.calendar_id
-              AND r.seq > o.seq AND r.seq < c.seq)
- RETURNING o.id
-)
-SELECT c.id, c.seq, c.operation, c.payload, c.attempts, c.claim_token, c.result,
-       (SELECT count(*) FROM stale) AS stale_count,
-       b.google_event_id, b.generation, b.state, b.etag, b.content_hash
-  FROM claimed c
-  LEFT JOIN calendar_event_bindings b
-    ON c.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
-   AND b.workspace_id = c.workspace_id AND b.calendar_id = c.calendar_id
-   AND b.source_type = c.source_type AND b.source_id = c.source_id
- ORDER BY c.seq
-"#;
+/// The unlock statement.
+pub const UNLOCK: &str =
+    "SELECT count(*) FROM (SELECT pg_advisory_unlock($1, k) FROM unnest($2::int4[]) AS k) t";
 
 /// A PROCESSING row whose advisory lock nobody holds: its worker died or lost
 /// its lock connection.
@@ -469,6 +361,126 @@ pub async fn complete(
     };
     Ok(n == 1)
 }
+
+/// A finished item to record as COMPLETED, with the binding to write.
+#[derive(Debug)]
+pub struct Completion<'a> {
+    /// The claimed row.
+    pub item: &'a ClaimedItem,
+    /// Binding to write with it.
+    pub binding: Option<&'a BindingWrite>,
+    /// The row's `result`.
+    pub result: Option<&'a Value>,
+}
+
+/// Records many successful items, with their bindings, in one statement (one
+/// commit). Returns the ids whose claim still held: the others were taken over
+/// and nothing was written for them. Items must be of distinct sources, which
+/// claims guarantee (one item of a source in flight at a time).
+pub async fn complete_many<S>(
+    client: &impl GenericClient,
+    statement: &S,
+    done: &[Completion<'_>],
+) -> Result<Vec<Uuid>, tokio_postgres::Error>
+where
+    S: ?Sized + tokio_postgres::ToStatement + Sync + Send,
+{
+    if done.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = done.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut tokens = Vec::with_capacity(n);
+    let mut results: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut workspaces: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut calendars: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut types: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut sources: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut event_ids: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut generations: Vec<Option<i32>> = Vec::with_capacity(n);
+    let mut states: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut etags: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut hashes: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut contents: Vec<Option<&Value>> = Vec::with_capacity(n);
+    let mut event_types: Vec<Option<&str>> = Vec::with_capacity(n);
+    for d in done {
+        ids.push(d.item.id);
+        tokens.push(d.item.claim_token);
+        results.push(d.result);
+        let b = d.binding;
+        workspaces.push(b.map(|b| b.source.calendar.workspace_id.as_str()));
+        calendars.push(b.map(|b| b.source.calendar.calendar_id.as_str()));
+        types.push(b.map(|b| b.source.source_type.as_str()));
+        sources.push(b.map(|b| b.source.source_id.as_str()));
+        event_ids.push(b.map(|b| b.google_event_id.as_str()));
+        generations.push(b.map(|b| b.generation));
+        states.push(b.map(|b| b.state.as_str()));
+        etags.push(b.and_then(|b| b.etag.as_deref()));
+        hashes.push(b.and_then(|b| b.content_hash.as_deref()));
+        contents.push(b.and_then(|b| b.content.as_ref()));
+        event_types.push(b.and_then(|b| b.event_type.as_deref()));
+    }
+    let rows = client
+        .query(
+            statement,
+            &[
+                &ids,
+                &tokens,
+                &results,
+                &workspaces,
+                &calendars,
+                &types,
+                &sources,
+                &event_ids,
+                &generations,
+                &states,
+                &etags,
+                &hashes,
+                &contents,
+                &event_types,
+            ],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The statement of [`complete_many`].
+pub const COMPLETE_MANY: &str = r#"
+-- complete_many: a binding is written only where the claim still holds.
+WITH input AS (
+    SELECT *
+      FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::text[], $5::text[], $6::text[],
+                  $7::text[], $8::text[], $9::int4[], $10::text[], $11::text[], $12::text[],
+                  $13::jsonb[], $14::text[])
+        AS i(id, token, result, workspace_id, calendar_id, source_type, source_id,
+             google_event_id, generation, state, etag, content_hash, content, event_type)
+),
+done AS (
+    UPDATE sync_outbox o
+       SET status = 'COMPLETED', processed_at = now(), updated_at = now(),
+           last_error = NULL, claim_token = NULL, result = i.result
+      FROM input i
+     WHERE o.id = i.id AND o.claim_token = i.token AND o.status = 'PROCESSING'
+ RETURNING o.id
+),
+bind AS (
+    INSERT INTO calendar_event_bindings AS b
+           (workspace_id, calendar_id, source_type, source_id, google_event_id, generation,
+            state, etag, content_hash, content, event_type, last_outbox_id)
+    SELECT i.workspace_id, i.calendar_id, i.source_type, i.source_id, i.google_event_id,
+           i.generation, i.state, i.etag, i.content_hash, i.content, i.event_type, i.id
+      FROM input i JOIN done d ON d.id = i.id
+     WHERE i.google_event_id IS NOT NULL
+    ON CONFLICT (workspace_id, calendar_id, source_type, source_id) DO UPDATE
+       SET google_event_id = excluded.google_event_id, generation = excluded.generation,
+           state = excluded.state, etag = excluded.etag,
+           content_hash = excluded.content_hash,
+           content = coalesce(excluded.content, b.content),
+           event_type = coalesce(excluded.event_type, b.event_type),
+           last_outbox_id = excluded.last_outbox_id, updated_at = now()
+)
+SELECT id FROM done
+"#;
 
 const COMPLETE_WITH_BINDING: &str = r#"
 -- complete_with_binding: the binding is written only if the claim still holds.
@@ -599,13 +611,23 @@ RETURNING status
     Ok(failure_status(row))
 }
 
+/// Why an item waits without using an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Google asked us to slow down; counted in `rate_limited`.
+    RateLimited,
+    /// A pause, a breaker cool-down, a shutdown.
+    Other,
+}
+
 /// Puts the row back to wait `delay_secs` without counting the attempt: the
-/// failure was not the item's (usage-limit pause, shutdown).
+/// failure was not the item's (rate limits, usage-limit pause, shutdown).
 pub async fn defer(
     client: &impl GenericClient,
     item: &ClaimedItem,
     delay_secs: f64,
     error: &str,
+    wait: Wait,
 ) -> Result<FailureStatus, tokio_postgres::Error> {
     let row = client
         .query_opt(
@@ -613,12 +635,19 @@ pub async fn defer(
 -- defer
 UPDATE sync_outbox
    SET status = 'PENDING', attempts = greatest(attempts - 1, 0), last_error = $4,
+       rate_limited = rate_limited + $5::int4,
        next_attempt_at = now() + make_interval(secs => $3),
        claim_token = NULL, updated_at = now()
  WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
 RETURNING status
 "#,
-            &[&item.id, &item.claim_token, &delay_secs, &error],
+            &[
+                &item.id,
+                &item.claim_token,
+                &delay_secs,
+                &error,
+                &i32::from(wait == Wait::RateLimited),
+            ],
         )
         .await?;
     Ok(failure_status(row))

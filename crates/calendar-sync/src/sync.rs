@@ -300,7 +300,14 @@ pub(crate) async fn write_event<C: Calendar>(
             content: None,
             event_type: Some(event_type.to_owned()),
         };
-        if !store::put_binding(&**pool.get().await?, item, &reservation).await? {
+        // The claim reserves the first id an insert needs (see
+        // `calendar_sync_claim`); only a later generation needs writing here.
+        let reserved = item.binding.as_ref().is_some_and(|b| {
+            b.state == BindingState::Inserting
+                && b.google_event_id == id
+                && b.generation == generation
+        });
+        if !reserved && !store::put_binding(&**pool.get().await?, item, &reservation).await? {
             return Err(ApplyError::ClaimLost);
         }
         match calendar.insert_event(target, &id, body).await {
