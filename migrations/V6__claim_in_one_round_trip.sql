@@ -11,10 +11,21 @@
 -- fault), but its retry delay grows with them as with attempts.
 ALTER TABLE sync_outbox ADD COLUMN rate_limited integer NOT NULL DEFAULT 0;
 
--- "Is an item of this source in flight?" without reading the source's history.
+-- "Is an item of this source in flight?" without reading the source's history;
+-- it also lists the rows in flight for orphan recovery, so the plain
+-- PROCESSING index goes.
 CREATE INDEX sync_outbox_source_processing_idx
     ON sync_outbox (workspace_id, calendar_id, source_type, source_id)
     WHERE status = 'PROCESSING';
+DROP INDEX sync_outbox_processing_idx;
+
+-- The identity column is unique by construction. Its unique index was the
+-- claim's downfall: with statistics older than a burst, the planner walked it
+-- (every row ever enqueued, in seq order) instead of the partial PENDING
+-- index. Without it, the only index ordered by seq that a claim can use is the
+-- PENDING one, whatever the statistics say, and each status change updates
+-- one index fewer.
+ALTER TABLE sync_outbox DROP CONSTRAINT sync_outbox_seq_key;
 
 -- The Google event id of a source at a generation, exactly as
 -- calendar_sync::event_id computes it: the first 20 bytes of
@@ -84,7 +95,9 @@ RETURNS TABLE (
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    page_size constant integer := 64;
+    -- Rows read per page: a few more than can be claimed (some may be
+    -- superseded or blocked), not many more (each is a heap visit).
+    page_size constant integer := least(p_max_items + 16, 256);
     c record;
     after_seq bigint := 0;
     page_rows integer;

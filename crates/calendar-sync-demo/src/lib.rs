@@ -262,7 +262,7 @@ async fn story(
         let row = producer
             .query_one(
                 "SELECT count(*) FILTER (WHERE status = 'COMPLETED'),
-                        count(*) FILTER (WHERE status = 'COMPLETED' AND attempts > 1),
+                        count(*) FILTER (WHERE status = 'COMPLETED' AND rate_limited > 0),
                         count(*) FILTER (WHERE status = 'SUPERSEDED'),
                         count(*) FILTER (WHERE status = 'DEAD_LETTER')
                    FROM sync_outbox",

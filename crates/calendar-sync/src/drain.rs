@@ -26,7 +26,7 @@ use crate::db::{Database, LockConnection};
 use crate::desired::EventSource;
 use crate::error::Error;
 use crate::item::{self, ItemOutcome, Processed};
-use crate::store::{self, ClaimBatch, ClaimedItem, Completion};
+use crate::store::{self, ClaimBatch, ClaimedItem};
 use crate::sync::Applied;
 
 /// Counts of what a drain did.
@@ -269,6 +269,15 @@ struct Worker<C: Calendar> {
     shared: Arc<Shared<C>>,
     lock: LockConnection,
     in_flight: JoinSet<Processed>,
+    /// Batches of successes being recorded through the pool: (row lock keys,
+    /// outcomes). Their rows stay locked, and count against `concurrency`,
+    /// until the batch has committed.
+    recording: JoinSet<Vec<ItemOutcome>>,
+    recording_keys: HashMap<TaskId, Vec<i32>>,
+    recording_items: usize,
+    /// Successes waiting for the running batch to commit (group commit: the
+    /// next batch takes everything that finished meanwhile).
+    unrecorded: Vec<(ClaimedItem, Applied)>,
     by_task: HashMap<TaskId, ClaimedItem>,
     report: DrainReport,
     progress: Option<SharedProgress>,
@@ -280,6 +289,10 @@ impl<C: Calendar> Worker<C> {
             shared,
             lock,
             in_flight: JoinSet::new(),
+            recording: JoinSet::new(),
+            recording_keys: HashMap::new(),
+            recording_items: 0,
+            unrecorded: Vec::new(),
             by_task: HashMap::new(),
             report: DrainReport::default(),
             progress: None,
@@ -309,6 +322,14 @@ impl<C: Calendar> Worker<C> {
             // work on every item it guarded; their rows are orphans now.
             self.in_flight.abort_all();
             while self.in_flight.join_next().await.is_some() {}
+            // Batches being recorded may have committed or not; either way
+            // their rows are safe (claim tokens), and any left PROCESSING are
+            // orphans like the rest.
+            self.recording.abort_all();
+            while self.recording.join_next().await.is_some() {}
+            self.recording_keys.clear();
+            self.recording_items = 0;
+            self.unrecorded.clear();
             self.by_task.clear();
         }
         self.publish();
@@ -326,8 +347,10 @@ impl<C: Calendar> Worker<C> {
         loop {
             let mut progressed = false;
             let mut contended = false;
-            while stopping.is_none() && self.in_flight.len() < config.concurrency {
-                let room = (config.concurrency - self.in_flight.len()).min(config.batch_size);
+            // Claim in batches: when idle, or once enough room has freed up.
+            let threshold = config.batch_size.min(config.concurrency.div_ceil(2));
+            while stopping.is_none() && (self.busy() == 0 || self.room() >= threshold) {
+                let room = self.room().min(config.batch_size);
                 let batch = self.claim(room).await?;
                 let claimed = batch.items.len();
                 progressed |= claimed > 0 || batch.superseded > 0;
@@ -341,14 +364,14 @@ impl<C: Calendar> Worker<C> {
                 }
             }
             self.publish();
-            if stopping.is_some() && self.in_flight.is_empty() {
+            if stopping.is_some() && self.busy() == 0 {
                 return Ok(());
             }
-            if self.in_flight.is_empty() && progressed {
+            if self.busy() == 0 && progressed {
                 // Only superseded rows this round: there may be more to claim.
                 continue;
             }
-            if mode == Mode::Once && self.in_flight.is_empty() {
+            if mode == Mode::Once && self.busy() == 0 {
                 // Rows whose locks another session still holds for a moment
                 // (it is between committing their outcome and unlocking) are
                 // worth a few short retries; anything else is not due.
@@ -375,6 +398,9 @@ impl<C: Calendar> Worker<C> {
                         finished.push(more);
                     }
                     self.settle(finished).await?;
+                }
+                Some(recorded) = self.recording.join_next_with_id(), if !self.recording.is_empty() => {
+                    self.recorded(recorded).await?;
                 }
                 _ = cancel.cancelled(), if stopping.is_none() => {
                     tracing::info!(in_flight = self.in_flight.len(), "drainer stopping");
@@ -408,9 +434,44 @@ impl<C: Calendar> Worker<C> {
         self.by_task.insert(handle.id(), item);
     }
 
-    /// Records finished tasks (successes in one statement; a panicked or
-    /// aborted task is failed or released here) and then releases their row
-    /// locks in one statement.
+    /// Items claimed and not yet released: running, or being recorded.
+    fn busy(&self) -> usize {
+        self.in_flight.len() + self.unrecorded.len() + self.recording_items
+    }
+
+    /// How many more items may start. `concurrency` bounds the items being
+    /// applied (calls to Google); items waiting to be recorded do not count,
+    /// so claiming and recording overlap, unless recording falls far behind.
+    fn room(&self) -> usize {
+        let concurrency = self.shared.config.concurrency;
+        let waiting = self.unrecorded.len() + self.recording_items;
+        if waiting >= 4 * concurrency.max(self.shared.config.batch_size) {
+            return 0;
+        }
+        concurrency.saturating_sub(self.in_flight.len())
+    }
+
+    /// Sends the waiting successes to be recorded in one statement through the
+    /// pool, unless a batch is being recorded already (then they go with the
+    /// next one, when it has committed).
+    fn record_unrecorded(&mut self) {
+        if self.unrecorded.is_empty() || !self.recording.is_empty() {
+            return;
+        }
+        let done = std::mem::take(&mut self.unrecorded);
+        self.recording_items += done.len();
+        let shared = self.shared.clone();
+        let keys = done.iter().map(|(item, _)| item.lock_key).collect();
+        let task = self
+            .recording
+            .spawn(async move { item::record_successes(&shared, done).await });
+        self.recording_keys.insert(task.id(), keys);
+    }
+
+    /// Takes in finished tasks: failures are recorded already (a panicked or
+    /// aborted task is failed or released here) and their locks released now;
+    /// successes go to the pool to be recorded in one statement, while this
+    /// connection goes on claiming.
     async fn settle(
         &mut self,
         finished: Vec<Result<(TaskId, Processed), JoinError>>,
@@ -432,61 +493,53 @@ impl<C: Calendar> Worker<C> {
             let Some(item) = self.by_task.remove(&task_id) else {
                 continue;
             };
-            keys.push(item.lock_key);
             match processed {
-                Processed::Recorded(outcome) => self.report.add(outcome),
+                Processed::Recorded(outcome) => {
+                    keys.push(item.lock_key);
+                    self.report.add(outcome);
+                }
                 Processed::Done(applied) => done.push((item, *applied)),
             }
         }
-        self.complete(done).await;
-        let unlock = self.lock.prepared(store::UNLOCK).await?;
-        store::unlock_rows(&self.lock.client, &unlock, &keys).await?;
+        self.unrecorded.extend(done);
+        self.record_unrecorded();
+        self.unlock(&keys).await?;
         self.publish();
         Ok(())
     }
 
-    /// Records successes in one statement on the lock connection; if that
-    /// fails, one by one through the pool (with retries).
-    async fn complete(&mut self, done: Vec<(ClaimedItem, Applied)>) {
-        if done.is_empty() {
-            return;
-        }
-        let batch: Vec<Completion<'_>> = done
-            .iter()
-            .map(|(item, applied)| Completion {
-                item,
-                binding: applied.binding.as_ref(),
-                result: applied.result.as_ref(),
-            })
-            .collect();
-        let recorded = match self.lock.prepared(store::COMPLETE_MANY).await {
-            Ok(statement) => store::complete_many(&self.lock.client, &statement, &batch).await,
-            Err(e) => Err(e),
-        };
-        drop(batch);
-        match recorded {
-            Ok(ids) => {
-                let ids: std::collections::HashSet<_> = ids.into_iter().collect();
-                for (item, applied) in &done {
-                    let outcome = if ids.contains(&item.id) {
-                        ItemOutcome::Completed {
-                            changed: applied.changed,
-                        }
-                    } else {
-                        ItemOutcome::ClaimLost
-                    };
-                    item::note_recorded(item, outcome);
-                    self.report.add(outcome);
-                }
-            }
+    /// A batch of successes has been recorded: release its rows. (Should the
+    /// recording task have panicked, rows it left PROCESSING become orphans
+    /// once released, and any worker's next poll takes them back.)
+    async fn recorded(
+        &mut self,
+        joined: Result<(TaskId, Vec<ItemOutcome>), JoinError>,
+    ) -> Result<(), Error> {
+        let (task_id, outcomes) = match joined {
+            Ok((task_id, outcomes)) => (task_id, outcomes),
             Err(e) => {
-                tracing::warn!(error = %e, items = done.len(), "could not record finished items together; recording them one by one");
-                for (item, applied) in done {
-                    let outcome = item::record_done(&self.shared, &item, applied).await;
-                    self.report.add(outcome);
-                }
+                tracing::error!(error = %e, "recording finished items failed");
+                (e.id(), Vec::new())
             }
+        };
+        let keys = self.recording_keys.remove(&task_id).unwrap_or_default();
+        self.recording_items -= keys.len();
+        for outcome in outcomes {
+            self.report.add(outcome);
         }
+        self.record_unrecorded();
+        self.unlock(&keys).await?;
+        self.publish();
+        Ok(())
+    }
+
+    async fn unlock(&mut self, keys: &[i32]) -> Result<(), Error> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let unlock = self.lock.prepared(store::UNLOCK).await?;
+        store::unlock_rows(&self.lock.client, &unlock, keys).await?;
+        Ok(())
     }
 
     /// Claims up to `limit` rows in one statement. On error the session may

@@ -10,7 +10,7 @@ use crate::drain::Shared;
 use crate::error::Error;
 use crate::operation::{DecodeError, Operation};
 use crate::rebuild;
-use crate::store::{self, ClaimedItem, FailureStatus, Wait};
+use crate::store::{self, ClaimedItem, Completion, FailureStatus, Wait};
 use crate::sync::{self, Applied, ApplyError};
 
 /// What became of an item, for the drain report.
@@ -84,18 +84,52 @@ pub(crate) async fn process<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem)
     }
 }
 
-/// Records one success on its own: the fallback when a batch failed.
-pub(crate) async fn record_done<C: Calendar>(
+/// Records successes as COMPLETED, with their bindings, in one statement on a
+/// pooled connection (one commit for all); if that fails, one by one (with
+/// retries). Returns their outcomes in order.
+pub(crate) async fn record_successes<C: Calendar>(
     shared: &Shared<C>,
-    item: &ClaimedItem,
-    applied: Applied,
-) -> ItemOutcome {
-    record(shared, item, &Verdict::Done(applied)).await
-}
-
-/// Logs and counts an outcome that a batch recorded.
-pub(crate) fn note_recorded(item: &ClaimedItem, outcome: ItemOutcome) {
-    note(item, None, outcome);
+    done: Vec<(ClaimedItem, Applied)>,
+) -> Vec<ItemOutcome> {
+    let batch: Vec<Completion<'_>> = done
+        .iter()
+        .map(|(item, applied)| Completion {
+            item,
+            binding: applied.binding.as_ref(),
+            result: applied.result.as_ref(),
+        })
+        .collect();
+    let recorded = async {
+        let client = shared.db.pool().get().await?;
+        let statement = client.prepare_cached(store::COMPLETE_MANY).await?;
+        Ok::<_, Error>(store::complete_many(&**client, &statement, &batch).await?)
+    }
+    .await;
+    drop(batch);
+    let mut outcomes = Vec::with_capacity(done.len());
+    match recorded {
+        Ok(ids) => {
+            let ids: std::collections::HashSet<_> = ids.into_iter().collect();
+            for (item, applied) in &done {
+                let outcome = if ids.contains(&item.id) {
+                    ItemOutcome::Completed {
+                        changed: applied.changed,
+                    }
+                } else {
+                    ItemOutcome::ClaimLost
+                };
+                note(item, None, outcome);
+                outcomes.push(outcome);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, items = done.len(), "could not record finished items together; recording them one by one");
+            for (item, applied) in done {
+                outcomes.push(record(shared, &item, &Verdict::Done(applied)).await);
+            }
+        }
+    }
+    outcomes
 }
 
 fn note(item: &ClaimedItem, verdict: Option<&Verdict>, outcome: ItemOutcome) {
