@@ -130,7 +130,7 @@ pub struct Settings {
     #[arg(long, env = "CALENDAR_SYNC_MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
     pub max_retries: u32,
     /// Items in flight at once.
-    #[arg(long, env = "CALENDAR_SYNC_CONCURRENCY", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub concurrency: u32,
     /// On SIGTERM, how long in-flight items may finish, in milliseconds.
     #[arg(

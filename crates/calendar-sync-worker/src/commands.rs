@@ -47,7 +47,9 @@ fn database(settings: &Settings, pool_size: usize) -> Result<Database, Failure> 
 fn drainer(settings: &Settings) -> Result<(Database, OutboxDrainer<GoogleCalendar>), Failure> {
     let cipher = settings.cipher()?;
     let google = settings.google()?;
-    let db = database(settings, settings.concurrency as usize + 4)?;
+    // Items touch the pool only around their call (token refresh, a rare
+    // reservation, a failure); successes are recorded in batches.
+    let db = database(settings, (settings.concurrency as usize).min(16) + 4)?;
     let calendar = GoogleCalendar::new(&db, cipher, google)?;
     let drainer = OutboxDrainer::new(db.clone(), calendar, settings.drainer())?;
     Ok((db, drainer))

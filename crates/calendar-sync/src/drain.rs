@@ -222,10 +222,16 @@ async fn run_until_stopped<C: Calendar>(
         };
         let outcome = match lock {
             Ok(lock) => {
+                let began = Instant::now();
                 let mut worker = Worker::new(shared.clone(), lock).with_progress(progress.clone());
                 let outcome = worker.run(Mode::UntilStopped, &cancel).await;
                 if outcome.is_ok() {
                     return;
+                }
+                // A connection that served a while starts the backoff afresh:
+                // today's blip should not wait as long as last week's outage.
+                if began.elapsed() >= MAX_RECONNECT_DELAY {
+                    failures = 0;
                 }
                 outcome
             }
@@ -244,10 +250,14 @@ async fn run_until_stopped<C: Calendar>(
     }
 }
 
+/// The longest wait between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
 /// 0.5 s, 1 s, 2 s … up to 30 s between reconnection attempts.
 fn reconnect_delay(failures: u32) -> Duration {
-    let ms = 500u64.saturating_mul(1 << failures.saturating_sub(1).min(6));
-    Duration::from_millis(ms.min(30_000))
+    let delay =
+        Duration::from_millis(500u64.saturating_mul(1 << failures.saturating_sub(1).min(6)));
+    delay.min(MAX_RECONNECT_DELAY)
 }
 
 /// A claim looks at no more than this many due rows per row it may claim (and
@@ -349,7 +359,12 @@ impl<C: Calendar> Worker<C> {
             let mut contended = false;
             // Claim in batches: when idle, or once enough room has freed up.
             let threshold = config.batch_size.min(config.concurrency.div_ceil(2));
-            while stopping.is_none() && (self.busy() == 0 || self.room() >= threshold) {
+            // A stop is noticed before claiming more, even while items keep
+            // finishing (the select below handles those first).
+            while stopping.is_none()
+                && !cancel.is_cancelled()
+                && (self.busy() == 0 || self.room() >= threshold)
+            {
                 let room = self.room().min(config.batch_size);
                 let batch = self.claim(room).await?;
                 let claimed = batch.items.len();
@@ -584,5 +599,22 @@ impl<C: Calendar> Worker<C> {
         self.report.recovered += requeued + dead;
         self.report.dead_lettered += dead;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_double_up_to_the_cap() {
+        let delays: Vec<u64> = (1..=9)
+            .map(|f| reconnect_delay(f).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(reconnect_delay(u32::MAX), MAX_RECONNECT_DELAY);
     }
 }

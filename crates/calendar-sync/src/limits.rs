@@ -37,10 +37,15 @@ impl Limits {
     }
 }
 
+/// A rate of `per_minute - burst` with a burst of `burst`: a bucket that
+/// starts full lets `burst` requests through at once and then `rate` a minute,
+/// so no one-minute window (Google's are sliding) ever holds more than
+/// `per_minute`.
 fn quota(per_minute: u32) -> Quota {
-    let rate = NonZeroU32::new(per_minute.max(1)).expect("non-zero");
-    let burst = NonZeroU32::new((per_minute / 60).clamp(1, 100)).expect("non-zero");
-    Quota::per_minute(rate).allow_burst(burst)
+    let per_minute = per_minute.max(2);
+    let burst = (per_minute / 60).clamp(1, 100);
+    let rate = NonZeroU32::new(per_minute - burst).expect("non-zero");
+    Quota::per_minute(rate).allow_burst(NonZeroU32::new(burst).expect("non-zero"))
 }
 
 /// Per-connection circuit breakers.
@@ -124,7 +129,7 @@ mod tests {
 
     #[test]
     fn limiter_lets_a_burst_through_then_paces() {
-        // 60/min: a burst of one, then one per second.
+        // 60/min: a burst of one, then 59 a minute.
         let limits = Limits::new(60, 10_000);
         let key = "w".to_owned();
         assert!(limits.per_connection.check_key(&key).is_ok());

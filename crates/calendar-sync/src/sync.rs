@@ -154,8 +154,7 @@ pub fn source_properties(source: &SourceKey, event_type: Option<&str>) -> BTreeM
 /// SHA-256 (hex) of the body as we would send it.
 pub fn content_hash(body: &EventBody) -> String {
     let bytes = serde_json::to_vec(body).expect("an EventBody always serialises");
-    let digest = Sha256::digest(&bytes);
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes))
 }
 
 /// Where writing a source's event starts.
