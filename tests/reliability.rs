@@ -113,7 +113,7 @@ impl Env {
         let audit = Audit::run(&client, &self.world.google, &self.world.calendars()).await;
         audit.print_and_check(
             test,
-            "2 drainers with their own Google clients (concurrency 8)",
+            "2 drainers with their own Google clients (default concurrency, 32)",
             faults,
             0,
         );

@@ -190,14 +190,13 @@ async fn four_workers_end_with_the_last_operation_of_every_source() {
             worker(&format!("four-{i}"), &env)
         })
         .collect();
-    // 3,000 items (RELIABILITY_FOUR_WORKERS_ITEMS to change it; the issue's
-    // 5,000 take ~110 s until the claim-cost bug in tests/reliability.rs is
-    // fixed) on one source per 20 items: upserts with a new title every time
-    // and one cancel in five, in ten waves while the workers drain.
+    // 5,000 items (RELIABILITY_FOUR_WORKERS_ITEMS to change it) on one source
+    // per 20 items: upserts with a new title every time and one cancel in
+    // five, in ten waves while the workers drain.
     let items: usize = std::env::var("RELIABILITY_FOUR_WORKERS_ITEMS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+        .unwrap_or(5000);
     let sources = (items / 20).max(1) as u64;
     let client = t.client().await;
     let mut rng = Rng::new(0x5eed_cafe);
@@ -239,7 +238,7 @@ async fn four_workers_end_with_the_last_operation_of_every_source() {
     );
     audit.print_and_check(
         "four_workers",
-        "4 processes at once (concurrency 8)",
+        "4 processes at once (default concurrency, 32)",
         "none: concurrency only; 80% upserts, 20% cancels, 10 waves while draining",
         0,
     );
@@ -287,7 +286,7 @@ async fn terminated_database_sessions_are_survived() {
     let audit = Audit::run(&client, &world.google, &world.calendars()).await;
     audit.print_and_check(
         "pg_terminate_backend",
-        "2 processes at once (concurrency 8)",
+        "2 processes at once (default concurrency, 32)",
         &format!(
             "3 rounds of pg_terminate_backend: lock connections, every session, lock connections ({} sessions)",
             killed.iter().sum::<i64>()
@@ -363,7 +362,7 @@ async fn a_postgresql_restart_mid_run_is_survived() {
     let audit = Audit::run(&client, &world.google, &world.calendars()).await;
     audit.print_and_check(
         "postgresql_restart",
-        "1 process (concurrency 8)",
+        "1 process (default concurrency, 32)",
         "PostgreSQL restarted twice: pg_ctl stop -m fast, then -m immediate (crash)",
         0,
     );
