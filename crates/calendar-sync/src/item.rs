@@ -214,13 +214,14 @@ async fn record_once<C: Calendar>(
             }
         }
         Verdict::Done(applied) => {
-            if store::complete(
-                client,
+            let done = Completion {
                 item,
-                applied.binding.as_ref(),
-                applied.result.as_ref(),
-            )
-            .await?
+                binding: applied.binding.as_ref(),
+                result: applied.result.as_ref(),
+            };
+            if !store::complete_many(client, store::COMPLETE_MANY, &[done])
+                .await?
+                .is_empty()
             {
                 ItemOutcome::Completed {
                     changed: applied.changed,

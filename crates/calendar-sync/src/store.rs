@@ -315,53 +315,6 @@ RETURNING o.status
     Ok((rows.len() as u64 - dead, dead))
 }
 
-/// Records a successful item, with its binding, in one atomic statement.
-/// Returns false when the claim was lost (another worker owns the row now).
-pub async fn complete(
-    client: &impl GenericClient,
-    item: &ClaimedItem,
-    binding: Option<&BindingWrite>,
-    result: Option<&Value>,
-) -> Result<bool, tokio_postgres::Error> {
-    let n = match binding {
-        None => {
-            client
-                .execute(
-                    "UPDATE sync_outbox SET status = 'COMPLETED', processed_at = now(), updated_at = now(),
-                            last_error = NULL, claim_token = NULL, result = $3
-                      WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'",
-                    &[&item.id, &item.claim_token, &result],
-                )
-                .await?
-        }
-        Some(b) => {
-            client
-                .query_one(
-                    COMPLETE_WITH_BINDING,
-                    &[
-                        &item.id,
-                        &item.claim_token,
-                        &result,
-                        &b.source.calendar.workspace_id,
-                        &b.source.calendar.calendar_id,
-                        &b.source.source_type,
-                        &b.source.source_id,
-                        &b.google_event_id,
-                        &b.generation,
-                        &b.state.as_str(),
-                        &b.etag,
-                        &b.content_hash,
-                        &b.content,
-                        &b.event_type,
-                    ],
-                )
-                .await?
-                .get::<_, i64>(0) as u64
-        }
-    };
-    Ok(n == 1)
-}
-
 /// A finished item to record as COMPLETED, with the binding to write.
 #[derive(Debug)]
 pub struct Completion<'a> {
@@ -480,31 +433,6 @@ bind AS (
            last_outbox_id = excluded.last_outbox_id, updated_at = now()
 )
 SELECT id FROM done
-"#;
-
-const COMPLETE_WITH_BINDING: &str = r#"
--- complete_with_binding: the binding is written only if the claim still holds.
-WITH done AS (
-    UPDATE sync_outbox
-       SET status = 'COMPLETED', processed_at = now(), updated_at = now(),
-           last_error = NULL, claim_token = NULL, result = $3
-     WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
- RETURNING id
-),
-bind AS (
-    INSERT INTO calendar_event_bindings AS b
-           (workspace_id, calendar_id, source_type, source_id, google_event_id, generation,
-            state, etag, content_hash, content, event_type, last_outbox_id)
-    SELECT $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, done.id FROM done
-    ON CONFLICT (workspace_id, calendar_id, source_type, source_id) DO UPDATE
-       SET google_event_id = excluded.google_event_id, generation = excluded.generation,
-           state = excluded.state, etag = excluded.etag,
-           content_hash = excluded.content_hash,
-           content = coalesce(excluded.content, b.content),
-           event_type = coalesce(excluded.event_type, b.event_type),
-           last_outbox_id = excluded.last_outbox_id, updated_at = now()
-)
-SELECT count(*) FROM done
 "#;
 
 /// Writes a binding while the claim still holds (returns false if it was
