@@ -71,7 +71,7 @@ pub async fn run(quick: bool) {
         "Seed configuration: the same OutboxDrainer with poll_interval 5 s, batch_size 10, \
          concurrency 1, and the NOTIFY trigger disabled (no wake-up on insert), as the worker \
          we replace ran. Ours: DrainerConfig::default() (poll 5 s as a safety net, batch 10, \
-         concurrency 8, LISTEN/NOTIFY). Calendar: the in-process MemoryCalendar, zero latency. \
+         concurrency 32, LISTEN/NOTIFY). Calendar: the in-process MemoryCalendar, zero latency. \
          Throughput: {n} waiting UPSERT_EVENTs (new sources, 20 workspaces). Pickup: {k} \
          single inserts at random intervals of {}-{} ms, the same schedule against both \
          drainers at the same time (each on its own database), commit acknowledged -> \

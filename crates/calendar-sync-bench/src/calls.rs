@@ -168,7 +168,11 @@ async fn variant(t: &TestDb, sources: &[Source], one_transaction: bool) -> Varia
     let g = FakeGoogle::start().await;
     seed_fake(&g, WORKSPACES);
     g.set_latency(LATENCY);
-    let db = Database::from_config(t.config.clone(), 12).expect("pool");
+    let db = Database::from_config(
+        t.config.clone(),
+        crate::support::pool_size(DrainerConfig::default().concurrency),
+    )
+    .expect("pool");
     let probe = Probe::new(calendar(&db, &g));
     let drainer = OutboxDrainer::new(db, probe.clone(), DrainerConfig::default()).expect("drainer");
     let handle = drainer.start();
@@ -302,7 +306,7 @@ pub async fn run(quick: bool) {
     );
     report.para(&format!(
         "{n} sources in {WORKSPACES} workspaces, {PRODUCERS} producers writing bursts (in \
-         random order) while one worker at the defaults (concurrency 8, LISTEN/NOTIFY) drains \
+         random order) while one worker at the defaults (concurrency 32, batch 10, LISTEN/NOTIFY) drains \
          into GoogleCalendar against the fake Google ({} ms latency, no quota). Phase 1 \
          creates every source with a burst of 1-10 upserts; phase 2 (after phase 1 drained): \
          60 % get a burst of 1-10 updates, 10 % a burst of 1-3 updates then a cancel, 5 % one \

@@ -54,8 +54,8 @@ impl DrainRun {
     }
 }
 
-/// Starts a drainer (its own pool of `concurrency + 4`, as the worker binary
-/// sizes it) over `pg`, waits until `n` items are finished, stops it and
+/// Starts a drainer (its own pool of `min(concurrency, 16) + 4`, as the worker
+/// binary sizes it) over `pg`, waits until `n` items are finished, stops it and
 /// closes its connections.
 pub async fn drain_backlog<C: Calendar>(
     t: &TestDb,
@@ -68,7 +68,8 @@ pub async fn drain_backlog<C: Calendar>(
     let keep = sessions(admin, &t.name).await;
     let commits_before = xact_commit(admin, &t.name).await;
     let io_before = io(admin).await;
-    let db = Database::from_config(pg, config.concurrency + 4).expect("pool");
+    let db =
+        Database::from_config(pg, crate::support::pool_size(config.concurrency)).expect("pool");
     let drainer = OutboxDrainer::new(db, calendar, config).expect("drainer");
     let meter = CpuMeter::start(admin, &t.name).await;
     let started = Instant::now();

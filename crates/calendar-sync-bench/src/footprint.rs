@@ -254,7 +254,7 @@ async fn engine_processes(t: &TestDb, admin: &Client, processes: usize, items: i
     let mut children = Vec::new();
     for _ in 0..processes {
         let mut child = Command::new(std::env::current_exe().expect("exe"))
-            .args(["engine-worker", "--url", &t.url(), "--concurrency", "8"])
+            .args(["engine-worker", "--url", &t.url(), "--concurrency", "32"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -297,7 +297,7 @@ pub async fn engine_worker(args: &[String]) {
     let concurrency: usize = value("--concurrency")
         .and_then(|v| v.parse().ok())
         .unwrap_or(8);
-    let db = Database::connect(&url, concurrency + 4).expect("db");
+    let db = Database::connect(&url, crate::support::pool_size(concurrency)).expect("db");
     let config = DrainerConfig {
         concurrency,
         ..DrainerConfig::default()
@@ -349,8 +349,8 @@ pub async fn run(quick: bool) {
     let sum = |v: &[f64]| v.iter().sum::<f64>();
     let mut report = Report::new("footprint", "Scenario 7: footprint", &m, quick);
     report.para(&format!(
-        "`target/release/calendar-sync-worker run` at its defaults (concurrency 8, pool 12, \
-         limiter 600/min per connection and 10,000/min per project / \
+        "`target/release/calendar-sync-worker run` at its defaults (concurrency 32, pool 20, \
+         limiter 600/min per connection and 10,000/min per project, each divided by \
          CALENDAR_SYNC_WORKER_PROCESSES) against `fake-google` run as a process (zero \
          latency, no quota), {WORKSPACES} workspaces. Idle: {:.1} s after start, empty outbox. \
          Busy: the scenario-1 backlog ({items} UPSERTs of new sources over {WORKSPACES} \
@@ -416,7 +416,7 @@ pub async fn run(quick: bool) {
          With WORKER_PROCESSES=1 in each of 4 processes (each spending the whole project \
          budget, which would overrun Google's quota 4x) they drain {:.0} items/s. Engine scaling \
          without the limiter, child processes of this binary each running one drainer \
-         (concurrency 8) into an in-memory calendar, {engine_items} items: 1 process \
+         (concurrency 32) into an in-memory calendar, {engine_items} items: 1 process \
          {engine_one:.0} items/s, 4 processes {engine_four:.0} items/s ({:.2}x) on this \
          2-core machine, where the processes and PostgreSQL share the same two cores and \
          claims are serialised by the claim mutex.",

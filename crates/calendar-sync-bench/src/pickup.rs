@@ -52,7 +52,11 @@ pub async fn pickup_trial(t: &TestDb, config: DrainerConfig, schedule: &[Duratio
     let admin = t.client().await;
     reset(&admin).await;
     let probe = Probe::new(MemoryCalendar::new());
-    let db = Database::from_config(t.config.clone(), config.concurrency + 4).expect("pool");
+    let db = Database::from_config(
+        t.config.clone(),
+        crate::support::pool_size(config.concurrency),
+    )
+    .expect("pool");
     let poll = config.poll_interval;
     let drainer = OutboxDrainer::new(db, probe.clone(), config).expect("drainer");
     let handle = drainer.start();
@@ -135,7 +139,11 @@ pub async fn run(quick: bool) {
         reset(&admin).await;
         without.push(producer_rate(&t, producers, per_producer).await);
         reset(&admin).await;
-        let db = Database::from_config(t.config.clone(), 12).expect("pool");
+        let db = Database::from_config(
+            t.config.clone(),
+            crate::support::pool_size(DrainerConfig::default().concurrency),
+        )
+        .expect("pool");
         let drainer =
             OutboxDrainer::new(db, MemoryCalendar::new(), DrainerConfig::default()).expect("d");
         let handle = drainer.start();
@@ -149,7 +157,7 @@ pub async fn run(quick: bool) {
 
     let mut report = Report::new("pickup-latency", "Scenario 3: pickup latency", &m, quick);
     report.para(&format!(
-        "One idle worker at the defaults (LISTEN/NOTIFY wake-up, poll 5 s, concurrency 8). \
+        "One idle worker at the defaults (LISTEN/NOTIFY wake-up, poll 5 s, concurrency 32, batch 10). \
          {k} single-row UPSERT_EVENTs (autocommit, one new source each) at random intervals \
          of 10-60 ms. Latency: from the moment the producer's commit is acknowledged (and, as \
          an upper bound, from the moment the INSERT was sent) to the engine's calendar call, \

@@ -343,3 +343,10 @@ impl Machine {
 pub async fn breathe() {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
+
+/// The pool the worker binary gives a drainer of `concurrency`
+/// (calendar-sync-worker's commands.rs: items use the pool only around their
+/// call, successes are recorded in batches).
+pub fn pool_size(concurrency: usize) -> usize {
+    concurrency.min(16) + 4
+}

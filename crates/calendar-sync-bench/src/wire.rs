@@ -24,6 +24,8 @@ pub struct WireStats {
     pub simple: u64,
     /// Executions per statement label.
     pub by_statement: HashMap<String, u64>,
+    /// Parse messages (statements prepared) by statement label.
+    pub parsed_by_statement: HashMap<String, u64>,
 }
 
 impl WireStats {
@@ -152,7 +154,9 @@ impl Parser {
             b'P' => {
                 let (name, rest) = cstr(body);
                 let (query, _) = cstr(rest);
-                self.names.insert(name.to_owned(), label(query));
+                let label = label(query);
+                *stats.parsed_by_statement.entry(label.clone()).or_default() += 1;
+                self.names.insert(name.to_owned(), label);
                 self.saw_parse = true;
             }
             b'B' => {
