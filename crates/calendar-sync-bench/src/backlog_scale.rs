@@ -86,7 +86,7 @@ pub async fn run(quick: bool) {
     let ratio = full.run.rate() / empty.run.rate();
     let mut report = Report::new("backlog-scale", "Scenario 5: backlog scale", &m, quick);
     report.para(&format!(
-        "One worker at the defaults (concurrency 32, batch 10) into the in-process \
+        "One worker at the defaults (concurrency 32, batch 32) into the in-process \
          MemoryCalendar (zero latency), timed over the first {measured} items of \
          {pending_n} pending UPSERT_EVENTs, on an empty history and with {history_n} finished \
          rows (90 % COMPLETED, 8 % SUPERSEDED, 2 % DEAD_LETTER, of the same sources) in the \

@@ -70,7 +70,7 @@ pub async fn run(quick: bool) {
     report.para(&format!(
         "Seed configuration: the same OutboxDrainer with poll_interval 5 s, batch_size 10, \
          concurrency 1, and the NOTIFY trigger disabled (no wake-up on insert), as the worker \
-         we replace ran. Ours: DrainerConfig::default() (poll 5 s as a safety net, batch 10, \
+         we replace ran. Ours: DrainerConfig::default() (poll 5 s as a safety net, batch 32, \
          concurrency 32, LISTEN/NOTIFY). Calendar: the in-process MemoryCalendar, zero latency. \
          Throughput: {n} waiting UPSERT_EVENTs (new sources, 20 workspaces). Pickup: {k} \
          single inserts at random intervals of {}-{} ms, the same schedule against both \

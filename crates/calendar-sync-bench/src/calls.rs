@@ -306,7 +306,7 @@ pub async fn run(quick: bool) {
     );
     report.para(&format!(
         "{n} sources in {WORKSPACES} workspaces, {PRODUCERS} producers writing bursts (in \
-         random order) while one worker at the defaults (concurrency 32, batch 10, LISTEN/NOTIFY) drains \
+         random order) while one worker at the defaults (concurrency 32, batch 32, LISTEN/NOTIFY) drains \
          into GoogleCalendar against the fake Google ({} ms latency, no quota). Phase 1 \
          creates every source with a burst of 1-10 upserts; phase 2 (after phase 1 drained): \
          60 % get a burst of 1-10 updates, 10 % a burst of 1-3 updates then a cancel, 5 % one \

@@ -157,7 +157,7 @@ pub async fn run(quick: bool) {
 
     let mut report = Report::new("pickup-latency", "Scenario 3: pickup latency", &m, quick);
     report.para(&format!(
-        "One idle worker at the defaults (LISTEN/NOTIFY wake-up, poll 5 s, concurrency 32, batch 10). \
+        "One idle worker at the defaults (LISTEN/NOTIFY wake-up, poll 5 s, concurrency 32, batch 32). \
          {k} single-row UPSERT_EVENTs (autocommit, one new source each) at random intervals \
          of 10-60 ms. Latency: from the moment the producer's commit is acknowledged (and, as \
          an upper bound, from the moment the INSERT was sent) to the engine's calendar call, \

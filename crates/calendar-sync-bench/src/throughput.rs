@@ -36,8 +36,8 @@ fn cases() -> Vec<Case> {
     vec![
         case("1", 1, 10),
         case("8", 8, 10),
-        case("32 (default)", 32, 10),
-        case("32, batch_size 32", 32, 32),
+        case("32, batch_size 10", 32, 10),
+        case("32, batch_size 32 (default)", 32, 32),
     ]
 }
 
@@ -171,7 +171,7 @@ pub async fn run(quick: bool) {
     if let Some(wire) = &breakdown {
         let prepared: u64 = wire.parsed_by_statement.values().sum();
         report.para(&format!(
-            "Statements per item at the defaults (concurrency 32, batch_size 10; from the \
+            "Statements per item at the defaults (concurrency 32, batch_size 32; from the \
              proxy, {n_wire} items): executions, and how often each was prepared (a Parse \
              message; a prepare is its own round trip). Over the whole drain the proxy saw \
              {prepared} prepares for {n_wire} items ({} per item): the hot statements are \

@@ -121,7 +121,7 @@ pub struct Settings {
     )]
     pub token_encryption_old_keys: String,
     /// Rows claimed per poll.
-    #[arg(long, env = "CALENDAR_SYNC_BATCH_SIZE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub batch_size: u32,
     /// Safety-net poll interval in milliseconds (NOTIFY wakes the worker sooner).
     #[arg(long, env = "CALENDAR_SYNC_POLL_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..), global = true)]

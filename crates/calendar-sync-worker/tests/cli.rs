@@ -114,7 +114,8 @@ fn help_documents_each_variable_with_its_default() {
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
     for (var, default) in [
-        ("CALENDAR_SYNC_BATCH_SIZE", "10"),
+        ("CALENDAR_SYNC_BATCH_SIZE", "32"),
+        ("CALENDAR_SYNC_CONCURRENCY", "32"),
         ("CALENDAR_SYNC_POLL_INTERVAL_MS", "5000"),
         ("CALENDAR_SYNC_MAX_RETRIES", "5"),
         ("CALENDAR_SYNC_HTTP_ADDR", "127.0.0.1:9464"),
