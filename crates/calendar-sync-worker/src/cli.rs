@@ -140,9 +140,15 @@ pub struct Settings {
         global = true
     )]
     pub shutdown_grace_ms: u64,
-    /// Worker processes sharing Google's per-project quota.
+    /// Worker processes sharing Google's quotas (each uses its share).
     #[arg(long, env = "CALENDAR_SYNC_WORKER_PROCESSES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
     pub worker_processes: u32,
+    /// Google requests per minute for the whole project, all processes together.
+    #[arg(long, env = "CALENDAR_SYNC_PROJECT_REQUESTS_PER_MINUTE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000), global = true)]
+    pub project_requests_per_minute: u32,
+    /// Google requests per minute per connection (user), all processes together.
+    #[arg(long, env = "CALENDAR_SYNC_CONNECTION_REQUESTS_PER_MINUTE", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    pub connection_requests_per_minute: u32,
     /// Google Calendar API base URL.
     #[arg(long, env = "GOOGLE_CALENDAR_API_URL", default_value = calendar_sync::DEFAULT_CALENDAR_API_URL, global = true)]
     pub google_calendar_api_url: String,
@@ -208,6 +214,8 @@ impl Settings {
         config.calendar_api_url = self.google_calendar_api_url.clone();
         config.oauth.token_url = self.google_oauth_token_url.clone();
         config.worker_processes = self.worker_processes;
+        config.per_project_per_minute = self.project_requests_per_minute;
+        config.per_connection_per_minute = self.connection_requests_per_minute;
         Ok(config)
     }
 }

@@ -62,6 +62,11 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
         ),
         (
             vec!["status"],
+            vec![db, ("CALENDAR_SYNC_PROJECT_REQUESTS_PER_MINUTE", "0")],
+            "CALENDAR_SYNC_PROJECT_REQUESTS_PER_MINUTE",
+        ),
+        (
+            vec!["status"],
             vec![db, ("CALENDAR_SYNC_HTTP_ADDR", "here")],
             "CALENDAR_SYNC_HTTP_ADDR",
         ),

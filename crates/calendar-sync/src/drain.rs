@@ -565,7 +565,12 @@ impl<C: Calendar> Worker<C> {
         let max_examined = limit
             .saturating_mul(MAX_EXAMINED_PER_CLAIMED)
             .max(MIN_EXAMINED);
-        Ok(store::claim(&self.lock.client, &statement, limit, max_examined).await?)
+        let started = std::time::Instant::now();
+        let batch = store::claim(&self.lock.client, &statement, limit, max_examined).await?;
+        metrics::histogram!("calendar_sync_claim_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!("calendar_sync_claim_rows").record(batch.items.len() as f64);
+        Ok(batch)
     }
 
     /// Takes back rows left PROCESSING by workers that died.

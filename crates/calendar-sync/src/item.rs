@@ -99,12 +99,16 @@ pub(crate) async fn record_successes<C: Calendar>(
             result: applied.result.as_ref(),
         })
         .collect();
+    let started = std::time::Instant::now();
+    metrics::histogram!("calendar_sync_record_batch_rows").record(batch.len() as f64);
     let recorded = async {
         let client = shared.db.pool().get().await?;
         let statement = client.prepare_cached(store::COMPLETE_MANY).await?;
         Ok::<_, Error>(store::complete_many(&**client, &statement, &batch).await?)
     }
     .await;
+    metrics::histogram!("calendar_sync_record_batch_duration_seconds")
+        .record(started.elapsed().as_secs_f64());
     drop(batch);
     let mut outcomes = Vec::with_capacity(done.len());
     match recorded {
