@@ -46,6 +46,10 @@ pub struct GoogleConfig {
     pub per_connection_per_minute: u32,
     /// Requests per minute for the whole Google project (Google: 10,000). Default: 10,000.
     pub per_project_per_minute: u32,
+    /// The length of Google's sliding quota windows, over which the two budgets
+    /// above are counted: a minute. Only tests and benchmarks that scale time
+    /// down change it. Default: 60 s.
+    pub quota_window: Duration,
     /// Worker processes sharing Google's quotas; each process uses
     /// `per_project_per_minute / worker_processes`, and the same share of
     /// `per_connection_per_minute` (any process may serve any workspace, so each
@@ -82,6 +86,7 @@ impl GoogleConfig {
             request_timeout: Duration::from_secs(30),
             per_connection_per_minute: 600,
             per_project_per_minute: 10_000,
+            quota_window: Duration::from_secs(60),
             worker_processes: 1,
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(60),
@@ -133,7 +138,7 @@ impl GoogleCalendar {
             base_url,
             timeout: config.request_timeout,
             tokens,
-            limits: Limits::new(per_connection, project),
+            limits: Limits::new(per_connection, project, config.quota_window),
             breakers: Breakers::new(config.breaker_threshold, config.breaker_cool_down),
             pool: db.pool().clone(),
             usage_pause: config.usage_limit_pause,

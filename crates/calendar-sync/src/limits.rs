@@ -18,13 +18,12 @@ pub(crate) struct Limits {
 }
 
 impl Limits {
-    /// `per_connection` and `project` are requests per minute; the burst stays
-    /// small so that no sliding one-minute window ever exceeds the rate by more
-    /// than the burst.
-    pub fn new(per_connection: u32, project: u32) -> Self {
+    /// `per_connection` and `project` are requests per `window` (Google's
+    /// sliding window: a minute).
+    pub fn new(per_connection: u32, project: u32, window: Duration) -> Self {
         Self {
-            project: RateLimiter::direct(quota(project)),
-            per_connection: RateLimiter::keyed(quota(per_connection)),
+            project: RateLimiter::direct(quota(project, window)),
+            per_connection: RateLimiter::keyed(quota(per_connection, window)),
         }
     }
 
@@ -37,15 +36,23 @@ impl Limits {
     }
 }
 
-/// A rate of `per_minute - burst` with a burst of `burst`: a bucket that
-/// starts full lets `burst` requests through at once and then `rate` a minute,
-/// so no one-minute window (Google's are sliding) ever holds more than
-/// `per_minute`.
-fn quota(per_minute: u32) -> Quota {
-    let per_minute = per_minute.max(2);
-    let burst = (per_minute / 60).clamp(1, 100);
-    let rate = NonZeroU32::new(per_minute - burst).expect("non-zero");
-    Quota::per_minute(rate).allow_burst(NonZeroU32::new(burst).expect("non-zero"))
+/// A burst of `burst` (a sixtieth of the budget, 1 to 100) refilled at
+/// `per_window - burst` a window: a bucket that starts full lets `burst`
+/// requests through at once and then the refill, so no window (Google's are
+/// sliding) ever holds more than `per_window`.
+fn quota(per_window: u32, window: Duration) -> Quota {
+    let (burst, refill) = split(per_window);
+    let period = window / refill;
+    Quota::with_period(period.max(Duration::from_nanos(1)))
+        .expect("a positive period")
+        .allow_burst(NonZeroU32::new(burst).expect("non-zero"))
+}
+
+/// (burst, refill per window) of a budget.
+fn split(per_window: u32) -> (u32, u32) {
+    let per_window = per_window.max(2);
+    let burst = (per_window / 60).clamp(1, 100);
+    (burst, per_window - burst)
 }
 
 /// Per-connection circuit breakers.
@@ -128,9 +135,27 @@ mod tests {
     }
 
     #[test]
+    fn no_window_holds_more_than_the_budget() {
+        for per_window in [2, 59, 60, 150, 600, 1_000, 10_000, 1_000_000] {
+            let (burst, refill) = split(per_window);
+            assert_eq!(burst + refill, per_window, "{per_window}");
+            assert!((1..=100).contains(&burst));
+        }
+        // Google's 10,000 a minute: 100 at once, then 9,900 spread over the minute.
+        assert_eq!(split(10_000), (100, 9_900));
+        let q = quota(10_000, Duration::from_secs(60));
+        assert_eq!(q.burst_size().get(), 100);
+        assert_eq!(q.replenish_interval(), Duration::from_secs(60) / 9_900);
+        // Scaled time (6 s windows, same rate): 16 at once, then 984 per 6 s.
+        let q = quota(1_000, Duration::from_secs(6));
+        assert_eq!(q.burst_size().get(), 16);
+        assert_eq!(q.replenish_interval(), Duration::from_secs(6) / 984);
+    }
+
+    #[test]
     fn limiter_lets_a_burst_through_then_paces() {
         // 60/min: a burst of one, then 59 a minute.
-        let limits = Limits::new(60, 10_000);
+        let limits = Limits::new(60, 10_000, Duration::from_secs(60));
         let key = "w".to_owned();
         assert!(limits.per_connection.check_key(&key).is_ok());
         assert!(limits.per_connection.check_key(&key).is_err());
