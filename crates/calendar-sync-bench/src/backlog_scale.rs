@@ -20,17 +20,18 @@ use crate::support::{machine, median, reset};
 pub const TARGET_RATIO: f64 = 0.9;
 
 /// Items asked of each timed claim (the default batch_size).
-const CLAIM_LIMIT: usize = 10;
-/// What the drainer passes as `max_examined` for a claim of 10.
+const CLAIM_LIMIT: usize = 32;
+/// What the drainer passes as `max_examined` for a claim of 32
+/// (`max(32 x 20, 1,000)`).
 const MAX_EXAMINED: usize = 1_000;
 /// Timed claims per measurement.
 const CLAIMS: usize = 20;
 
 /// The SELECT `calendar_sync_claim` runs for each page, with the first page's
-/// values written in (after seq 0, page size = 10 + 16).
+/// values written in (after seq 0, page size = 32 + 16).
 const PAGE_QUERY: &str = "SELECT o.id, o.seq, o.operation, o.workspace_id, o.calendar_id, \
      o.source_type, o.source_id FROM sync_outbox o WHERE o.status = 'PENDING' AND o.seq > 0 \
-     AND o.next_attempt_at <= now() ORDER BY o.seq LIMIT 26";
+     AND o.next_attempt_at <= now() ORDER BY o.seq LIMIT 48";
 
 /// Timings of the real claim in one state of the statistics.
 #[derive(Clone, Debug)]
@@ -97,13 +98,13 @@ pub async fn run(quick: bool) {
          ANALYZE, then the worker drains. The claim is the library's own: \
          `store::claim` with `store::CLAIM` (`SELECT * FROM calendar_sync_claim($1, $2)`), \
          limit {CLAIM_LIMIT}, max_examined {MAX_EXAMINED} (what the drainer passes for a claim \
-         of 10), prepared once on a new session as the drainer does; \"first\" is the first \
+         of {CLAIM_LIMIT}), prepared once on a new session as the drainer does; \"first\" is the first \
          claim of the session (plpgsql compiles the function and plans its queries), \
          \"median\" the median of the next {CLAIMS}, client-side. Each timed claim runs in \
          its own transaction, rolled back (and its advisory locks released), so each claims \
          the same head of the queue. \"Page query\" is EXPLAIN (ANALYZE, BUFFERS) of the \
          SELECT the function runs for each page, with the first page's values written in \
-         (after seq 0, LIMIT 26 = 10 + 16); inside the function it runs with plpgsql \
+         (after seq 0, LIMIT 48 = 32 + 16); inside the function it runs with plpgsql \
          variables as parameters, so its plan there may be a generic one."
     ));
     let row = |label: &str, s: &State| {
