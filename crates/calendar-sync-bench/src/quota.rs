@@ -80,11 +80,16 @@ pub async fn run(quick: bool) {
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     let mut series = Vec::new();
-    let mut all_met = true;
+    // The target is about the defaults: concurrency 8 cannot fill the quota
+    // at 100 ms a call by construction (8 in flight / ~0.12 s < 166.7/s).
+    let default_concurrency = DrainerConfig::default().concurrency;
+    let mut defaults_met = true;
     for case in &CASES {
         let o = run_case(&t, case, quota, duration, workspaces).await;
         let met = o.steady_share >= TARGET_SHARE && o.rejected_403_429 == 0;
-        all_met &= met;
+        if case.concurrency == default_concurrency {
+            defaults_met &= met;
+        }
         rows.push(vec![
             case.label.to_owned(),
             format!("{:.1} %", o.steady_share * 100.0),
@@ -129,7 +134,7 @@ pub async fn run(quick: bool) {
          window (Google's 600/min and 10,000/min at the same rates), {lat} ms latency on every \
          call, {workspaces} workspaces (one connection and calendar each), a backlog of new \
          sources (one insert call each) larger than {secs} s of quota. GoogleCalendar's limiter \
-         at its documented defaults; each drainer has its own GoogleCalendar, as separate \
+         at its documented defaults but for its window (below); each drainer has its own GoogleCalendar, as separate \
          processes would. Each case runs {secs} s. Share = accepted calls / calls the project \
          quota allows; steady = after the first window; peak = the fullest sliding window.",
         ws = window.as_secs_f64(),
@@ -139,27 +144,22 @@ pub async fn run(quick: bool) {
         secs = duration.as_secs(),
     ));
     let window_s = window.as_secs_f64();
-    // The limiters (calendar_sync limits.rs): a bucket of burst = per_minute / 60
-    // (1..=100), refilled at per_minute - burst a minute.
-    let first_window = |per_minute: f64, processes: f64| {
-        let per_minute = per_minute / processes;
-        let burst = (per_minute / 60.0).floor().clamp(1.0, 100.0);
-        burst + (per_minute - burst) * window_s / 60.0
-    };
+    // The limiters (calendar_sync limits.rs): a bucket of burst = budget / 60
+    // (1..=100), refilled at budget - burst per window.
+    let burst = |budget: u32| (budget / 60).clamp(1, 100);
     report.para(&format!(
-        "Scaling caveat: the limiters are built for Google's one-minute windows (a bucket of \
-         quota/60, at most 100, that starts full and refills at quota - burst a minute, so a \
-         real minute never sees more than the quota). In the fake's {window_s} s windows at \
-         the same rates, the full start-up bucket plus {window_s} s of refill lets through up \
-         to {:.0} project calls (one drainer; {:.0} per drainer with worker_processes = 2) and \
-         {:.0} calls per connection in the first window, against {} and {}: 403/429 answers in \
-         the first window can be an artefact of the shortened windows; those after it are \
-         not.",
-        first_window(10_000.0, 1.0),
-        first_window(10_000.0, 2.0),
-        first_window(600.0, 1.0),
+        "Limiter window: GoogleCalendar's limiters count their budgets over \
+         `GoogleConfig::quota_window`, a minute by default; here it is scaled like the \
+         fake's, to {window_s} s, with the budgets per window set to the fake's ({} per \
+         project, {} per connection, divided among the drainers with worker_processes = 2). \
+         Each limiter lets a bucket through at once ({} project calls; {} per drainer with \
+         worker_processes = 2) and refills at the budget minus that bucket per window, so no \
+         window, the first included, holds more than the quota: any 403/429 here is a real \
+         overrun, not an artefact of the scaling.",
         quota.per_project,
         quota.per_user,
+        burst(quota.per_project),
+        burst(quota.per_project / 2),
     ));
     report.table(
         &[
@@ -175,11 +175,13 @@ pub async fn run(quick: bool) {
         &rows,
     );
     report.para(&format!(
-        "Target (>= 95 % of the project quota with zero 403/429): {}.",
-        if all_met {
-            "met in every case"
+        "Target (>= 95 % of the project quota with zero 403/429) at the default \
+         concurrency ({default_concurrency}, 1 and 2 drainers): {}; concurrency 8 is shown for \
+         how filling the quota depends on concurrency x latency.",
+        if defaults_met {
+            "met"
         } else {
-            "**not met in every case** (see the rows)"
+            "**not met** (see the rows)"
         }
     ));
     report.set("window_s", json!(window.as_secs_f64()));
@@ -241,6 +243,11 @@ async fn run_case(
         .expect("pool");
         let mut config = google_config(g.calendar_base_url(), g.token_url());
         config.worker_processes = case.drainers;
+        // The limiter's window scaled like the fake's: the same budgets per
+        // (shortened) window, so no window of the limiter exceeds the quota.
+        config.quota_window = quota.window;
+        config.per_project_per_minute = quota.per_project;
+        config.per_connection_per_minute = quota.per_user;
         let calendar = calendar_with(&db, config);
         let drainer_config = DrainerConfig {
             concurrency: case.concurrency,
