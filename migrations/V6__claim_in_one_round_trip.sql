@@ -37,6 +37,22 @@ DROP INDEX calendar_event_bindings_event_idx;
 CREATE UNIQUE INDEX calendar_event_bindings_event_idx
     ON calendar_event_bindings (google_event_id, calendar_id);
 
+-- Row ids in time order (the UUIDv7 layout: 48 bits of Unix milliseconds, then
+-- random bits), so that primary-key inserts (one per row version: enqueue,
+-- claim, outcome) land on recent, cached index pages, not anywhere in an index
+-- as large as the history.
+CREATE FUNCTION calendar_sync_uuid_v7() RETURNS uuid
+LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+    SELECT encode(
+        set_bit(set_bit(
+            overlay(uuid_send(gen_random_uuid())
+                    PLACING substring(int8send((extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+                    FROM 1 FOR 6),
+            52, 1), 53, 1),
+        'hex')::uuid
+$$;
+ALTER TABLE sync_outbox ALTER COLUMN id SET DEFAULT calendar_sync_uuid_v7();
+
 -- The identity column is unique by construction. Its unique index was the
 -- claim's downfall: with statistics older than a burst, the planner walked it
 -- (every row ever enqueued, in seq order) instead of the partial PENDING

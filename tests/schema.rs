@@ -298,3 +298,40 @@ async fn sql_event_ids_equal_the_librarys() {
     }
     assert_eq!(checked, 320);
 }
+
+/// Outbox ids are UUIDv7 (time first), so primary-key inserts stay on recent
+/// index pages however long the history.
+#[tokio::test]
+async fn outbox_ids_are_time_ordered_uuid_v7() {
+    let t = TestDb::new().await;
+    let client = t.client().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let op = Operation::CancelEvent(SourceKey {
+            calendar: CalendarKey {
+                workspace_id: "w1".into(),
+                calendar_id: "c@example.com".into(),
+            },
+            source_type: "task".into(),
+            source_id: format!("s{i}"),
+        });
+        ids.push(enqueue(&client, &op).await.unwrap());
+        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    }
+    for id in &ids {
+        assert_eq!(id.get_version_num(), 7, "{id}");
+        assert_eq!(id.as_bytes()[8] >> 6, 0b10, "RFC 4122 variant: {id}");
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let millis = |id: &uuid::Uuid| {
+        let b = id.as_bytes();
+        b[..6]
+            .iter()
+            .fold(0u64, |acc, x| (acc << 8) | u64::from(*x))
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(now.abs_diff(millis(&ids[0])) < 60_000, "{}", ids[0]);
+}

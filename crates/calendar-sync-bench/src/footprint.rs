@@ -108,7 +108,7 @@ async fn start_fake(port: u16) -> Child {
     child
 }
 
-async fn start_worker(t: &TestDb, fake_port: u16, processes: usize) -> Child {
+async fn start_worker(t: &TestDb, fake_port: u16, processes: usize, concurrency: usize) -> Child {
     let http = free_port();
     let child = Command::new(bin_dir().join("calendar-sync-worker"))
         .arg("run")
@@ -129,6 +129,7 @@ async fn start_worker(t: &TestDb, fake_port: u16, processes: usize) -> Child {
         )
         .env("CALENDAR_SYNC_HTTP_ADDR", format!("127.0.0.1:{http}"))
         .env("CALENDAR_SYNC_WORKER_PROCESSES", processes.to_string())
+        .env("CALENDAR_SYNC_CONCURRENCY", concurrency.to_string())
         .env("RUST_LOG", "warn")
         // Stopping does not wait for in-flight items longer than this (measured
         // figures do not depend on it).
@@ -192,6 +193,7 @@ async fn sample_rss(pids: &[u32], span: Duration) -> Vec<f64> {
 struct BinaryRun {
     processes: usize,
     declared: usize,
+    concurrency: usize,
     idle_rss: Vec<f64>,
     busy_rss: Vec<f64>,
     peak_hwm: Vec<f64>,
@@ -203,14 +205,14 @@ async fn binary_run(
     t: &TestDb,
     admin: &Client,
     fake_port: u16,
-    (processes, declared): (usize, usize),
+    (processes, declared, concurrency): (usize, usize, usize),
     items: i64,
     (idle_wait, span): (Duration, Duration),
 ) -> BinaryRun {
     reset(admin).await;
     let mut children = Vec::new();
     for _ in 0..processes {
-        children.push(start_worker(t, fake_port, declared).await);
+        children.push(start_worker(t, fake_port, declared, concurrency).await);
     }
     let pids: Vec<u32> = children.iter().filter_map(Child::id).collect();
     tokio::time::sleep(idle_wait).await;
@@ -239,6 +241,7 @@ async fn binary_run(
     BinaryRun {
         processes,
         declared,
+        concurrency,
         idle_rss,
         busy_rss,
         peak_hwm,
@@ -336,11 +339,15 @@ pub async fn run(quick: bool) {
     let mut fake = start_fake(fake_port).await;
     let idle_wait = Duration::from_millis(if quick { 500 } else { 1_500 });
     let times = (idle_wait, span);
-    let one = binary_run(&t, &admin, fake_port, (1, 1), items, times).await;
-    let four = binary_run(&t, &admin, fake_port, (4, 4), items, times).await;
+    let one = binary_run(&t, &admin, fake_port, (1, 1, 32), items, times).await;
+    let four = binary_run(&t, &admin, fake_port, (4, 4, 32), items, times).await;
+    // With few workspaces, each process's share of a user's quota (600/min / 4)
+    // is small: every workspace needs an item waiting in every process to use
+    // it, which takes more items in flight than 32.
+    let four_deep = binary_run(&t, &admin, fake_port, (4, 4, 128), items, times).await;
     // Each process believing it has the whole project budget (what a wrong
     // WORKER_PROCESSES would do): shows whether anything but the limiter binds.
-    let greedy = binary_run(&t, &admin, fake_port, (4, 1), items, times).await;
+    let greedy = binary_run(&t, &admin, fake_port, (4, 1, 32), items, times).await;
     let _ = fake.kill().await;
     let engine_one = engine_processes(&t, &admin, 1, engine_items).await;
     let engine_four = engine_processes(&t, &admin, 4, engine_items).await;
@@ -369,11 +376,14 @@ pub async fn run(quick: bool) {
             "CPU s while busy (each)",
             "items/s (all processes)",
         ],
-        &[&one, &four, &greedy]
+        &[&one, &four, &four_deep, &greedy]
             .iter()
             .map(|r| {
                 vec![
-                    format!("{} (WORKER_PROCESSES={})", r.processes, r.declared),
+                    format!(
+                        "{} (WORKER_PROCESSES={}, concurrency {})",
+                        r.processes, r.declared, r.concurrency
+                    ),
                     r.idle_rss
                         .iter()
                         .map(|v| f(*v, 1))
@@ -413,6 +423,9 @@ pub async fn run(quick: bool) {
         "The binary's throughput is its limiter's: 10,000/min per project = 166.7 calls/s, \
          divided among the processes: 4 processes (WORKER_PROCESSES=4) drain {:.0} items/s in \
          total against {:.0} for one ({:.2}x); more processes add availability, not quota. \
+         With only {WORKSPACES} workspaces, each process may call each one at 600/4 = 150 a \
+         minute, so using the budget takes an item of every workspace waiting in every process: \
+         at concurrency 128 the 4 processes drain {:.0} items/s. \
          With WORKER_PROCESSES=1 in each of 4 processes (each spending the whole project \
          budget, which would overrun Google's quota 4x) they drain {:.0} items/s. Engine scaling \
          without the limiter, child processes of this binary each running one drainer \
@@ -423,6 +436,7 @@ pub async fn run(quick: bool) {
         four.rate,
         one.rate,
         four.rate / one.rate,
+        four_deep.rate,
         greedy.rate,
         engine_four / engine_one
     ));
@@ -436,11 +450,12 @@ pub async fn run(quick: bool) {
     for (key, r) in [
         ("one_process", &one),
         ("four_processes", &four),
+        ("four_processes_concurrency_128", &four_deep),
         ("four_processes_each_whole_budget", &greedy),
     ] {
         report.set(
             key,
-            json!({"processes": r.processes, "worker_processes_setting": r.declared, "idle_rss_mib": r.idle_rss, "busy_rss_mib": r.busy_rss,
+            json!({"processes": r.processes, "worker_processes_setting": r.declared, "concurrency": r.concurrency, "idle_rss_mib": r.idle_rss, "busy_rss_mib": r.busy_rss,
                    "peak_hwm_mib": r.peak_hwm, "busy_cpu_s": r.cpu, "items_per_s": r.rate}),
         );
     }
