@@ -77,6 +77,22 @@ async fn until_in_flight(t: &TestDb) {
     .await;
 }
 
+/// Kills the worker with SIGKILL while a row is in flight and waits until its
+/// locks have vanished with its connection; returns the rows it left
+/// PROCESSING (orphans, until another worker's poll takes them back).
+async fn kill9_in_flight(t: &TestDb, worker: &mut WorkerProcess) -> i64 {
+    until_in_flight(t).await;
+    worker.kill9();
+    wait_until(
+        &t.config,
+        Duration::from_secs(10),
+        "locks released",
+        |c| async move { namespace_locks(&c).await == 0 },
+    )
+    .await;
+    count_in(&t.client().await, &["PROCESSING"]).await
+}
+
 /// Terminates this database's sessions matching `filter` (a SQL condition on
 /// pg_stat_activity); returns how many.
 async fn terminate_sessions(t: &TestDb, filter: &str) -> i64 {
@@ -114,32 +130,12 @@ async fn kill_9_mid_run_and_restart_lose_and_duplicate_nothing() {
     until_finished(&t, 300, Duration::from_secs(60)).await;
     enqueue_all(&client, &upserts(&world, 0..500, "v2")).await;
     until_finished(&t, 700, Duration::from_secs(60)).await;
-    until_in_flight(&t).await;
-    first.kill9();
-    // The killed worker's locks vanish with its connection; its rows stay
-    // PROCESSING until another worker's poll takes them back.
-    wait_until(
-        &t.config,
-        Duration::from_secs(10),
-        "locks released",
-        |c| async move { namespace_locks(&c).await == 0 },
-    )
-    .await;
-    let orphaned_first = count_in(&client, &["PROCESSING"]).await;
+    let orphaned_first = kill9_in_flight(&t, &mut first).await;
     enqueue_all(&client, &cancels(&world, 500..800)).await;
 
     let mut second = worker("kill9-second", &env);
     until_finished(&t, 1400, Duration::from_secs(60)).await;
-    until_in_flight(&t).await;
-    second.kill9();
-    wait_until(
-        &t.config,
-        Duration::from_secs(10),
-        "locks released",
-        |c| async move { namespace_locks(&c).await == 0 },
-    )
-    .await;
-    let orphaned_second = count_in(&client, &["PROCESSING"]).await;
+    let orphaned_second = kill9_in_flight(&t, &mut second).await;
 
     let mut third = worker("kill9-third", &env);
     until_finished(&t, 2000, Duration::from_secs(120)).await;

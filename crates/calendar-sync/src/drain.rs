@@ -279,12 +279,10 @@ struct Worker<C: Calendar> {
     shared: Arc<Shared<C>>,
     lock: LockConnection,
     in_flight: JoinSet<Processed>,
-    /// Batches of successes being recorded through the pool: (row lock keys,
-    /// outcomes). Their rows stay locked, and count against `concurrency`,
-    /// until the batch has committed.
+    /// The batch of successes being recorded through the pool (one at a time),
+    /// and its rows' lock keys: the rows stay locked until it has committed.
     recording: JoinSet<Vec<ItemOutcome>>,
-    recording_keys: HashMap<TaskId, Vec<i32>>,
-    recording_items: usize,
+    recording_keys: Vec<i32>,
     /// Successes waiting for the running batch to commit (group commit: the
     /// next batch takes everything that finished meanwhile).
     unrecorded: Vec<(ClaimedItem, Applied)>,
@@ -300,8 +298,7 @@ impl<C: Calendar> Worker<C> {
             lock,
             in_flight: JoinSet::new(),
             recording: JoinSet::new(),
-            recording_keys: HashMap::new(),
-            recording_items: 0,
+            recording_keys: Vec::new(),
             unrecorded: Vec::new(),
             by_task: HashMap::new(),
             report: DrainReport::default(),
@@ -338,7 +335,6 @@ impl<C: Calendar> Worker<C> {
             self.recording.abort_all();
             while self.recording.join_next().await.is_some() {}
             self.recording_keys.clear();
-            self.recording_items = 0;
             self.unrecorded.clear();
             self.by_task.clear();
         }
@@ -414,7 +410,7 @@ impl<C: Calendar> Worker<C> {
                     }
                     self.settle(finished).await?;
                 }
-                Some(recorded) = self.recording.join_next_with_id(), if !self.recording.is_empty() => {
+                Some(recorded) = self.recording.join_next(), if !self.recording.is_empty() => {
                     self.recorded(recorded).await?;
                 }
                 _ = cancel.cancelled(), if stopping.is_none() => {
@@ -451,7 +447,7 @@ impl<C: Calendar> Worker<C> {
 
     /// Items claimed and not yet released: running, or being recorded.
     fn busy(&self) -> usize {
-        self.in_flight.len() + self.unrecorded.len() + self.recording_items
+        self.in_flight.len() + self.unrecorded.len() + self.recording_keys.len()
     }
 
     /// How many more items may start. `concurrency` bounds the items being
@@ -459,7 +455,7 @@ impl<C: Calendar> Worker<C> {
     /// so claiming and recording overlap, unless recording falls far behind.
     fn room(&self) -> usize {
         let concurrency = self.shared.config.concurrency;
-        let waiting = self.unrecorded.len() + self.recording_items;
+        let waiting = self.unrecorded.len() + self.recording_keys.len();
         if waiting >= 4 * concurrency.max(self.shared.config.batch_size) {
             return 0;
         }
@@ -474,13 +470,10 @@ impl<C: Calendar> Worker<C> {
             return;
         }
         let done = std::mem::take(&mut self.unrecorded);
-        self.recording_items += done.len();
+        self.recording_keys = done.iter().map(|(item, _)| item.lock_key).collect();
         let shared = self.shared.clone();
-        let keys = done.iter().map(|(item, _)| item.lock_key).collect();
-        let task = self
-            .recording
+        self.recording
             .spawn(async move { item::record_successes(&shared, done).await });
-        self.recording_keys.insert(task.id(), keys);
     }
 
     /// Takes in finished tasks: failures are recorded already (a panicked or
@@ -526,19 +519,12 @@ impl<C: Calendar> Worker<C> {
     /// A batch of successes has been recorded: release its rows. (Should the
     /// recording task have panicked, rows it left PROCESSING become orphans
     /// once released, and any worker's next poll takes them back.)
-    async fn recorded(
-        &mut self,
-        joined: Result<(TaskId, Vec<ItemOutcome>), JoinError>,
-    ) -> Result<(), Error> {
-        let (task_id, outcomes) = match joined {
-            Ok((task_id, outcomes)) => (task_id, outcomes),
-            Err(e) => {
-                tracing::error!(error = %e, "recording finished items failed");
-                (e.id(), Vec::new())
-            }
-        };
-        let keys = self.recording_keys.remove(&task_id).unwrap_or_default();
-        self.recording_items -= keys.len();
+    async fn recorded(&mut self, joined: Result<Vec<ItemOutcome>, JoinError>) -> Result<(), Error> {
+        let outcomes = joined.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "recording finished items failed");
+            Vec::new()
+        });
+        let keys = std::mem::take(&mut self.recording_keys);
         for outcome in outcomes {
             self.report.add(outcome);
         }
@@ -591,8 +577,7 @@ impl<C: Calendar> Worker<C> {
             self.shared.config.max_retries as i32,
         )
         .await;
-        let unlock = self.lock.prepared(store::UNLOCK).await?;
-        store::unlock_rows(&self.lock.client, &unlock, &locked).await?;
+        self.unlock(&locked).await?;
         let (requeued, dead) = recovered?;
         if requeued + dead > 0 {
             tracing::warn!(
