@@ -199,14 +199,19 @@ struct BinaryRun {
     peak_hwm: Vec<f64>,
     cpu: Vec<f64>,
     rate: f64,
+    calls_per_item: f64,
 }
 
+/// One run of the worker binary. `prefix` names its sources: the fake keeps
+/// every event across runs, and a source drained again finds its event (same
+/// id) there: its insert is refused (409) and adopted by an update, two calls
+/// an item instead of one. So each run drains sources of its own.
 async fn binary_run(
     t: &TestDb,
     admin: &Client,
     fake_port: u16,
     (processes, declared, concurrency): (usize, usize, usize),
-    items: i64,
+    (items, prefix): (i64, &str),
     (idle_wait, span): (Duration, Duration),
 ) -> BinaryRun {
     reset(admin).await;
@@ -220,7 +225,8 @@ async fn binary_run(
         .iter()
         .map(|p| rss_mib(*p).map_or(f64::NAN, |r| r.0))
         .collect();
-    backlog(admin, items, WORKSPACES as i64, "f").await;
+    let calls_before = api_calls(fake_port).await;
+    backlog(admin, items, WORKSPACES as i64, prefix).await;
     let before = finished(admin).await;
     let cpu_before: Vec<f64> = pids
         .iter()
@@ -238,6 +244,22 @@ async fn binary_run(
         .map(|p| rss_mib(*p).map_or(f64::NAN, |r| r.1))
         .collect();
     terminate(&mut children).await;
+    // Every item is a new source: one insert each, or the run measured
+    // something else than the limiter (its sources' events existed already).
+    let calls = api_calls(fake_port).await - calls_before;
+    let completed: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM sync_outbox WHERE status = 'COMPLETED'",
+            &[],
+        )
+        .await
+        .expect("count completed")
+        .get(0);
+    let calls_per_item = calls as f64 / completed.max(1) as f64;
+    assert!(
+        completed > 0 && calls_per_item < 1.05,
+        "{calls} Google calls for {completed} items of new sources: not one insert each"
+    );
     BinaryRun {
         processes,
         declared,
@@ -247,6 +269,7 @@ async fn binary_run(
         peak_hwm,
         cpu,
         rate: done as f64 / span.as_secs_f64(),
+        calls_per_item,
     }
 }
 
@@ -318,6 +341,34 @@ pub async fn engine_worker(args: &[String]) {
     println!("{report:?}");
 }
 
+/// `GET path` on 127.0.0.1:`port`: the response body.
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map_or(response.clone(), |(_, body)| body.to_owned())
+}
+
+/// Calendar API calls the fake has answered so far (token requests aside).
+async fn api_calls(fake_port: u16) -> i64 {
+    let stats: serde_json::Value =
+        serde_json::from_str(&http_get(fake_port, "/_fake/stats").await).expect("fake stats");
+    stats["calls"]
+        .as_object()
+        .expect("calls")
+        .iter()
+        .filter(|(method, _)| method.as_str() != "Token")
+        .map(|(_, n)| n.as_i64().unwrap_or(0))
+        .sum()
+}
+
 /// Runs the scenario.
 pub async fn run(quick: bool) {
     let (items, span, engine_items) = if quick {
@@ -339,15 +390,13 @@ pub async fn run(quick: bool) {
     let mut fake = start_fake(fake_port).await;
     let idle_wait = Duration::from_millis(if quick { 500 } else { 1_500 });
     let times = (idle_wait, span);
-    let one = binary_run(&t, &admin, fake_port, (1, 1, 32), items, times).await;
-    let four = binary_run(&t, &admin, fake_port, (4, 4, 32), items, times).await;
-    // With few workspaces, each process's share of a user's quota (600/min / 4)
-    // is small: every workspace needs an item waiting in every process to use
-    // it, which takes more items in flight than 32.
-    let four_deep = binary_run(&t, &admin, fake_port, (4, 4, 128), items, times).await;
+    let one = binary_run(&t, &admin, fake_port, (1, 1, 32), (items, "f1-"), times).await;
+    let four = binary_run(&t, &admin, fake_port, (4, 4, 32), (items, "f4-"), times).await;
+    // More items in flight per process than the default.
+    let four_deep = binary_run(&t, &admin, fake_port, (4, 4, 128), (items, "f4c-"), times).await;
     // Each process believing it has the whole project budget (what a wrong
     // WORKER_PROCESSES would do): shows whether anything but the limiter binds.
-    let greedy = binary_run(&t, &admin, fake_port, (4, 1, 32), items, times).await;
+    let greedy = binary_run(&t, &admin, fake_port, (4, 1, 32), (items, "f4w-"), times).await;
     let _ = fake.kill().await;
     let engine_one = engine_processes(&t, &admin, 1, engine_items).await;
     let engine_four = engine_processes(&t, &admin, 4, engine_items).await;
@@ -375,6 +424,7 @@ pub async fn run(quick: bool) {
             "total RSS busy MiB",
             "CPU s while busy (each)",
             "items/s (all processes)",
+            "Google calls per item",
         ],
         &[&one, &four, &four_deep, &greedy]
             .iter()
@@ -398,6 +448,7 @@ pub async fn run(quick: bool) {
                         .collect::<Vec<_>>()
                         .join(", "),
                     f(r.rate, 0),
+                    f(r.calls_per_item, 2),
                 ]
             })
             .collect::<Vec<_>>(),
@@ -423,9 +474,11 @@ pub async fn run(quick: bool) {
         "The binary's throughput is its limiter's: 10,000/min per project = 166.7 calls/s, \
          divided among the processes: 4 processes (WORKER_PROCESSES=4) drain {:.0} items/s in \
          total against {:.0} for one ({:.2}x); more processes add availability, not quota. \
-         With only {WORKSPACES} workspaces, each process may call each one at 600/4 = 150 a \
-         minute, so using the budget takes an item of every workspace waiting in every process: \
-         at concurrency 128 the 4 processes drain {:.0} items/s. \
+         At concurrency 128 the 4 processes drain {:.0} items/s. \
+         Each run drains sources of its own (the fake keeps every event across runs, and a \
+         source drained again finds its event there: insert refused with 409, then adopted \
+         by an update, two calls an item), so every item costs one insert (column: calendar \
+         calls the fake answered / items completed). \
          With WORKER_PROCESSES=1 in each of 4 processes (each spending the whole project \
          budget, which would overrun Google's quota 4x) they drain {:.0} items/s. Engine scaling \
          without the limiter, child processes of this binary each running one drainer \
@@ -456,7 +509,8 @@ pub async fn run(quick: bool) {
         report.set(
             key,
             json!({"processes": r.processes, "worker_processes_setting": r.declared, "concurrency": r.concurrency, "idle_rss_mib": r.idle_rss, "busy_rss_mib": r.busy_rss,
-                   "peak_hwm_mib": r.peak_hwm, "busy_cpu_s": r.cpu, "items_per_s": r.rate}),
+                   "peak_hwm_mib": r.peak_hwm, "busy_cpu_s": r.cpu, "items_per_s": r.rate,
+                   "google_calls_per_item": r.calls_per_item}),
         );
     }
     report.set(

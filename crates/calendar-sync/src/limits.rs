@@ -152,6 +152,74 @@ mod tests {
         assert_eq!(q.replenish_interval(), Duration::from_secs(6) / 984);
     }
 
+    /// Calls that `waiters` tasks, each going round `connections`
+    /// connections, get through `limits` in `span` of real time (governor
+    /// waits on its own clock and timer, not tokio's, so no paused clock).
+    async fn calls_through(
+        limits: Limits,
+        waiters: usize,
+        connections: usize,
+        span: Duration,
+    ) -> u64 {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let limits = Arc::new(limits);
+        let calls = Arc::new(AtomicU64::new(0));
+        let end = tokio::time::Instant::now() + span;
+        let mut tasks = tokio::task::JoinSet::new();
+        for first in 0..waiters {
+            let (limits, calls) = (limits.clone(), calls.clone());
+            tasks.spawn(async move {
+                for n in (first..).step_by(waiters) {
+                    let connection = format!("w{}", n % connections);
+                    tokio::select! {
+                        () = limits.until_ready(&connection) => {}
+                        () = tokio::time::sleep_until(end) => return,
+                    }
+                    calls.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        calls.load(Ordering::Relaxed)
+    }
+
+    /// What a bucket of `per_window` lets through in `span`: its burst, then
+    /// one a replenish interval.
+    fn allowed(per_window: u32, span: Duration) -> f64 {
+        let q = quota(per_window, Duration::from_secs(60));
+        f64::from(q.burst_size().get()) + span.as_secs_f64() / q.replenish_interval().as_secs_f64()
+    }
+
+    /// One of 4 processes (the worker at WORKER_PROCESSES=4): 32 items in
+    /// flight over 20 connections get the whole of this process's share,
+    /// neither less (waiters starving each other, a per-connection cell held
+    /// while waiting for the project's) nor more.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_waiters_get_the_whole_share() {
+        let span = Duration::from_secs(2);
+        let window = Duration::from_secs(60);
+        let (project_bound, connection_bound) = tokio::join!(
+            // 150/min per connection, 2,500/min per process: the project binds.
+            calls_through(Limits::new(150, 2_500, window), 32, 20, span),
+            // The same per connection, project unbounded: 20 connections bind.
+            calls_through(Limits::new(150, 1_000_000, window), 32, 20, span),
+        );
+        for (got, allowed) in [
+            (project_bound, allowed(2_500, span)),
+            (connection_bound, 20.0 * allowed(150, span)),
+        ] {
+            let got = got as f64;
+            // Never more than allowed; the lower bound leaves room for a busy
+            // machine delaying wake-ups (a limiter that took two cells a call
+            // let 45 % through).
+            assert!(
+                got >= 0.6 * allowed && got <= allowed + 1.0,
+                "{got} calls in {span:?}, the limiter allows {allowed:.0}"
+            );
+        }
+    }
+
     #[test]
     fn limiter_lets_a_burst_through_then_paces() {
         // 60/min: a burst of one, then 59 a minute.
