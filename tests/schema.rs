@@ -1,6 +1,6 @@
 //! The schema and the operator functions, in plain SQL.
 
-use calendar_sync::{CalendarKey, Operation, SourceKey, enqueue};
+use calendar_sync::{CalendarKey, Operation, SourceKey, enqueue, store};
 use calendar_sync_tests::{TestDb, cancel, upsert};
 
 #[tokio::test]
@@ -107,7 +107,9 @@ async fn cleanup_deletes_only_old_finished_rows() {
             let id = t.insert("CANCEL_EVENT", cancel("w1", "cal", status)).await;
             client
                 .execute(
-                    "UPDATE sync_outbox SET status = $2, updated_at = now() - make_interval(days => $3) WHERE id = $1",
+                    "UPDATE sync_outbox SET status = $2, updated_at = now() - make_interval(days => $3),
+                            claim_token = CASE WHEN $2 = 'PROCESSING' THEN gen_random_uuid() END
+                      WHERE id = $1",
                     &[&id, &status, &age_days],
                 )
                 .await
@@ -334,4 +336,151 @@ async fn outbox_ids_are_time_ordered_uuid_v7() {
         .unwrap()
         .as_millis() as u64;
     assert!(now.abs_diff(millis(&ids[0])) < 60_000, "{}", ids[0]);
+}
+
+/// A claim token is held exactly while a row is PROCESSING; outcomes rely on
+/// it to find their row through the primary key alone.
+#[tokio::test]
+async fn claim_token_is_held_exactly_while_processing() {
+    let t = TestDb::new().await;
+    let client = t.client().await;
+    let id = t.insert("CANCEL_EVENT", cancel("w1", "cal", "s1")).await;
+    for (sql, refused) in [
+        (
+            "UPDATE sync_outbox SET status = 'PROCESSING' WHERE id = $1",
+            true,
+        ),
+        (
+            "UPDATE sync_outbox SET claim_token = gen_random_uuid() WHERE id = $1",
+            true,
+        ),
+        (
+            "UPDATE sync_outbox SET status = 'PROCESSING', claim_token = gen_random_uuid() WHERE id = $1",
+            false,
+        ),
+        (
+            "UPDATE sync_outbox SET status = 'COMPLETED' WHERE id = $1",
+            true,
+        ),
+        (
+            "UPDATE sync_outbox SET status = 'COMPLETED', claim_token = NULL WHERE id = $1",
+            false,
+        ),
+    ] {
+        let result = client.execute(sql, &[&id]).await;
+        match result {
+            Err(e) if refused => assert!(
+                e.to_string().contains("sync_outbox_claim_token_held")
+                    || format!("{e:?}").contains("sync_outbox_claim_token_held"),
+                "{sql}: {e:?}"
+            ),
+            Ok(_) if !refused => {}
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+}
+
+/// Plans made on young statistics are kept for a session: claims and
+/// outcomes must reach rows through their own indexes whatever the
+/// statistics said, never by reading a whole table (or every entry of the
+/// PROCESSING index). Bindings and outbox start empty and never analyzed, the
+/// plans are generic, and the counters of PostgreSQL itself tell.
+#[tokio::test]
+async fn claims_and_outcomes_never_scan_a_whole_table() {
+    let t = TestDb::new().await;
+    let admin = t.client().await;
+    let client = t.client().await;
+    client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+        .unwrap();
+    // 600 waiting, 120 of them claimed below; inserted in one statement.
+    let payloads: Vec<serde_json::Value> = (0..600)
+        .map(|i| upsert("w1", "w1@example.com", &format!("s{i}"), "x"))
+        .collect();
+    admin
+        .execute(
+            "INSERT INTO sync_outbox (operation, payload)
+             SELECT 'UPSERT_EVENT', p FROM unnest($1::jsonb[]) WITH ORDINALITY AS x(p, n) ORDER BY n",
+            &[&payloads],
+        )
+        .await
+        .unwrap();
+    let before = whole_table_scans(&t, &admin).await;
+    let claim = client.prepare(store::CLAIM).await.unwrap();
+    let complete = client.prepare(store::COMPLETE_MANY).await.unwrap();
+    for _ in 0..6 {
+        let batch = store::claim(&client, &claim, 20, 1000).await.unwrap();
+        assert_eq!(batch.items.len(), 20);
+        for item in &batch.items {
+            let binding = item.binding.as_ref().expect("the claim reserves the id");
+            let source = SourceKey {
+                calendar: CalendarKey {
+                    workspace_id: "w1".to_owned(),
+                    calendar_id: "w1@example.com".to_owned(),
+                },
+                source_type: "task".to_owned(),
+                source_id: item.payload["sourceId"].as_str().unwrap().to_owned(),
+            };
+            assert_eq!(binding.google_event_id, calendar_sync::event_id(&source, 0));
+        }
+        let done: Vec<store::Completion<'_>> = batch
+            .items
+            .iter()
+            .map(|item| store::Completion {
+                item,
+                binding: None,
+                result: None,
+            })
+            .collect();
+        let ids = store::complete_many(&client, &complete, &done)
+            .await
+            .unwrap();
+        assert_eq!(ids.len(), 20);
+        let keys: Vec<i32> = batch.items.iter().map(|i| i.lock_key).collect();
+        store::unlock_rows(&client, store::UNLOCK, &keys)
+            .await
+            .unwrap();
+    }
+    flush_statistics(&client).await;
+    let after = whole_table_scans(&t, &admin).await;
+    assert_eq!(
+        (after.0, after.1),
+        (before.0, before.1),
+        "whole-table scans (bindings, outbox) by claims and outcomes"
+    );
+    // The PENDING index is walked by each claim's page (36 rows), not read
+    // whole by the statements that write the rows the page found (600
+    // waiting at first).
+    let pending_read = after.2 - before.2;
+    assert!(pending_read <= 6 * 100, "{pending_read}");
+}
+
+/// Makes this session's statistics visible to others now, not when it next idles.
+async fn flush_statistics(client: &tokio_postgres::Client) {
+    client
+        .batch_execute("SELECT pg_stat_force_next_flush()")
+        .await
+        .unwrap();
+    client.batch_execute("SELECT 1").await.unwrap();
+}
+
+/// Sequential scans of the bindings and of the outbox so far, and entries
+/// read from the PENDING index.
+async fn whole_table_scans(t: &TestDb, admin: &tokio_postgres::Client) -> (i64, i64, i64) {
+    // Inserts ran on their own sessions: let their statistics arrive.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    flush_statistics(&t.client().await).await;
+    let row = admin
+        .query_one(
+            "SELECT sum(seq_scan) FILTER (WHERE relname = 'calendar_event_bindings')::int8,
+                    sum(seq_scan) FILTER (WHERE relname = 'sync_outbox')::int8,
+                    (SELECT idx_tup_read FROM pg_stat_user_indexes
+                      WHERE indexrelname = 'sync_outbox_pending_idx')
+               FROM pg_stat_user_tables",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2))
 }

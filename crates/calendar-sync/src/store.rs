@@ -1,6 +1,12 @@
 //! Every SQL statement the library runs. Each takes `&impl GenericClient`, so it
 //! runs on a pooled client, the worker's lock connection, or inside the caller's
 //! transaction. Values are always parameters.
+//!
+//! An outcome finds its row by id and claim token alone (`WHERE id = $1 AND
+//! claim_token = $2`): a token is set exactly while the row is PROCESSING
+//! (constraint `sync_outbox_claim_token_held`), and naming the status too would
+//! let the planner walk the PROCESSING index, dead entries and all, instead of
+//! the primary key.
 
 use serde_json::Value;
 use tokio_postgres::GenericClient;
@@ -397,43 +403,9 @@ where
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The statement of [`complete_many`].
-pub const COMPLETE_MANY: &str = r#"
--- complete_many: a binding is written only where the claim still holds.
-WITH input AS (
-    SELECT *
-      FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::text[], $5::text[], $6::text[],
-                  $7::text[], $8::text[], $9::int4[], $10::text[], $11::text[], $12::text[],
-                  $13::jsonb[], $14::text[])
-        AS i(id, token, result, workspace_id, calendar_id, source_type, source_id,
-             google_event_id, generation, state, etag, content_hash, content, event_type)
-),
-done AS (
-    UPDATE sync_outbox o
-       SET status = 'COMPLETED', processed_at = now(), updated_at = now(),
-           last_error = NULL, claim_token = NULL, result = i.result
-      FROM input i
-     WHERE o.id = i.id AND o.claim_token = i.token AND o.status = 'PROCESSING'
- RETURNING o.id
-),
-bind AS (
-    INSERT INTO calendar_event_bindings AS b
-           (workspace_id, calendar_id, source_type, source_id, google_event_id, generation,
-            state, etag, content_hash, content, event_type, last_outbox_id)
-    SELECT i.workspace_id, i.calendar_id, i.source_type, i.source_id, i.google_event_id,
-           i.generation, i.state, i.etag, i.content_hash, i.content, i.event_type, i.id
-      FROM input i JOIN done d ON d.id = i.id
-     WHERE i.google_event_id IS NOT NULL
-    ON CONFLICT (workspace_id, calendar_id, source_type, source_id) DO UPDATE
-       SET google_event_id = excluded.google_event_id, generation = excluded.generation,
-           state = excluded.state, etag = excluded.etag,
-           content_hash = excluded.content_hash,
-           content = coalesce(excluded.content, b.content),
-           event_type = coalesce(excluded.event_type, b.event_type),
-           last_outbox_id = excluded.last_outbox_id, updated_at = now()
-)
-SELECT id FROM done
-"#;
+/// The statement of [`complete_many`]: `calendar_sync_complete` (migrations,
+/// V7) writes COMPLETED where the claim still holds, and their bindings.
+pub const COMPLETE_MANY: &str = "SELECT * FROM calendar_sync_complete($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// Writes a binding while the claim still holds (returns false if it was
 /// lost). Used to persist the id about to be inserted (state INSERTING) before
@@ -453,7 +425,7 @@ INSERT INTO calendar_event_bindings AS b
         state, etag, content_hash, content, event_type, last_outbox_id)
 SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, o.id
   FROM sync_outbox o
- WHERE o.id = $1 AND o.claim_token = $2 AND o.status = 'PROCESSING'
+ WHERE o.id = $1 AND o.claim_token = $2
 ON CONFLICT (workspace_id, calendar_id, source_type, source_id) DO UPDATE
    SET google_event_id = excluded.google_event_id, generation = excluded.generation,
        state = excluded.state, etag = excluded.etag, content_hash = excluded.content_hash,
@@ -524,7 +496,7 @@ UPDATE sync_outbox
            THEN $5 || ' (gave up after ' || attempts || ' attempts)' ELSE $5 END,
        next_attempt_at = now() + make_interval(secs => $4),
        claim_token = NULL, updated_at = now()
- WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+ WHERE id = $1 AND claim_token = $2
 RETURNING status
 "#,
             &[
@@ -566,7 +538,7 @@ UPDATE sync_outbox
        rate_limited = rate_limited + $5::int4,
        next_attempt_at = now() + make_interval(secs => $3),
        claim_token = NULL, updated_at = now()
- WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+ WHERE id = $1 AND claim_token = $2
 RETURNING status
 "#,
             &[
@@ -590,7 +562,7 @@ pub async fn dead_letter(
     let row = client
         .query_opt(
             "UPDATE sync_outbox SET status = 'DEAD_LETTER', last_error = $3, claim_token = NULL, updated_at = now()
-              WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+              WHERE id = $1 AND claim_token = $2
              RETURNING status",
             &[&item.id, &item.claim_token, &error],
         )
@@ -613,7 +585,7 @@ pub async fn invalidate_connection(
 -- invalidate_connection
 WITH this AS (
     UPDATE sync_outbox SET status = 'DEAD_LETTER', last_error = $4, claim_token = NULL, updated_at = now()
-     WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+     WHERE id = $1 AND claim_token = $2
  RETURNING id
 ),
 conn AS (
@@ -1003,7 +975,7 @@ pub async fn checkpoint(
 UPDATE sync_outbox
    SET status = 'PENDING', attempts = greatest(attempts - 1, 0), result = $3,
        next_attempt_at = now(), claim_token = NULL, updated_at = now()
- WHERE id = $1 AND claim_token = $2 AND status = 'PROCESSING'
+ WHERE id = $1 AND claim_token = $2
 RETURNING status
 "#,
             &[&item.id, &item.claim_token, progress],
