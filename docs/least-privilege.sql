@@ -20,8 +20,9 @@
 -- grant them back to both roles); the advisory-lock functions
 -- pg_try_advisory_lock / pg_advisory_unlock / pg_advisory_xact_lock and
 -- gen_random_uuid (EXECUTE granted to PUBLIC); the claim, calendar_sync_claim,
--- and calendar_sync_event_id (EXECUTE granted to PUBLIC; the claim runs with
--- the caller's rights, so the table grants below are what it needs); reading pg_locks and
+-- the group commit of outcomes, calendar_sync_complete, and
+-- calendar_sync_event_id (EXECUTE granted to PUBLIC; they run with the caller's
+-- rights, so the table grants below are what they need); reading pg_locks and
 -- pg_database (readable by PUBLIC); LISTEN and pg_notify (no privilege at all).
 -- The identity sequence behind sync_outbox.seq needs no USAGE grant: an
 -- identity column takes its value with the table's INSERT privilege.
