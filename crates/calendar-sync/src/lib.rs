@@ -105,8 +105,10 @@ pub use store::{ConnectionInfo, enqueue, row_lock_key};
 pub use sync::{content_hash, event_body, event_id};
 
 /// Moves DEAD_LETTER rows back to PENDING with attempts reset: the given ids,
-/// or every dead letter (optionally of one workspace) when `ids` is `None`.
-/// Returns how many rows were requeued.
+/// or every dead letter (optionally of one workspace) when `ids` is `None`. A
+/// dead letter that a newer item of its source has overtaken (completed since)
+/// becomes SUPERSEDED instead: it is never sent again. Returns how many rows
+/// left DEAD_LETTER.
 pub async fn requeue(
     db: &Database,
     ids: Option<&[uuid::Uuid]>,
