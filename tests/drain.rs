@@ -918,3 +918,57 @@ async fn a_running_drainer_survives_losing_every_connection() {
     );
     assert_eq!(t.held_row_locks().await, 0);
 }
+
+/// With a settle time, changes to one source committed separately within it
+/// reach the calendar as one write; without, an idle worker picks the first
+/// one up at once and writes again for the rest.
+#[tokio::test]
+async fn a_settle_time_collapses_a_burst_of_separate_commits_into_one_call() {
+    for settle in [Duration::from_millis(800), Duration::ZERO] {
+        let t = TestDb::new().await;
+        let cal = MemoryCalendar::new();
+        // The safety-net poll must not be what finds the rows: wake-ups only.
+        let config = DrainerConfig {
+            settle,
+            poll_interval: Duration::from_secs(60),
+            ..fast_config()
+        };
+        let handle = drainer(&t, &cal, config).start();
+        // Let the drainer reach its idle wait (LISTEN) first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let first = t
+            .insert("UPSERT_EVENT", upsert("w1", "c1", "s1", "v1"))
+            .await;
+        if settle.is_zero() {
+            t.wait_for(Duration::from_secs(10), "first change synced", || async {
+                t.row(first).await.status == "COMPLETED"
+            })
+            .await;
+        }
+        for title in ["v2", "v3"] {
+            t.insert("UPSERT_EVENT", upsert("w1", "c1", "s1", title))
+                .await;
+        }
+        t.wait_for(
+            Duration::from_secs(20),
+            "the last change synced",
+            || async {
+                cal.live_for_source("c1", "s1")
+                    .first()
+                    .is_some_and(|(_, body)| body.summary == "v3")
+                    && t.count("PENDING").await + t.count("PROCESSING").await == 0
+            },
+        )
+        .await;
+        let writes = cal.write_calls();
+        if settle.is_zero() {
+            assert!(
+                writes > 1,
+                "without a settle time the burst is split: {writes}"
+            );
+        } else {
+            assert_eq!(writes, 1, "one write for the burst");
+        }
+        handle.stop().await;
+    }
+}

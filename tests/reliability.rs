@@ -402,9 +402,15 @@ async fn a_claim_stays_cheap_with_a_backlog_on_fresh_statistics() {
     // row locks; they end with it).
     let claim = |client| async move {
         let started = Instant::now();
-        let batch = calendar_sync::store::claim(client, calendar_sync::store::CLAIM, 10, 1000)
-            .await
-            .unwrap();
+        let batch = calendar_sync::store::claim(
+            client,
+            calendar_sync::store::CLAIM,
+            10,
+            1000,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .unwrap();
         (batch, started.elapsed())
     };
     let (batch, took) = claim(&client).await;

@@ -410,7 +410,9 @@ async fn claims_and_outcomes_never_scan_a_whole_table() {
     let claim = client.prepare(store::CLAIM).await.unwrap();
     let complete = client.prepare(store::COMPLETE_MANY).await.unwrap();
     for _ in 0..6 {
-        let batch = store::claim(&client, &claim, 20, 1000).await.unwrap();
+        let batch = store::claim(&client, &claim, 20, 1000, std::time::Duration::ZERO)
+            .await
+            .unwrap();
         assert_eq!(batch.items.len(), 20);
         for item in &batch.items {
             let binding = item.binding.as_ref().expect("the claim reserves the id");

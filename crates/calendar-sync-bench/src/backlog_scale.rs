@@ -311,9 +311,15 @@ async fn time_claims(t: &TestDb) -> ClaimTimes {
     for i in 0..=CLAIMS {
         client.batch_execute("BEGIN").await.expect("begin");
         let started = Instant::now();
-        let batch = store::claim(&client, &statement, CLAIM_LIMIT, MAX_EXAMINED)
-            .await
-            .expect("claim");
+        let batch = store::claim(
+            &client,
+            &statement,
+            CLAIM_LIMIT,
+            MAX_EXAMINED,
+            std::time::Duration::ZERO,
+        )
+        .await
+        .expect("claim");
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         client
             .batch_execute("ROLLBACK; SELECT pg_advisory_unlock_all()")

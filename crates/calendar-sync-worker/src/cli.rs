@@ -126,6 +126,10 @@ pub struct Settings {
     /// Safety-net poll interval in milliseconds (NOTIFY wakes the worker sooner).
     #[arg(long, env = "CALENDAR_SYNC_POLL_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
     pub poll_interval_ms: u64,
+    /// Milliseconds an item waits, once due, before it is claimed: separate
+    /// commits to one source within it collapse into one Google call (0: at once).
+    #[arg(long, env = "CALENDAR_SYNC_SETTLE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000), global = true)]
+    pub settle_ms: u64,
     /// Attempts before an item is dead-lettered.
     #[arg(long, env = "CALENDAR_SYNC_MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
     pub max_retries: u32,
@@ -187,6 +191,7 @@ impl Settings {
             max_retries: self.max_retries,
             concurrency: self.concurrency as usize,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            settle: Duration::from_millis(self.settle_ms),
             ..DrainerConfig::default()
         }
     }

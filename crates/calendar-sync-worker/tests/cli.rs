@@ -57,6 +57,11 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
         ),
         (
             vec!["status"],
+            vec![db, ("CALENDAR_SYNC_SETTLE_MS", "3600001")],
+            "CALENDAR_SYNC_SETTLE_MS",
+        ),
+        (
+            vec!["status"],
             vec![db, ("LOG_FORMAT", "xml")],
             "LOG_FORMAT",
         ),
@@ -122,6 +127,7 @@ fn help_documents_each_variable_with_its_default() {
         ("CALENDAR_SYNC_BATCH_SIZE", "32"),
         ("CALENDAR_SYNC_CONCURRENCY", "32"),
         ("CALENDAR_SYNC_POLL_INTERVAL_MS", "5000"),
+        ("CALENDAR_SYNC_SETTLE_MS", "0"),
         ("CALENDAR_SYNC_MAX_RETRIES", "5"),
         ("CALENDAR_SYNC_HTTP_ADDR", "127.0.0.1:9464"),
         ("LOG_FORMAT", "text"),

@@ -36,6 +36,11 @@ pub struct DrainerConfig {
     /// Sources a REBUILD_ALL reconciles per attempt before it stores a
     /// checkpoint and lets other work have a turn. Default: 500.
     pub rebuild_chunk: usize,
+    /// How long an item waits, once due, before it is claimed: changes to one
+    /// source committed within this window (a burst of separate transactions)
+    /// collapse into one Google call, at the price of as much pickup latency.
+    /// Changes committed in one transaction collapse without it. Default: 0.
+    pub settle: Duration,
 }
 
 impl Default for DrainerConfig {
@@ -51,6 +56,7 @@ impl Default for DrainerConfig {
             usage_limit_pause: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(30),
             rebuild_chunk: 500,
+            settle: Duration::ZERO,
         }
     }
 }
@@ -79,6 +85,9 @@ impl DrainerConfig {
         }
         if !(0.0..1.0).contains(&self.backoff_jitter) {
             return fail("backoff_jitter must be in [0, 1)");
+        }
+        if self.settle > Duration::from_secs(3600) {
+            return fail("settle must be at most an hour");
         }
         Ok(())
     }

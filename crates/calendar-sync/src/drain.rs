@@ -350,6 +350,10 @@ impl<C: Calendar> Worker<C> {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stopping: Option<Instant> = None;
         let mut idle_rounds = 0u32;
+        // With a settle time, rows are claimed a while after they became due:
+        // look again then, after a wake-up or a claim that found work (the
+        // rows committed meanwhile send no wake-up: work was waiting).
+        let mut settle_wake: Option<Instant> = None;
         loop {
             let mut progressed = false;
             let mut contended = false;
@@ -367,6 +371,9 @@ impl<C: Calendar> Worker<C> {
                 progressed |= claimed > 0 || batch.superseded > 0;
                 contended |= batch.busy > 0;
                 self.report.superseded += (batch.superseded + batch.stale) as u64;
+                if (claimed > 0 || batch.superseded > 0) && !config.settle.is_zero() {
+                    settle_wake = Some(Instant::now() + config.settle);
+                }
                 for item in batch.items {
                     self.spawn(item);
                 }
@@ -400,6 +407,12 @@ impl<C: Calendar> Worker<C> {
                     None => std::future::pending().await,
                 }
             };
+            let settled = async {
+                match settle_wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = self.lock.closed.cancelled() => return Err(Error::LockConnectionLost),
@@ -426,7 +439,14 @@ impl<C: Calendar> Worker<C> {
                     }
                     self.settle(finished).await?;
                 }
-                _ = self.lock.notified.notified(), if mode == Mode::UntilStopped && stopping.is_none() => {}
+                _ = self.lock.notified.notified(), if mode == Mode::UntilStopped && stopping.is_none() => {
+                    if !config.settle.is_zero() {
+                        settle_wake.get_or_insert(Instant::now() + config.settle);
+                    }
+                }
+                _ = settled, if stopping.is_none() => {
+                    settle_wake = None;
+                }
                 _ = poll.tick(), if mode == Mode::UntilStopped && stopping.is_none() => {
                     self.recover_orphans().await?;
                 }
@@ -552,7 +572,9 @@ impl<C: Calendar> Worker<C> {
             .saturating_mul(MAX_EXAMINED_PER_CLAIMED)
             .max(MIN_EXAMINED);
         let started = std::time::Instant::now();
-        let batch = store::claim(&self.lock.client, &statement, limit, max_examined).await?;
+        let settle = self.shared.config.settle;
+        let batch =
+            store::claim(&self.lock.client, &statement, limit, max_examined, settle).await?;
         metrics::histogram!("calendar_sync_claim_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("calendar_sync_claim_rows").record(batch.items.len() as f64);

@@ -151,19 +151,24 @@ pub struct ClaimBatch {
 /// Claims up to `limit` due rows for this session (which keeps their advisory
 /// locks until [`unlock_rows`]), in one statement: see `calendar_sync_claim`
 /// in the migrations for the rules. Looks at no more than `max_examined` due
-/// rows. On error, locks it took may stay held by the session: close it.
+/// rows; a row counts as due once it has been due for `settle`. On error,
+/// locks it took may stay held by the session: close it.
 pub async fn claim<S>(
     client: &impl GenericClient,
     statement: &S,
     limit: usize,
     max_examined: usize,
+    settle: std::time::Duration,
 ) -> Result<ClaimBatch, tokio_postgres::Error>
 where
     S: ?Sized + tokio_postgres::ToStatement + Sync + Send,
 {
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let max_examined = i32::try_from(max_examined).unwrap_or(i32::MAX);
-    let rows = client.query(statement, &[&limit, &max_examined]).await?;
+    let settle = settle.as_secs_f64();
+    let rows = client
+        .query(statement, &[&limit, &max_examined, &settle])
+        .await?;
     let mut batch = ClaimBatch::default();
     let mut claimed = 0usize;
     for r in &rows {
@@ -202,7 +207,7 @@ where
 }
 
 /// The claim statement.
-pub const CLAIM: &str = "SELECT * FROM calendar_sync_claim($1, $2)";
+pub const CLAIM: &str = "SELECT * FROM calendar_sync_claim($1, $2, $3)";
 
 /// Tries to take the advisory lock of each key; returns the keys it got.
 /// The lock call sits in the select list of a plain `unnest`, so PostgreSQL
