@@ -155,7 +155,7 @@ fn calls_by_source(
 }
 
 struct Variant {
-    label: &'static str,
+    label: String,
     rows: Vec<Vec<String>>,
     json: Value,
     per_burst: f64,
@@ -290,11 +290,12 @@ async fn variant(
     ]);
     Variant {
         label: match (one_transaction, settle.is_zero()) {
-            (true, _) => "each burst in one transaction",
-            (false, true) => "each change its own transaction, back to back",
-            (false, false) => {
-                "each change its own transaction, back to back; the worker with settle 100 ms"
-            }
+            (true, _) => "each burst in one transaction".to_owned(),
+            (false, true) => "each change its own transaction, back to back".to_owned(),
+            (false, false) => format!(
+                "each change its own transaction, back to back; the worker with settle {} ms",
+                settle.as_millis()
+            ),
         },
         rows,
         json,

@@ -250,6 +250,15 @@ async fn run_until_stopped<C: Calendar>(
     }
 }
 
+/// Sleeps until `at`, or forever when it is not set (a `select!` branch that
+/// never fires).
+async fn sleep_until_set(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// The longest wait between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
@@ -371,15 +380,15 @@ impl<C: Calendar> Worker<C> {
                 progressed |= claimed > 0 || batch.superseded > 0;
                 contended |= batch.busy > 0;
                 self.report.superseded += (batch.superseded + batch.stale) as u64;
-                if (claimed > 0 || batch.superseded > 0) && !config.settle.is_zero() {
-                    settle_wake = Some(Instant::now() + config.settle);
-                }
                 for item in batch.items {
                     self.spawn(item);
                 }
                 if !batch.more || (claimed == 0 && batch.superseded == 0) {
                     break;
                 }
+            }
+            if progressed && !config.settle.is_zero() {
+                settle_wake = Some(Instant::now() + config.settle);
             }
             self.publish();
             if stopping.is_some() && self.busy() == 0 {
@@ -401,18 +410,6 @@ impl<C: Calendar> Worker<C> {
                 return Ok(());
             }
             idle_rounds = 0;
-            let grace_over = async {
-                match stopping {
-                    Some(deadline) => tokio::time::sleep_until(deadline).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let settled = async {
-                match settle_wake {
-                    Some(at) => tokio::time::sleep_until(at).await,
-                    None => std::future::pending().await,
-                }
-            };
             tokio::select! {
                 biased;
                 _ = self.lock.closed.cancelled() => return Err(Error::LockConnectionLost),
@@ -430,7 +427,7 @@ impl<C: Calendar> Worker<C> {
                     tracing::info!(in_flight = self.in_flight.len(), "drainer stopping");
                     stopping = Some(Instant::now() + config.shutdown_grace);
                 }
-                _ = grace_over => {
+                _ = sleep_until_set(stopping) => {
                     tracing::warn!(in_flight = self.in_flight.len(), "grace period over; releasing in-flight items");
                     self.in_flight.abort_all();
                     let mut finished = Vec::new();
@@ -444,7 +441,7 @@ impl<C: Calendar> Worker<C> {
                         settle_wake.get_or_insert(Instant::now() + config.settle);
                     }
                 }
-                _ = settled, if stopping.is_none() => {
+                _ = sleep_until_set(settle_wake), if stopping.is_none() => {
                     settle_wake = None;
                 }
                 _ = poll.tick(), if mode == Mode::UntilStopped && stopping.is_none() => {
