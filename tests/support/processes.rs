@@ -638,6 +638,17 @@ impl Audit {
 // ---------------------------------------------------------------------------
 // A throwaway PostgreSQL cluster
 
+/// What a [`Cluster`] gets beyond initdb's defaults.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterSetup {
+    /// Files (name, contents) written into the data directory, mode 0600.
+    pub files: Vec<(String, String)>,
+    /// Lines appended to `postgresql.conf`.
+    pub conf: String,
+    /// A replacement `pg_hba.conf`.
+    pub hba: Option<String>,
+}
+
 /// A PostgreSQL cluster in a temporary directory that the test owns: it can
 /// stop, crash and restart it. Stopped and deleted on drop.
 pub struct Cluster {
@@ -654,6 +665,12 @@ impl Cluster {
     /// (initdb, pg_ctl) are not installed, or when running as root without a
     /// `postgres` OS user and `runuser` to run them as.
     pub fn start() -> Result<Option<Cluster>, String> {
+        Self::start_with(&ClusterSetup::default())
+    }
+
+    /// Like [`Cluster::start`], with extra files in the data directory, extra
+    /// `postgresql.conf` lines and, when given, a whole `pg_hba.conf`.
+    pub fn start_with(setup: &ClusterSetup) -> Result<Option<Cluster>, String> {
         let Some((initdb, pg_ctl)) = find_server_binaries() else {
             return Ok(None);
         };
@@ -698,8 +715,37 @@ impl Cluster {
             ])
             .output();
         check("initdb", out)?;
+        cluster.configure(&data, setup)?;
         cluster.start_server()?;
         Ok(Some(cluster))
+    }
+
+    /// Writes the setup's files (owned by the server's user, mode 0600) and
+    /// configuration into the data directory.
+    fn configure(&self, data: &Path, setup: &ClusterSetup) -> Result<(), String> {
+        let owner = self.runuser.as_ref().and_then(|_| os_user("postgres"));
+        let mut files: Vec<(String, &str)> = setup
+            .files
+            .iter()
+            .map(|(name, text)| (name.clone(), text.as_str()))
+            .collect();
+        if let Some(hba) = &setup.hba {
+            files.push(("pg_hba.conf".to_owned(), hba));
+        }
+        for (name, text) in files {
+            let path = data.join(&name);
+            fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&conf).map_err(|e| format!("read {conf:?}: {e}"))?;
+        text.push_str(&setup.conf);
+        fs::write(&conf, text).map_err(|e| format!("write {conf:?}: {e}"))
     }
 
     fn command(&self, program: &Path) -> Command {
@@ -766,6 +812,11 @@ impl Cluster {
     /// The URL of a database of the cluster.
     pub fn url(&self, dbname: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// The directory of the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The server's log.

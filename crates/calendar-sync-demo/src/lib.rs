@@ -112,9 +112,9 @@ pub async fn run_with(choice: DbChoice, out: &mut (dyn Write + Send)) -> Result<
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .await?;
     writeln!(out, "            scratch database {name}")?;
-    let mut config = server.config.clone();
-    config.dbname(&name);
-    let outcome = scenario(config, out).await;
+    let mut options = server.options();
+    options.config.dbname(&name);
+    let outcome = scenario(options, out).await;
     let dropped = admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         .await;
@@ -145,10 +145,10 @@ const GLOBEX: &str = "globex";
 const GLOBEX_CAL: &str = "planning@globex.example";
 
 async fn scenario(
-    config: tokio_postgres::Config,
+    options: calendar_sync::ConnectOptions,
     out: &mut (dyn Write + Send),
 ) -> Result<(), DemoError> {
-    let db = Database::from_config(config, 8)?;
+    let db = Database::with_options(options, 8)?;
     calendar_sync::migrate(&db).await?;
     let google = FakeGoogle::start().await;
     let outcome = story(&db, &google, out).await;

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use tokio_postgres::{Client, Config, NoTls};
+use calendar_sync::{ConnectOptions, TlsOptions};
+use tokio_postgres::{Client, Config};
 
 use crate::DemoError;
 
@@ -31,6 +32,8 @@ const LOCAL_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 pub(crate) struct Server {
     /// Connection settings for the server's maintenance database.
     pub config: Config,
+    /// TLS as the URL asked for it (libpq's sslmode; `prefer` by default).
+    pub tls: TlsOptions,
     /// Where it came from, for the output (never a password).
     pub origin: String,
     /// The throwaway cluster, if the demo started one; stopped on drop.
@@ -40,23 +43,25 @@ pub(crate) struct Server {
 impl Server {
     /// A connection to the maintenance database, driven by a background task.
     pub async fn connect(&self) -> Result<Client, DemoError> {
-        connect(&self.config).await
+        connect(&self.options()).await
+    }
+
+    /// The connection options of the maintenance database.
+    pub fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            config: self.config.clone(),
+            tls: self.tls.clone(),
+        }
     }
 }
 
-async fn connect(config: &Config) -> Result<Client, DemoError> {
-    let (client, connection) = tokio::time::timeout(Duration::from_secs(5), config.connect(NoTls))
+async fn connect(options: &ConnectOptions) -> Result<Client, DemoError> {
+    let config = &options.config;
+    let db = calendar_sync::Database::with_options(options.clone(), 1)?;
+    tokio::time::timeout(Duration::from_secs(5), db.dedicated())
         .await
         .map_err(|_| DemoError::new(format!("{}: no answer within 5 s", describe(config))))?
-        .map_err(|e| {
-            DemoError::new(format!(
-                "cannot connect to {}: {}",
-                describe(config),
-                crate::chain(&e)
-            ))
-        })?;
-    tokio::spawn(connection);
-    Ok(client)
+        .map_err(|e| DemoError::new(e.to_string()))
 }
 
 /// `host:port (user u)`, never the password.
@@ -71,24 +76,25 @@ pub(crate) fn describe(config: &Config) -> String {
     format!("{host}:{port} (user {user})")
 }
 
-fn parse(url: &str, what: &str) -> Result<Config, DemoError> {
-    let mut config: Config = url
-        .parse()
+fn parse(url: &str, what: &str) -> Result<ConnectOptions, DemoError> {
+    let mut options = ConnectOptions::parse(url)
         .map_err(|e| DemoError::new(format!("{what} is not a valid PostgreSQL URL: {e}")))?;
-    if config.get_dbname().is_none() {
-        config.dbname("postgres");
+    if options.config.get_dbname().is_none() {
+        options.config.dbname("postgres");
     }
-    config.connect_timeout(Duration::from_secs(3));
-    Ok(config)
+    options.config.connect_timeout(Duration::from_secs(3));
+    options.default_application_name("calendar-sync-demo");
+    Ok(options)
 }
 
 /// Picks the server; on failure the error is one line naming what is missing.
 pub(crate) async fn pick(choice: DbChoice) -> Result<Server, DemoError> {
     let url_server = |url: &str, what: &str| -> Result<Server, DemoError> {
-        let config = parse(url, what)?;
+        let ConnectOptions { config, tls } = parse(url, what)?;
         let origin = format!("{} from {what}", describe(&config));
         Ok(Server {
             config,
+            tls,
             origin,
             cluster: None,
         })
@@ -113,8 +119,9 @@ pub(crate) async fn pick(choice: DbChoice) -> Result<Server, DemoError> {
             let local = parse(LOCAL_URL, "the default URL")?;
             if connect(&local).await.is_ok() {
                 return Ok(Server {
-                    origin: format!("the local server at {}", describe(&local)),
-                    config: local,
+                    origin: format!("the local server at {}", describe(&local.config)),
+                    config: local.config,
+                    tls: local.tls,
                     cluster: None,
                 });
             }
@@ -179,6 +186,7 @@ async fn throwaway(bins: Binaries) -> Result<Server, DemoError> {
             cluster.dir.display()
         ),
         config,
+        tls: TlsOptions::default(),
         cluster: Some(cluster),
     })
 }

@@ -3,7 +3,7 @@
 
 use std::io::{Read, Write};
 
-use calendar_sync::{Database, GoogleCalendar, OutboxDrainer};
+use calendar_sync::{ConnectOptions, Database, GoogleCalendar, OutboxDrainer};
 use secrecy::SecretString;
 
 use crate::cli::{ConfigError, ConnectionsCommand, RequeueArgs, Settings};
@@ -40,9 +40,15 @@ type Outcome = Result<(), Failure>;
 
 fn database(settings: &Settings, pool_size: usize) -> Result<Database, Failure> {
     let url = settings.database_url()?;
-    Database::connect(url, pool_size)
-        .map_err(|e| Failure::Config(format!("DATABASE_URL is not a usable PostgreSQL URL: {e}")))
+    let unusable =
+        |e: calendar_sync::Error| Failure::Config(format!("DATABASE_URL is not usable: {e}"));
+    let mut options = ConnectOptions::parse(url).map_err(unusable)?;
+    options.default_application_name(APPLICATION_NAME);
+    Database::with_options(options, pool_size).map_err(unusable)
 }
+
+/// How the worker's sessions show in `pg_stat_activity` unless the URL names them.
+const APPLICATION_NAME: &str = "calendar-sync-worker";
 
 fn drainer(settings: &Settings) -> Result<(Database, OutboxDrainer<GoogleCalendar>), Failure> {
     let cipher = settings.cipher()?;

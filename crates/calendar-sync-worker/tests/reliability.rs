@@ -257,12 +257,12 @@ async fn terminated_database_sessions_are_survived() {
         .map(|i| worker(&format!("terminate-{i}"), &world.worker_env(&t.url())))
         .collect();
     let mut killed = Vec::new();
-    // The lock connections (application_name calendar-sync), then every
+    // The lock connections (application_name `... (lock)`), then every
     // session of the database (pools included), then the lock connections again.
     for (at, filter) in [
-        (150, "application_name = 'calendar-sync'"),
+        (150, "application_name LIKE '% (lock)'"),
         (400, "true"),
-        (650, "application_name = 'calendar-sync'"),
+        (650, "application_name LIKE '% (lock)'"),
     ] {
         until_finished(&t, at, Duration::from_secs(60)).await;
         until_in_flight(&t).await;

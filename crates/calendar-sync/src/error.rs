@@ -1,17 +1,29 @@
-//! The library's error type.
+//! The library's error type. Every message keeps its cause: tokio-postgres
+//! puts PostgreSQL's own message and the OS error in `source()`, so the
+//! variants print the whole chain.
+
+use crate::connect::cause;
 
 /// Errors of the drainer and its operator functions.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A statement or connection failed.
-    #[error("database error: {0}")]
+    #[error("database error: {}", cause(.0))]
     Database(#[from] tokio_postgres::Error),
     /// No pooled connection could be had.
-    #[error("database pool error: {0}")]
+    #[error("database pool error: {}", cause(.0))]
     Pool(#[from] deadpool_postgres::PoolError),
+    /// A session to the server could not be opened.
+    #[error("cannot connect to PostgreSQL at {target}: {cause}")]
+    Connect {
+        /// `host:port, database, user` (never a password).
+        target: String,
+        /// Why, as the server or the operating system said it.
+        cause: String,
+    },
     /// Applying migrations failed.
-    #[error("migration failed: {0}")]
+    #[error("migration failed: {}", cause(.0))]
     Migration(#[from] refinery::Error),
     /// A configuration value is unusable.
     #[error("invalid configuration: {0}")]

@@ -102,7 +102,7 @@ pub(crate) async fn record_successes<C: Calendar>(
     let started = std::time::Instant::now();
     metrics::histogram!("calendar_sync_record_batch_rows").record(batch.len() as f64);
     let recorded = async {
-        let client = shared.db.pool().get().await?;
+        let client = shared.db.client().await?;
         let statement = client.prepare_cached(store::COMPLETE_MANY).await?;
         Ok::<_, Error>(store::complete_many(&**client, &statement, &batch).await?)
     }
@@ -205,7 +205,7 @@ async fn record_once<C: Calendar>(
     item: &ClaimedItem,
     verdict: &Verdict,
 ) -> Result<ItemOutcome, Error> {
-    let pooled = shared.db.pool().get().await?;
+    let pooled = shared.db.client().await?;
     let client: &tokio_postgres::Client = &pooled;
     let config = &shared.config;
     let outcome = match verdict {
@@ -377,7 +377,7 @@ pub(crate) async fn settle_interrupted<C: Calendar>(
         return record(shared, item, &Verdict::Panicked(message)).await;
     }
     let released = async {
-        let client = shared.db.pool().get().await?;
+        let client = shared.db.client().await?;
         let status = store::defer(
             &**client,
             item,

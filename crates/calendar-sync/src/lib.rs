@@ -69,6 +69,7 @@ mod auth;
 mod backoff;
 mod calendar;
 mod config;
+pub mod connect;
 pub mod crypto;
 mod db;
 mod desired;
@@ -83,6 +84,7 @@ pub mod ops;
 mod rebuild;
 pub mod store;
 mod sync;
+mod tls;
 
 pub use auth::OAuthConfig;
 pub use backoff::retry_delay;
@@ -91,6 +93,7 @@ pub use calendar::{
     PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
 };
 pub use config::DrainerConfig;
+pub use connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};
 pub use crypto::TokenCipher;
 pub use db::Database;
 pub use desired::{DesiredEvent, EventSource, SourceCursor, SourceFuture};
@@ -114,13 +117,13 @@ pub async fn requeue(
     ids: Option<&[uuid::Uuid]>,
     workspace_id: Option<&str>,
 ) -> Result<u64, Error> {
-    Ok(store::requeue_dead_letters(&**db.pool().get().await?, ids, workspace_id).await?)
+    Ok(store::requeue_dead_letters(&**db.client().await?, ids, workspace_id).await?)
 }
 
 /// Deletes finished rows (COMPLETED, DEAD_LETTER, SUPERSEDED) older than
 /// `days` days; returns how many were deleted.
 pub async fn cleanup(db: &Database, days: i32) -> Result<u64, Error> {
-    Ok(store::cleanup_old_items(&**db.pool().get().await?, days).await?)
+    Ok(store::cleanup_old_items(&**db.client().await?, days).await?)
 }
 
 /// Stores a workspace's Google connection: encrypts the refresh token, upserts
@@ -133,16 +136,10 @@ pub async fn put_connection(
     refresh_token: &secrecy::SecretString,
 ) -> Result<(), Error> {
     let sealed = cipher.encrypt(workspace_id, refresh_token);
-    Ok(store::put_connection(
-        &**db.pool().get().await?,
-        workspace_id,
-        google_email,
-        &sealed,
-    )
-    .await?)
+    Ok(store::put_connection(&**db.client().await?, workspace_id, google_email, &sealed).await?)
 }
 
 /// Every stored connection and its validity; never a token.
 pub async fn list_connections(db: &Database) -> Result<Vec<ConnectionInfo>, Error> {
-    Ok(store::list_connections(&**db.pool().get().await?).await?)
+    Ok(store::list_connections(&**db.client().await?).await?)
 }

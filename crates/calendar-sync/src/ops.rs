@@ -49,7 +49,7 @@ pub struct StatusReport {
 
 /// Reads the status report.
 pub async fn status(db: &Database) -> Result<StatusReport, Error> {
-    let client = db.pool().get().await?;
+    let client = db.client().await?;
     let mut counts: BTreeMap<String, i64> = STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
     for row in client
         .query(
@@ -177,11 +177,7 @@ impl StatusReport {
 
 /// Whether the database answers and has every migration this build knows.
 pub async fn readiness(db: &Database) -> Result<(), String> {
-    let client = db
-        .pool()
-        .get()
-        .await
-        .map_err(|e| format!("database unreachable: {e}"))?;
+    let client = db.client().await.map_err(|e| e.to_string())?;
     let applied: i64 = client
         .query_one("SELECT count(*) FROM calendar_sync_migrations", &[])
         .await
