@@ -14,7 +14,7 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use memory_calendar::{Call, Fault, MemoryCalendar};
-pub use pki::{CERT_USER, Pki, TlsCluster};
+pub use pki::{CERT_USER, PASSWORD, PASSWORD_USER, Pki, TlsCluster};
 pub use processes::{
     Audit, Cluster, ClusterSetup, GoogleWorld, Rng, WORKER_CLIENT_ID, WORKER_CLIENT_SECRET,
     WORKER_KEY_B64, WorkerProcess, connect, count_in, enqueue_all, finished, free_port,

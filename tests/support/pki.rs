@@ -10,6 +10,10 @@ use crate::processes::{Cluster, ClusterSetup};
 
 /// The role that must log in with a client certificate (pg_hba `cert`).
 pub const CERT_USER: &str = "certuser";
+/// The role that logs in with SCRAM-SHA-256 and [`PASSWORD`] (pg_hba `scram-sha-256`).
+pub const PASSWORD_USER: &str = "pwuser";
+/// Its password.
+pub const PASSWORD: &str = "s3cret-pw-never-printed";
 
 /// PEM files of a test PKI, in a temporary directory removed on drop.
 pub struct Pki {
@@ -108,6 +112,8 @@ impl TlsCluster {
                 "local all all trust\n\
                  hostssl all certuser 127.0.0.1/32 cert\n\
                  hostssl all certuser ::1/128 cert\n\
+                 hostssl all pwuser 127.0.0.1/32 scram-sha-256\n\
+                 hostssl all pwuser ::1/128 scram-sha-256\n\
                  hostssl all all 127.0.0.1/32 trust\n\
                  hostssl all all ::1/128 trust\n"
                     .into(),
@@ -122,7 +128,12 @@ impl TlsCluster {
         let this = Self { cluster, pki };
         let admin = this.admin().await;
         admin
-            .batch_execute(&format!("CREATE ROLE {CERT_USER} LOGIN"))
+            .batch_execute(&format!(
+                "CREATE ROLE {CERT_USER} LOGIN; \
+                 SET password_encryption = 'scram-sha-256'; \
+                 CREATE ROLE {PASSWORD_USER} LOGIN PASSWORD '{PASSWORD}'; \
+                 GRANT ALL ON SCHEMA public TO {PASSWORD_USER}"
+            ))
             .await
             .map_err(|e| format!("create role: {e}"))?;
         Ok(Some(this))
@@ -130,13 +141,19 @@ impl TlsCluster {
 
     /// A superuser session over the Unix socket (pg_hba `local trust`).
     pub async fn admin(&self) -> tokio_postgres::Client {
+        crate::processes::connect(&self.socket_config()).await
+    }
+
+    /// Settings of a superuser session over the Unix socket (for helpers that
+    /// connect in plaintext, such as `wait_until`).
+    pub fn socket_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
             .host_path(self.cluster.socket_dir())
             .port(self.cluster.port)
             .user("postgres")
             .dbname("postgres");
-        crate::processes::connect(&config).await
+        config
     }
 
     /// `postgres://USER@HOST:PORT/postgres?PARAMS`.

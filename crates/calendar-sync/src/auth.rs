@@ -309,7 +309,7 @@ fn classify_token_error<RE: std::error::Error + 'static>(
         RequestTokenError::Request(e) => CalendarError::new(
             CalendarErrorKind::Transient,
             "oauth_network",
-            format!("token endpoint unreachable: {e}"),
+            format!("token endpoint unreachable: {}", crate::connect::cause(&e)),
         ),
         // Deliberately not the body: a success body holds tokens.
         RequestTokenError::Parse(..) | RequestTokenError::Other(_) => CalendarError::new(
