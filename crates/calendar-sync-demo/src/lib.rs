@@ -89,11 +89,30 @@ pub async fn run(out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
 
 /// Runs the demo against the chosen database server.
 pub async fn run_with(choice: DbChoice, out: &mut (dyn Write + Send)) -> Result<(), DemoError> {
+    run_inner(choice, None, out).await
+}
+
+/// [`run`], saying up front where the worker's logs go (`logs`).
+pub async fn run_logged(out: &mut (dyn Write + Send), logs: &str) -> Result<(), DemoError> {
+    run_inner(DbChoice::Auto, Some(logs), out).await
+}
+
+async fn run_inner(
+    choice: DbChoice,
+    logs: Option<&str>,
+    out: &mut (dyn Write + Send),
+) -> Result<(), DemoError> {
     let started = Instant::now();
     writeln!(
         out,
-        "calendar-sync demo: a PostgreSQL outbox drained into (a fake) Google Calendar\n"
+        "calendar-sync demo: a PostgreSQL outbox drained into (a fake) Google Calendar\n\n\
+         Some failures are staged on purpose (rate limits, a missing calendar, a revoked\n\
+         grant): they show how each one ends, and the worker logs a warning for each."
     )?;
+    if let Some(logs) = logs {
+        writeln!(out, "Worker logs: {logs}")?;
+    }
+    writeln!(out)?;
     let server = match postgres::pick(choice).await {
         Ok(server) => server,
         Err(e) => {

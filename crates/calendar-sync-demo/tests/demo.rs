@@ -230,7 +230,8 @@ async fn a_bad_url_fails_with_one_line() {
     let message = e.to_string();
     assert!(!message.contains('\n'), "{message}");
     assert!(
-        message.starts_with("cannot connect to 127.0.0.1:1 (user postgres): "),
+        message.starts_with("cannot connect to PostgreSQL at 127.0.0.1:1, database \"postgres\"")
+            && message.contains("Connection refused"),
         "{message}"
     );
 }

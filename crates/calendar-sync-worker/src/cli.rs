@@ -9,32 +9,34 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
 /// Drains the calendar-sync outbox into Google Calendar, and operates it.
+///
+/// Without a subcommand it runs (`run`). Each subcommand reads only the
+/// flags and environment variables its `--help` lists.
 #[derive(Debug, Parser)]
 #[command(name = "calendar-sync-worker", version, about)]
 pub struct Cli {
     #[command(subcommand)]
-    pub command: Option<Command>,
-    #[command(flatten)]
-    pub settings: Settings,
+    pub command: Command,
+    /// Log format (logs go to stderr).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the drainer until SIGTERM or SIGINT (the default command).
-    Run,
+    Run(RunArgs),
     /// Process everything due now and exit (cron-style runs).
-    Drain {
-        /// Required: drain once and exit.
-        #[arg(long)]
-        once: bool,
-    },
+    Drain(DrainArgs),
     /// Apply database migrations (idempotent).
-    Migrate,
+    Migrate(DatabaseArgs),
     /// Show counts by status, the oldest pending age, dead letters and connections.
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Move DEAD_LETTER items back to PENDING with attempts reset.
     Requeue(RequeueArgs),
@@ -43,12 +45,43 @@ pub enum Command {
         /// Age in days of the finished items to delete.
         #[arg(long, value_name = "N")]
         older_than_days: u32,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Store or list Google connections.
     #[command(subcommand)]
     Connections(ConnectionsCommand),
-    /// Run the self-contained demo (fake Google, scratch database).
-    Demo,
+    /// Run the self-contained demo (fake Google, scratch database; uses
+    /// DATABASE_URL if set). Logs go to a file it names unless -v.
+    Demo {
+        /// Show the worker's logs on stderr instead of writing them to a file.
+        #[arg(short, long)]
+        verbose: bool,
+    },
+}
+
+/// `run`: everything the drainer reads, plus the HTTP address.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub drain: DrainerArgs,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(
+        long,
+        env = "CALENDAR_SYNC_HTTP_ADDR",
+        default_value = "127.0.0.1:9464"
+    )]
+    pub http_addr: SocketAddr,
+}
+
+/// `drain --once`.
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// Required: drain once and exit.
+    #[arg(long)]
+    pub once: bool,
+    #[command(flatten)]
+    pub drain: DrainerArgs,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +95,8 @@ pub struct RequeueArgs {
     /// With --dead-letter: only this workspace's.
     #[arg(long, requires = "dead_letter")]
     pub workspace: Option<String>,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,9 +110,13 @@ pub enum ConnectionsCommand {
         /// The Google account the token belongs to.
         #[arg(long)]
         email: String,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// List connections and their validity (never a token).
-    List,
+    List(DatabaseArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -86,104 +125,112 @@ pub enum LogFormat {
     Json,
 }
 
-/// Settings shared by the commands.
+/// Where the database is.
 #[derive(Debug, Args)]
-pub struct Settings {
-    /// PostgreSQL URL (a direct or session-pooled connection).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL or key=value string (a direct or session-pooled connection).
+    ///
+    /// libpq's sslmode (disable, allow, prefer [default],
+    /// require, verify-ca, verify-full), sslrootcert (PEM file or `system`),
+    /// sslcert and sslkey are understood, as are PGSSLMODE, PGSSLROOTCERT,
+    /// PGSSLCERT and PGSSLKEY. Sessions are named calendar-sync-worker
+    /// (application_name), time out after connect_timeout=10 s and send TCP
+    /// keepalives after keepalives_idle=60 s, unless the URL says otherwise.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// OAuth client id.
-    #[arg(long, env = "GOOGLE_CLIENT_ID", global = true)]
-    pub google_client_id: Option<String>,
-    /// OAuth client secret (environment only is safest).
-    #[arg(
-        long,
-        env = "GOOGLE_CLIENT_SECRET",
-        hide_env_values = true,
-        global = true
-    )]
-    pub google_client_secret: Option<String>,
+}
+
+/// The keys that encrypt refresh tokens.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
     /// Base64 of the 32-byte key that encrypts refresh tokens.
-    #[arg(
-        long,
-        env = "TOKEN_ENCRYPTION_KEY",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "TOKEN_ENCRYPTION_KEY", hide_env_values = true)]
     pub token_encryption_key: Option<String>,
     /// Retired keys that still decrypt, comma-separated.
     #[arg(
         long,
         env = "TOKEN_ENCRYPTION_OLD_KEYS",
         hide_env_values = true,
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub token_encryption_old_keys: String,
+}
+
+/// What the drainer reads: database, keys, Google and the tuning knobs.
+#[derive(Debug, Args)]
+pub struct DrainerArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub keys: KeyArgs,
+    /// OAuth client id.
+    #[arg(long, env = "GOOGLE_CLIENT_ID")]
+    pub google_client_id: Option<String>,
+    /// OAuth client secret (environment only is safest).
+    #[arg(long, env = "GOOGLE_CLIENT_SECRET", hide_env_values = true)]
+    pub google_client_secret: Option<String>,
     /// Rows claimed per poll.
-    #[arg(long, env = "CALENDAR_SYNC_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_BATCH_SIZE", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub batch_size: u32,
     /// Safety-net poll interval in milliseconds (NOTIFY wakes the worker sooner).
-    #[arg(long, env = "CALENDAR_SYNC_POLL_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_POLL_INTERVAL_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(10..))]
     pub poll_interval_ms: u64,
     /// Milliseconds an item waits, once due, before it is claimed: separate
     /// commits to one source within it collapse into one Google call (0: at once).
-    #[arg(long, env = "CALENDAR_SYNC_SETTLE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_SETTLE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub settle_ms: u64,
     /// Attempts before an item is dead-lettered.
-    #[arg(long, env = "CALENDAR_SYNC_MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_retries: u32,
     /// Items in flight at once.
-    #[arg(long, env = "CALENDAR_SYNC_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrency: u32,
     /// On SIGTERM, how long in-flight items may finish, in milliseconds.
     #[arg(
         long,
         env = "CALENDAR_SYNC_SHUTDOWN_GRACE_MS",
-        default_value_t = 30_000,
-        global = true
+        default_value_t = 30_000
     )]
     pub shutdown_grace_ms: u64,
     /// Worker processes sharing Google's quotas (each uses its share).
-    #[arg(long, env = "CALENDAR_SYNC_WORKER_PROCESSES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_WORKER_PROCESSES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub worker_processes: u32,
     /// Google requests per minute for the whole project, all processes together.
-    #[arg(long, env = "CALENDAR_SYNC_PROJECT_REQUESTS_PER_MINUTE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_PROJECT_REQUESTS_PER_MINUTE", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub project_requests_per_minute: u32,
     /// Google requests per minute per connection (user), all processes together.
-    #[arg(long, env = "CALENDAR_SYNC_CONNECTION_REQUESTS_PER_MINUTE", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=1_000_000), global = true)]
+    #[arg(long, env = "CALENDAR_SYNC_CONNECTION_REQUESTS_PER_MINUTE", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connection_requests_per_minute: u32,
     /// Google Calendar API base URL.
-    #[arg(long, env = "GOOGLE_CALENDAR_API_URL", default_value = calendar_sync::DEFAULT_CALENDAR_API_URL, global = true)]
+    #[arg(long, env = "GOOGLE_CALENDAR_API_URL", default_value = calendar_sync::DEFAULT_CALENDAR_API_URL)]
     pub google_calendar_api_url: String,
     /// Google OAuth token endpoint.
-    #[arg(long, env = "GOOGLE_OAUTH_TOKEN_URL", default_value = calendar_sync::DEFAULT_TOKEN_URL, global = true)]
+    #[arg(long, env = "GOOGLE_OAUTH_TOKEN_URL", default_value = calendar_sync::DEFAULT_TOKEN_URL)]
     pub google_oauth_token_url: String,
-    /// Address of /healthz, /readyz and /metrics.
-    #[arg(
-        long,
-        env = "CALENDAR_SYNC_HTTP_ADDR",
-        default_value = "127.0.0.1:9464",
-        global = true
-    )]
-    pub http_addr: SocketAddr,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
 }
 
 /// A configuration problem: printed as one line, exit code 2.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
 
-impl Settings {
+impl DatabaseArgs {
     pub fn database_url(&self) -> Result<&str, ConfigError> {
         self.database_url
             .as_deref()
             .filter(|u| !u.trim().is_empty())
             .ok_or_else(|| ConfigError("DATABASE_URL is not set (or pass --database-url)".into()))
     }
+}
 
+impl KeyArgs {
+    pub fn cipher(&self) -> Result<TokenCipher, ConfigError> {
+        let key = self.token_encryption_key.as_deref().unwrap_or("");
+        TokenCipher::new(key, &self.token_encryption_old_keys)
+            .map_err(|e| ConfigError(e.to_string()))
+    }
+}
+
+impl DrainerArgs {
     pub fn drainer(&self) -> DrainerConfig {
         DrainerConfig {
             batch_size: self.batch_size as usize,
@@ -194,12 +241,6 @@ impl Settings {
             settle: Duration::from_millis(self.settle_ms),
             ..DrainerConfig::default()
         }
-    }
-
-    pub fn cipher(&self) -> Result<TokenCipher, ConfigError> {
-        let key = self.token_encryption_key.as_deref().unwrap_or("");
-        TokenCipher::new(key, &self.token_encryption_old_keys)
-            .map_err(|e| ConfigError(e.to_string()))
     }
 
     pub fn google(&self) -> Result<GoogleConfig, ConfigError> {
@@ -232,27 +273,70 @@ fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, Config
         .ok_or_else(|| ConfigError(format!("{name} is not set")))
 }
 
-/// Turns a clap error into one line naming the flag and its environment variable.
-pub fn one_line(error: &clap::Error, command: &clap::Command) -> String {
-    let rendered = error.to_string();
-    let first = rendered.lines().next().unwrap_or("error").trim().to_owned();
-    let env = error
-        .get(clap::error::ContextKind::InvalidArg)
-        .and_then(|arg| {
-            let flag = arg.to_string();
-            let long = flag
-                .split_whitespace()
-                .next()?
-                .trim_start_matches("--")
-                .to_owned();
-            command
-                .get_arguments()
-                .find(|a| a.get_long() == Some(long.as_str()))
-                .and_then(|a| a.get_env())
-                .map(|e| e.to_string_lossy().into_owned())
-        });
-    match env {
-        Some(env) => format!("{first} (environment variable {env})"),
-        None => first,
+/// Subcommand names; a command line starting with none of them runs `run`.
+const SUBCOMMANDS: [&str; 9] = [
+    "run",
+    "drain",
+    "migrate",
+    "status",
+    "requeue",
+    "cleanup",
+    "connections",
+    "demo",
+    "help",
+];
+
+/// The arguments with `run` inserted when no subcommand is given, so that
+/// `calendar-sync-worker --batch-size 8` still means `run --batch-size 8`.
+pub fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
+    let top_level = ["-h", "--help", "-V", "--version"].contains(&first);
+    if !top_level && !SUBCOMMANDS.contains(&first) {
+        args.insert(1.min(args.len()), "run".into());
     }
+    args
+}
+
+/// Turns a clap error into one line: clap's whole message (what is wrong and
+/// what was expected), the usage, and the flag's environment variable.
+pub fn one_line(error: &clap::Error, command: &clap::Command) -> String {
+    let rendered = error.render().to_string();
+    let mut parts = Vec::new();
+    let mut usage = None;
+    for line in rendered.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Some(u) = line.strip_prefix("Usage: ") {
+            usage = Some(u.to_owned());
+        } else if !line.starts_with("For more information") && !line.starts_with("tip:") {
+            parts.push(line.to_owned());
+        }
+    }
+    let mut text = parts.join(" ").replace(":  ", ": ");
+    if let Some(env) = env_of(error, command) {
+        text.push_str(&format!(" (environment variable {env})"));
+    }
+    if let Some(usage) = usage {
+        text.push_str(&format!("; usage: {usage}"));
+    }
+    text
+}
+
+/// The environment variable of the flag the error is about, searched in
+/// every subcommand.
+fn env_of(error: &clap::Error, command: &clap::Command) -> Option<String> {
+    let arg = error.get(clap::error::ContextKind::InvalidArg)?.to_string();
+    let long = arg
+        .split_whitespace()
+        .next()?
+        .trim_start_matches("--")
+        .to_owned();
+    find_env(command, &long)
+}
+
+fn find_env(command: &clap::Command, long: &str) -> Option<String> {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .map(|e| e.to_string_lossy().into_owned())
+        .or_else(|| command.get_subcommands().find_map(|c| find_env(c, long)))
 }

@@ -6,7 +6,9 @@ use std::io::{Read, Write};
 use calendar_sync::{ConnectOptions, Database, GoogleCalendar, OutboxDrainer};
 use secrecy::SecretString;
 
-use crate::cli::{ConfigError, ConnectionsCommand, RequeueArgs, Settings};
+use crate::cli::{
+    ConfigError, ConnectionsCommand, DatabaseArgs, DrainerArgs, RequeueArgs, RunArgs,
+};
 
 /// Why a command failed: bad configuration (exit 2) or a runtime failure (exit 1).
 #[derive(Debug)]
@@ -38,7 +40,7 @@ impl From<std::io::Error> for Failure {
 
 type Outcome = Result<(), Failure>;
 
-fn database(settings: &Settings, pool_size: usize) -> Result<Database, Failure> {
+fn database(settings: &DatabaseArgs, pool_size: usize) -> Result<Database, Failure> {
     let url = settings.database_url()?;
     let unusable =
         |e: calendar_sync::Error| Failure::Config(format!("DATABASE_URL is not usable: {e}"));
@@ -50,34 +52,36 @@ fn database(settings: &Settings, pool_size: usize) -> Result<Database, Failure> 
 /// How the worker's sessions show in `pg_stat_activity` unless the URL names them.
 const APPLICATION_NAME: &str = "calendar-sync-worker";
 
-fn drainer(settings: &Settings) -> Result<(Database, OutboxDrainer<GoogleCalendar>), Failure> {
-    let cipher = settings.cipher()?;
+fn drainer(settings: &DrainerArgs) -> Result<(Database, OutboxDrainer<GoogleCalendar>), Failure> {
+    let cipher = settings.keys.cipher()?;
     let google = settings.google()?;
     // Items touch the pool only around their call (token refresh, a rare
     // reservation, a failure); successes are recorded in batches.
-    let db = database(settings, (settings.concurrency as usize).min(16) + 4)?;
+    let pool_size = (settings.concurrency as usize).min(16) + 4;
+    let db = database(&settings.database, pool_size)?;
     let calendar = GoogleCalendar::new(&db, cipher, google)?;
     let drainer = OutboxDrainer::new(db.clone(), calendar, settings.drainer())?;
     Ok((db, drainer))
 }
 
 /// `run`: the drainer until SIGTERM/SIGINT, with /healthz, /readyz, /metrics.
-pub async fn run(settings: &Settings) -> Outcome {
+pub async fn run(args: &RunArgs) -> Outcome {
+    let settings = &args.drain;
     let (db, drainer) = drainer(settings)?;
     let metrics = crate::http::install_metrics()?;
-    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+    let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
         .map_err(|e| {
             Failure::Runtime(format!(
                 "cannot listen on CALENDAR_SYNC_HTTP_ADDR {}: {e}",
-                settings.http_addr
+                args.http_addr
             ))
         })?;
     if let Err(e) = calendar_sync::ops::readiness(&db).await {
         tracing::warn!(error = %e, "not ready yet; the drainer keeps trying");
     }
     let handle = std::sync::Arc::new(drainer.start());
-    tracing::info!(http = %settings.http_addr, "calendar-sync worker running");
+    tracing::info!(http = %args.http_addr, "calendar-sync worker running");
     let server = crate::http::serve(
         listener,
         db,
@@ -114,7 +118,7 @@ async fn shutdown_signal() {
 }
 
 /// `drain --once`: everything due now, then exit with the counts.
-pub async fn drain(settings: &Settings, once: bool, out: &mut impl Write) -> Outcome {
+pub async fn drain(settings: &DrainerArgs, once: bool, out: &mut impl Write) -> Outcome {
     if !once {
         return Err(Failure::Config(
             "`drain` needs --once (use `run` to keep draining)".into(),
@@ -138,7 +142,7 @@ pub async fn drain(settings: &Settings, once: bool, out: &mut impl Write) -> Out
 }
 
 /// `migrate`: apply pending migrations.
-pub async fn migrate(settings: &Settings, out: &mut impl Write) -> Outcome {
+pub async fn migrate(settings: &DatabaseArgs, out: &mut impl Write) -> Outcome {
     let db = database(settings, 1)?;
     let applied = calendar_sync::migrate(&db).await?;
     writeln!(out, "applied {applied} migration(s); schema is current")?;
@@ -146,7 +150,7 @@ pub async fn migrate(settings: &Settings, out: &mut impl Write) -> Outcome {
 }
 
 /// `status [--json]`.
-pub async fn status(settings: &Settings, json: bool, out: &mut impl Write) -> Outcome {
+pub async fn status(settings: &DatabaseArgs, json: bool, out: &mut impl Write) -> Outcome {
     let db = database(settings, 1)?;
     let report = calendar_sync::ops::status(&db).await?;
     if json {
@@ -160,8 +164,8 @@ pub async fn status(settings: &Settings, json: bool, out: &mut impl Write) -> Ou
 }
 
 /// `requeue <ID>` or `requeue --dead-letter [--workspace W]`.
-pub async fn requeue(settings: &Settings, args: &RequeueArgs, out: &mut impl Write) -> Outcome {
-    let db = database(settings, 1)?;
+pub async fn requeue(args: &RequeueArgs, out: &mut impl Write) -> Outcome {
+    let db = database(&args.database, 1)?;
     let n = match args.id {
         Some(id) => {
             let n = calendar_sync::requeue(&db, Some(&[id]), None).await?;
@@ -179,7 +183,7 @@ pub async fn requeue(settings: &Settings, args: &RequeueArgs, out: &mut impl Wri
 }
 
 /// `cleanup --older-than-days N`.
-pub async fn cleanup(settings: &Settings, days: u32, out: &mut impl Write) -> Outcome {
+pub async fn cleanup(settings: &DatabaseArgs, days: u32, out: &mut impl Write) -> Outcome {
     let db = database(settings, 1)?;
     let days = i32::try_from(days)
         .map_err(|_| Failure::Config("--older-than-days is too large".into()))?;
@@ -189,15 +193,16 @@ pub async fn cleanup(settings: &Settings, days: u32, out: &mut impl Write) -> Ou
 }
 
 /// `connections put` (token on stdin) and `connections list`.
-pub async fn connections(
-    settings: &Settings,
-    command: ConnectionsCommand,
-    out: &mut impl Write,
-) -> Outcome {
+pub async fn connections(command: ConnectionsCommand, out: &mut impl Write) -> Outcome {
     match command {
-        ConnectionsCommand::Put { workspace, email } => {
-            let cipher = settings.cipher()?;
-            let db = database(settings, 1)?;
+        ConnectionsCommand::Put {
+            workspace,
+            email,
+            database: settings,
+            keys,
+        } => {
+            let cipher = keys.cipher()?;
+            let db = database(&settings, 1)?;
             let mut token = String::new();
             std::io::stdin().read_to_string(&mut token)?;
             let token = SecretString::from(token.trim().to_owned());
@@ -210,8 +215,8 @@ pub async fn connections(
                 "stored the connection of workspace {workspace} ({email}); it is valid"
             )?;
         }
-        ConnectionsCommand::List => {
-            let db = database(settings, 1)?;
+        ConnectionsCommand::List(settings) => {
+            let db = database(&settings, 1)?;
             let connections = calendar_sync::list_connections(&db).await?;
             writeln!(
                 out,

@@ -17,7 +17,8 @@ use crate::cli::{Cli, Command, LogFormat};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let args = cli::with_default_command(std::env::args_os().collect());
+    let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e)
             if matches!(
@@ -33,22 +34,28 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(cli.settings.log_format);
     let mut stdout = std::io::stdout();
-    let result = match cli.command.unwrap_or(Command::Run) {
-        Command::Run => commands::run(&cli.settings).await,
-        Command::Drain { once } => commands::drain(&cli.settings, once, &mut stdout).await,
-        Command::Migrate => commands::migrate(&cli.settings, &mut stdout).await,
-        Command::Status { json } => commands::status(&cli.settings, json, &mut stdout).await,
-        Command::Requeue(args) => commands::requeue(&cli.settings, &args, &mut stdout).await,
-        Command::Cleanup { older_than_days } => {
-            commands::cleanup(&cli.settings, older_than_days, &mut stdout).await
-        }
-        Command::Connections(c) => commands::connections(&cli.settings, c, &mut stdout).await,
-        Command::Demo => calendar_sync_demo::run(&mut stdout)
-            .await
-            .map_err(|e| commands::Failure::Runtime(e.to_string())),
+    if let Command::Demo { verbose } = cli.command {
+        return report(demo(cli.log_format, verbose, &mut stdout).await);
+    }
+    init_tracing(cli.log_format, Logs::Stderr);
+    let result = match cli.command {
+        Command::Run(args) => commands::run(&args).await,
+        Command::Drain(args) => commands::drain(&args.drain, args.once, &mut stdout).await,
+        Command::Migrate(db) => commands::migrate(&db, &mut stdout).await,
+        Command::Status { json, database } => commands::status(&database, json, &mut stdout).await,
+        Command::Requeue(args) => commands::requeue(&args, &mut stdout).await,
+        Command::Cleanup {
+            older_than_days,
+            database,
+        } => commands::cleanup(&database, older_than_days, &mut stdout).await,
+        Command::Connections(c) => commands::connections(c, &mut stdout).await,
+        Command::Demo { .. } => unreachable!("handled above"),
     };
+    report(result)
+}
+
+fn report(result: Result<(), commands::Failure>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(commands::Failure::Config(message)) => {
@@ -62,15 +69,49 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by RUST_LOG (default `info`), as text or JSON.
-fn init_tracing(format: LogFormat) {
+/// The demo's story on stdout; its logs (the staged failures' warnings among
+/// them) in a file it names, or on stderr with `-v`.
+async fn demo(
+    format: LogFormat,
+    verbose: bool,
+    out: &mut std::io::Stdout,
+) -> Result<(), commands::Failure> {
+    let runtime = |e: &dyn std::fmt::Display| commands::Failure::Runtime(e.to_string());
+    let logs = if verbose {
+        init_tracing(format, Logs::Stderr);
+        "stderr (-v)".to_owned()
+    } else {
+        let path = std::env::temp_dir().join("calendar-sync-demo.log");
+        let file = std::fs::File::create(&path).map_err(|e| runtime(&e))?;
+        init_tracing(format, Logs::File(file));
+        format!("{} (-v shows them here)", path.display())
+    };
+    calendar_sync_demo::run_logged(out, &logs)
+        .await
+        .map_err(|e| runtime(&e))
+}
+
+/// Where logs go.
+enum Logs {
+    Stderr,
+    File(std::fs::File),
+}
+
+/// Logs filtered by RUST_LOG (default `info`), as text or JSON.
+fn init_tracing(format: LogFormat, logs: Logs) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match (logs, format) {
+        (Logs::Stderr, LogFormat::Text) => builder.with_writer(std::io::stderr).try_init(),
+        (Logs::Stderr, LogFormat::Json) => builder.with_writer(std::io::stderr).json().try_init(),
+        (Logs::File(f), LogFormat::Text) => builder
+            .with_writer(std::sync::Mutex::new(f))
+            .with_ansi(false)
+            .try_init(),
+        (Logs::File(f), LogFormat::Json) => builder
+            .with_writer(std::sync::Mutex::new(f))
+            .json()
+            .try_init(),
     };
 }

@@ -41,22 +41,22 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
     let cases: Vec<Case> = vec![
         (vec!["status"], vec![], "DATABASE_URL is not set"),
         (
-            vec!["status"],
+            vec!["run"],
             vec![db, ("CALENDAR_SYNC_BATCH_SIZE", "abc")],
             "CALENDAR_SYNC_BATCH_SIZE",
         ),
         (
-            vec!["status"],
+            vec!["run"],
             vec![db, ("CALENDAR_SYNC_BATCH_SIZE", "0")],
             "CALENDAR_SYNC_BATCH_SIZE",
         ),
         (
-            vec!["status"],
+            vec!["run"],
             vec![db, ("CALENDAR_SYNC_POLL_INTERVAL_MS", "-5")],
             "CALENDAR_SYNC_POLL_INTERVAL_MS",
         ),
         (
-            vec!["status"],
+            vec!["run"],
             vec![db, ("CALENDAR_SYNC_SETTLE_MS", "3600001")],
             "CALENDAR_SYNC_SETTLE_MS",
         ),
@@ -66,12 +66,12 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
             "LOG_FORMAT",
         ),
         (
-            vec!["status"],
+            vec!["run"],
             vec![db, ("CALENDAR_SYNC_PROJECT_REQUESTS_PER_MINUTE", "0")],
             "CALENDAR_SYNC_PROJECT_REQUESTS_PER_MINUTE",
         ),
         (
-            vec!["status"],
+            vec!["run"],
             vec![db, ("CALENDAR_SYNC_HTTP_ADDR", "here")],
             "CALENDAR_SYNC_HTTP_ADDR",
         ),
@@ -120,7 +120,7 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
 
 #[test]
 fn help_documents_each_variable_with_its_default() {
-    let out = output(&["--help"], &[]);
+    let out = output(&["run", "--help"], &[]);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
     for (var, default) in [

@@ -291,6 +291,10 @@ where
     while let Some(message) = messages.next().await {
         match message {
             Ok(AsyncMessage::Notification(_)) => session.notified.notify_one(),
+            // Such as migrate's "relation … already exists, skipping": not news.
+            Ok(AsyncMessage::Notice(notice)) => {
+                tracing::debug!(notice = %notice, "PostgreSQL notice");
+            }
             Ok(_) => {}
             Err(e) => {
                 tracing::warn!(error = %cause(&e), "database session failed");

@@ -1,0 +1,120 @@
+//! The command line helps: each subcommand's --help lists what it reads,
+//! usage errors are complete, variables a subcommand does not read cannot stop
+//! it, and the output of migrate and demo is undisturbed by logs.
+
+use std::process::{Command, Output};
+
+use calendar_sync_tests::TestDb;
+
+const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the binary")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn each_subcommands_help_lists_only_what_it_reads() {
+    let help = |sub: &str| {
+        let out = run(&[sub, "--help"], &[]);
+        assert_eq!(out.status.code(), Some(0), "{sub} --help");
+        text(&out.stdout)
+    };
+    let google = [
+        "GOOGLE_CLIENT_ID",
+        "CALENDAR_SYNC_CONCURRENCY",
+        "TOKEN_ENCRYPTION_KEY",
+    ];
+    for sub in ["migrate", "status", "cleanup", "requeue"] {
+        let h = help(sub);
+        assert!(h.contains("DATABASE_URL"), "{sub}: {h}");
+        for var in google {
+            assert!(!h.contains(var), "{sub} --help shows {var}: {h}");
+        }
+    }
+    let h = help("run");
+    for var in google
+        .iter()
+        .chain(&["DATABASE_URL", "CALENDAR_SYNC_HTTP_ADDR"])
+    {
+        assert!(h.contains(var), "run --help lacks {var}");
+    }
+    let h = help("drain");
+    assert!(
+        h.contains("GOOGLE_CLIENT_ID") && !h.contains("CALENDAR_SYNC_HTTP_ADDR"),
+        "{h}"
+    );
+}
+
+#[test]
+fn usage_errors_name_what_is_missing_in_one_line() {
+    for (args, expected) in [
+        (vec!["cleanup"], "--older-than-days <N>"),
+        (vec!["requeue"], "<ID>"),
+        (vec!["connections", "put"], "--workspace <WORKSPACE>"),
+    ] {
+        let out = run(&args, &[("DATABASE_URL", "postgres://127.0.0.1/x")]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+        assert!(stderr.contains(expected), "{expected} in {stderr:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_variable_a_subcommand_does_not_read_does_not_stop_it() {
+    let t = TestDb::new().await;
+    let url = t.url();
+    let out = run(
+        &["status"],
+        &[("DATABASE_URL", &url), ("CALENDAR_SYNC_BATCH_SIZE", "abc")],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = run(
+        &["drain", "--once"],
+        &[("DATABASE_URL", &url), ("CALENDAR_SYNC_BATCH_SIZE", "abc")],
+    );
+    assert_eq!(out.status.code(), Some(2), "drain reads it");
+    assert!(text(&out.stderr).contains("CALENDAR_SYNC_BATCH_SIZE"));
+}
+
+#[tokio::test]
+async fn a_second_migrate_prints_no_notice() {
+    let t = TestDb::empty().await;
+    let url = t.url();
+    for _ in 0..2 {
+        let out = run(&["migrate"], &[("DATABASE_URL", &url)]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let all = text(&out.stderr) + &text(&out.stdout);
+        assert!(!all.contains("NOTICE"), "{all}");
+        assert!(!all.contains("already exists"), "{all}");
+    }
+}
+
+#[test]
+fn the_demo_tells_its_story_without_log_lines() {
+    let out = run(&["demo"], &[]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    for line in stdout.lines().chain(stderr.lines()) {
+        assert!(
+            !line.contains(" WARN ") && !line.contains(" INFO "),
+            "a log line in the demo's output: {line}"
+        );
+    }
+    assert!(
+        stdout.contains("on purpose"),
+        "failures announced: {stdout}"
+    );
+    assert!(stdout.contains("logs:"), "the log file named: {stdout}");
+}
