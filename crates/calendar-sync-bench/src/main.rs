@@ -25,12 +25,13 @@ mod quota;
 mod report;
 mod support;
 mod throughput;
+mod tls;
 mod wire;
 
 use std::time::Instant;
 
 /// The scenarios, in the order: (number, name, what it measures).
-const SCENARIOS: [(&str, &str, &str); 8] = [
+const SCENARIOS: [(&str, &str, &str); 9] = [
     ("1", "throughput", "engine throughput at concurrency 1/8/32"),
     ("2", "baseline", "the seed's design vs ours"),
     (
@@ -55,6 +56,7 @@ const SCENARIOS: [(&str, &str, &str); 8] = [
         "producer-insert-rate",
         "what the NOTIFY trigger costs producers",
     ),
+    ("-", "tls", "throughput with sslmode=require vs plaintext"),
 ];
 
 fn usage() -> ! {
@@ -110,6 +112,7 @@ async fn run(name: &str, quick: bool) {
         "calls-per-change" => calls::run(quick).await,
         "footprint" => footprint::run(quick).await,
         "producer-insert-rate" => producer::run(quick).await,
+        "tls" => tls::run(quick).await,
         _ => usage(),
     }
 }
