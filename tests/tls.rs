@@ -129,3 +129,51 @@ async fn the_key_value_form_takes_the_same_options() {
     );
     assert!(encrypted(&kv).await);
 }
+
+#[tokio::test]
+async fn from_pool_with_tls_uses_the_host_applications_connector() {
+    let Some(c) = cluster("from_pool_with_tls_uses_the_host_applications_connector").await else {
+        return;
+    };
+    // The host application's own rustls setup, trusting the test CA.
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls::pki_types::pem::PemObject;
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&c.pki.ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls);
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("localhost")
+        .port(c.cluster.port)
+        .user("postgres")
+        .dbname("postgres")
+        .ssl_mode(tokio_postgres::config::SslMode::Require);
+    let manager = deadpool_postgres::Manager::from_config(
+        config.clone(),
+        tls.clone(),
+        deadpool_postgres::ManagerConfig::default(),
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(2)
+        .build()
+        .unwrap();
+    let db = Database::from_pool_with_tls(pool, config, tls);
+    // Migrations and the worker's lock connection use dedicated sessions.
+    assert!(calendar_sync::migrate(&db).await.unwrap() > 0);
+    let dedicated = db.dedicated().await.unwrap();
+    let query = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+    assert!(
+        dedicated
+            .query_one(query, &[])
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+    );
+}
