@@ -291,7 +291,12 @@ const SUBCOMMANDS: [&str; 9] = [
 pub fn with_default_command(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let first = args.get(1).and_then(|a| a.to_str()).unwrap_or("");
     let top_level = ["-h", "--help", "-V", "--version"].contains(&first);
-    if !top_level && !SUBCOMMANDS.contains(&first) {
+    // `--log-format json status`: the global flag may come first.
+    let named = args
+        .iter()
+        .skip(1)
+        .any(|a| a.to_str().is_some_and(|a| SUBCOMMANDS.contains(&a)));
+    if !top_level && !named {
         args.insert(1.min(args.len()), "run".into());
     }
     args

@@ -80,6 +80,12 @@ async fn a_variable_a_subcommand_does_not_read_does_not_stop_it() {
         &[("DATABASE_URL", &url), ("CALENDAR_SYNC_BATCH_SIZE", "abc")],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The global flag before the subcommand.
+    let out = run(
+        &["--log-format", "json", "status"],
+        &[("DATABASE_URL", &url)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let out = run(
         &["drain", "--once"],
         &[("DATABASE_URL", &url), ("CALENDAR_SYNC_BATCH_SIZE", "abc")],
