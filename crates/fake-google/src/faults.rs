@@ -44,6 +44,15 @@ pub enum FaultKind {
     CommittedReplyLost,
     /// Close the connection without processing the request (nothing committed).
     ConnectionReset,
+    /// 404 `global`/`notFound` "Not Found" without looking: Google's eventual consistency
+    /// (a 404 right after a write) or a calendar whose access is lost for a while.
+    NotFound,
+    /// Hold the request for `delay_ms`, then process it (the write is committed late, after
+    /// the client has usually given up) and answer. A timed-out write that Google applies anyway.
+    HangThenApply {
+        /// How long the request waits before it is processed.
+        delay_ms: u64,
+    },
 }
 
 /// One injected fault. Build with [`Fault::new`] and the chained setters.
@@ -128,6 +137,8 @@ pub(crate) enum Action {
     Hang,
     CommittedReplyLost,
     ConnectionReset,
+    /// Wait, then process normally.
+    Late(std::time::Duration),
 }
 
 impl Action {
@@ -145,6 +156,7 @@ impl Action {
             FaultKind::RequiredAccessLevel => ApiError::required_access_level(),
             FaultKind::Forbidden => ApiError::forbidden(),
             FaultKind::BackendError => ApiError::backend_error(),
+            FaultKind::NotFound => ApiError::not_found(),
             FaultKind::ServiceUnavailable => ApiError::service_unavailable(),
             FaultKind::Raw {
                 status,
@@ -154,6 +166,9 @@ impl Action {
             FaultKind::Hang => return Action::Hang,
             FaultKind::CommittedReplyLost => return Action::CommittedReplyLost,
             FaultKind::ConnectionReset => return Action::ConnectionReset,
+            FaultKind::HangThenApply { delay_ms } => {
+                return Action::Late(std::time::Duration::from_millis(*delay_ms));
+            }
         };
         Action::Error(ApiError {
             shape: f.shape,
