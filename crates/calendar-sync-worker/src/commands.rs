@@ -58,6 +58,7 @@ fn drainer(settings: &Settings) -> Result<(Database, OutboxDrainer<GoogleCalenda
 /// `run`: the drainer until SIGTERM/SIGINT, with /healthz, /readyz, /metrics.
 pub async fn run(settings: &Settings) -> Outcome {
     let (db, drainer) = drainer(settings)?;
+    let cipher = settings.cipher()?;
     let metrics = crate::http::install_metrics()?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
@@ -70,11 +71,17 @@ pub async fn run(settings: &Settings) -> Outcome {
     if let Err(e) = calendar_sync::ops::readiness(&db).await {
         tracing::warn!(error = %e, "not ready yet; the drainer keeps trying");
     }
+    if let Ok(unknown) = calendar_sync::ops::unknown_key_ids(&db, &cipher).await
+        && let Some(line) = calendar_sync::ops::unknown_key_ids_line(&unknown)
+    {
+        tracing::error!("{line}");
+    }
     let handle = std::sync::Arc::new(drainer.start());
     tracing::info!(http = %settings.http_addr, "calendar-sync worker running");
     let server = crate::http::serve(
         listener,
         db,
+        cipher,
         handle.clone(),
         metrics,
         settings.drainer().poll_interval,
@@ -142,7 +149,11 @@ pub async fn migrate(settings: &Settings, out: &mut impl Write) -> Outcome {
 /// `status [--json]`.
 pub async fn status(settings: &Settings, json: bool, out: &mut impl Write) -> Outcome {
     let db = database(settings, 1)?;
-    let report = calendar_sync::ops::status(&db).await?;
+    let mut report = calendar_sync::ops::status(&db).await?;
+    // Without TOKEN_ENCRYPTION_KEY there is nothing to check the keys against.
+    if let Ok(cipher) = settings.cipher() {
+        report.check_keys(&db, &cipher).await?;
+    }
     if json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.to_string()))?;

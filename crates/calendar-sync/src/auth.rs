@@ -24,11 +24,14 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
-use crate::crypto::TokenCipher;
+use crate::crypto::{DecryptError, TokenCipher};
 use crate::store;
 
 /// Refresh this long before Google says the token expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// How long items wait when their token's key is not configured: a worker
+/// restarted with the key picks them up within this.
+const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(30);
 /// Google's usual lifetime, when the response omits `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3599);
 
@@ -183,12 +186,7 @@ impl Tokens {
         let refresh_token = self
             .cipher
             .decrypt(workspace_id, &connection.refresh_token_encrypted)
-            .map_err(|e| {
-                invalid(
-                    "token_undecryptable",
-                    format!("the stored refresh token cannot be used: {e}"),
-                )
-            })?;
+            .map_err(undecryptable)?;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         let http = StatusRecorder {
             inner: self.http.clone(),
@@ -271,6 +269,28 @@ impl<'c> AsyncHttpClient<'c> for StatusRecorder {
 
 fn database(e: impl std::fmt::Display) -> CalendarError {
     CalendarError::new(CalendarErrorKind::Transient, "database", e.to_string())
+}
+
+/// An envelope under a key id that no configured key has is a deployment
+/// mistake, not this connection's fault: its items wait (no attempt used,
+/// nothing invalidated) until a worker with the key picks them up. Anything
+/// else (a tag that fails under a known key, a malformed envelope) is.
+fn undecryptable(error: DecryptError) -> CalendarError {
+    match error {
+        DecryptError::UnknownKeyId { kid } => CalendarError::new(
+            CalendarErrorKind::HeldBack,
+            "token_key_unknown",
+            format!(
+                "the stored refresh token is sealed with key id {kid}, which no configured key has; \
+                 add that key to TOKEN_ENCRYPTION_OLD_KEYS"
+            ),
+        )
+        .with_retry_after(Some(UNKNOWN_KEY_WAIT)),
+        other => invalid(
+            "token_undecryptable",
+            format!("the stored refresh token cannot be used: {other}"),
+        ),
+    }
 }
 
 fn invalid(code: &str, message: String) -> CalendarError {
