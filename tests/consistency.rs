@@ -242,3 +242,38 @@ async fn a_late_update_after_a_newer_cancel_never_revives_the_event() {
     );
     assert_eq!(e.binding("s1").await.0, "CANCELLED");
 }
+
+#[tokio::test]
+async fn a_longer_backoff_beats_a_short_retry_after_and_an_http_date_is_honoured() {
+    let e = env().await;
+    let d = e.drainer();
+    let id =
+        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
+            .await;
+    let mut delays = Vec::new();
+    let until = (chrono::Utc::now() + chrono::Duration::seconds(600))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    for kind in [
+        FaultKind::RateLimitExceeded,
+        FaultKind::RateLimitExceeded,
+        FaultKind::RateLimitExceeded,
+        // The backoff is 8 s by now: a 1 s Retry-After must not shorten it.
+        FaultKind::TooManyRequests {
+            retry_after: Some(1),
+        },
+        // Ten minutes, as an HTTP-date: longer than the 16 s backoff.
+        FaultKind::TooManyRequestsUntil { http_date: until },
+    ] {
+        e.g.inject(Fault::new(kind).path("/events"));
+        d.drain_once().await.unwrap();
+        let row = e.t.row(id).await;
+        assert_eq!(row.status, "PENDING", "{:?}", row.last_error);
+        delays.push(row.delay_secs.round() as i64);
+        e.t.make_all_due().await;
+    }
+    assert_eq!(delays[..4], [1, 2, 4, 8], "{delays:?}");
+    assert!((595..=600).contains(&delays[4]), "{delays:?}");
+    let error = e.t.row(id).await.last_error.unwrap();
+    assert!(error.starts_with("[google_429_rateLimitExceeded]"), "{error}");
+}

@@ -18,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use crate::auth::{OAuthConfig, Tokens};
+use crate::backoff::parse_retry_after;
 use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventPage, EventTime, RemoteEvent,
 };
@@ -408,8 +409,7 @@ impl Delegate for Capture {
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         Retry::Abort
     }
 }

@@ -16,6 +16,12 @@ pub enum FaultKind {
         /// Seconds for the `Retry-After` header; `None` = no header.
         retry_after: Option<u64>,
     },
+    /// 429 `usageLimits`/`rateLimitExceeded` with `Retry-After` in the HTTP-date form, e.g.
+    /// `Wed, 21 Oct 2015 07:28:00 GMT`.
+    TooManyRequestsUntil {
+        /// The header value, sent as given.
+        http_date: String,
+    },
     /// 403 `usageLimits`/`quotaExceeded` "Calendar usage limits exceeded."
     QuotaExceeded,
     /// 403 `global`/`insufficientPermissions` "Insufficient Permission".
@@ -149,6 +155,11 @@ impl Action {
             FaultKind::TooManyRequests { retry_after } => {
                 let mut e = ApiError::rate_limit(429);
                 e.retry_after = *retry_after;
+                e
+            }
+            FaultKind::TooManyRequestsUntil { http_date } => {
+                let mut e = ApiError::rate_limit(429);
+                e.retry_after_date = Some(http_date.clone());
                 e
             }
             FaultKind::QuotaExceeded => ApiError::quota_exceeded(),

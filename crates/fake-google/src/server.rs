@@ -129,6 +129,13 @@ pub(crate) fn api_error_response(e: &ApiError, shape: ErrorShape) -> Resp {
     if let Some(s) = e.retry_after {
         r.headers_mut().insert("retry-after", HeaderValue::from(s));
     }
+    if let Some(date) = e
+        .retry_after_date
+        .as_deref()
+        .and_then(|d| HeaderValue::from_str(d).ok())
+    {
+        r.headers_mut().insert("retry-after", date);
+    }
     if e.status == 401 {
         r.headers_mut().insert(
             "www-authenticate",
