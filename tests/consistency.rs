@@ -275,5 +275,8 @@ async fn a_longer_backoff_beats_a_short_retry_after_and_an_http_date_is_honoured
     assert_eq!(delays[..4], [1, 2, 4, 8], "{delays:?}");
     assert!((595..=600).contains(&delays[4]), "{delays:?}");
     let error = e.t.row(id).await.last_error.unwrap();
-    assert!(error.starts_with("[google_429_rateLimitExceeded]"), "{error}");
+    assert!(
+        error.starts_with("[google_429_rateLimitExceeded]"),
+        "{error}"
+    );
 }

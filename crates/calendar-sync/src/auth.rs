@@ -62,6 +62,8 @@ impl std::fmt::Debug for OAuthConfig {
 struct Cached {
     token: SecretString,
     expires_at: Instant,
+    /// The connection version the token was minted under.
+    version: i64,
 }
 
 /// One connection's cache: its access token, and the stored refresh token that
@@ -125,10 +127,14 @@ impl Tokens {
 
     /// A usable access token. Concurrent callers of one workspace share one
     /// refresh: they wait on the workspace's slot while the first refreshes.
+    /// A reconnect anywhere (a new connection version) drops the cached token
+    /// before it is used again.
     pub async fn access_token(&self, workspace_id: &str) -> Result<SecretString, CalendarError> {
+        let version = self.version(workspace_id).await?;
         let slot = self.slot(workspace_id);
         let mut slot = slot.lock().await;
         if let Some(c) = slot.cached.as_ref()
+            && c.version == version
             && c.expires_at > Instant::now() + EXPIRY_MARGIN
         {
             return Ok(c.token.clone());
@@ -137,6 +143,20 @@ impl Tokens {
         let token = fresh.token.clone();
         slot.cached = Some(fresh);
         Ok(token)
+    }
+
+    /// The stored connection's version (0 when there is none).
+    async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
+        let client = self.pool.get().await.map_err(database)?;
+        let statement = client
+            .prepare_cached(store::CONNECTION_VERSION)
+            .await
+            .map_err(database)?;
+        let row = client
+            .query_opt(&statement, &[&workspace_id])
+            .await
+            .map_err(database)?;
+        Ok(row.map_or(0, |r| r.get(0)))
     }
 
     /// Drops `stale` from the cache (after Google answered 401 to it), unless
@@ -241,6 +261,7 @@ impl Tokens {
         Ok(Cached {
             token: SecretString::from(response.access_token().secret().to_owned()),
             expires_at: Instant::now() + lifetime,
+            version: connection.version,
         })
     }
 }
