@@ -280,3 +280,48 @@ async fn a_longer_backoff_beats_a_short_retry_after_and_an_http_date_is_honoured
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn an_over_long_field_dead_letters_at_once_naming_the_field_and_the_limit() {
+    let e = env().await;
+    let d = e.drainer();
+    let mut long_description = upsert("w1", CAL1, "s1", "v");
+    long_description["event"]["description"] = "d".repeat(8_193).into();
+    let mut long_title = upsert("w1", CAL1, "s2", "v");
+    long_title["event"]["title"] = "t".repeat(1_025).into();
+    let mut at_the_limits = upsert("w1", CAL1, "s3", "v");
+    at_the_limits["event"]["description"] = "é".repeat(8_192).into();
+    at_the_limits["event"]["title"] = "t".repeat(1_024).into();
+    let a = e.t.insert("UPSERT_EVENT", long_description).await;
+    let b = e.t.insert("UPSERT_EVENT", long_title).await;
+    let c = e.t.insert("UPSERT_EVENT", at_the_limits).await;
+    d.drain_once().await.unwrap();
+    for (id, expected) in [
+        (
+            a,
+            "[invalid_payload] payload.event.description: is 8193 characters long; the limit is 8192",
+        ),
+        (
+            b,
+            "[invalid_payload] payload.event.title: is 1025 characters long; the limit is 1024",
+        ),
+    ] {
+        let row = e.t.row(id).await;
+        assert_eq!(row.status, "DEAD_LETTER");
+        assert_eq!(row.last_error.as_deref(), Some(expected));
+    }
+    assert_eq!(e.t.row(c).await.status, "COMPLETED");
+    assert_eq!(
+        e.g.calls(ApiMethod::Insert),
+        1,
+        "only the one within the limits"
+    );
+    assert_eq!(
+        e.live("s3")[0]["description"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .count(),
+        8_192
+    );
+}
