@@ -82,6 +82,8 @@ pub(crate) struct Tokens {
     pool: Pool,
     cipher: TokenCipher,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// When the last version snapshot's query started, and what it read.
+    versions: tokio::sync::Mutex<Option<(Instant, HashMap<String, i64>)>>,
     refreshes: AtomicU64,
 }
 
@@ -111,6 +113,7 @@ impl Tokens {
             pool,
             cipher,
             slots: Mutex::new(HashMap::new()),
+            versions: tokio::sync::Mutex::new(None),
             refreshes: AtomicU64::new(0),
         })
     }
@@ -145,18 +148,34 @@ impl Tokens {
         Ok(token)
     }
 
-    /// The stored connection's version (0 when there is none).
+    /// The stored connection's version (0 when there is none), from a snapshot
+    /// whose query started after this call asked: a reconnect committed before
+    /// the call is always seen, while every call waiting meanwhile shares one
+    /// read (one pooled connection per process, whatever the concurrency).
     async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
+        let asked = Instant::now();
+        let mut snapshot = self.versions.lock().await;
+        if let Some((started, versions)) = snapshot.as_ref()
+            && *started >= asked
+        {
+            return Ok(versions.get(workspace_id).copied().unwrap_or(0));
+        }
+        let started = Instant::now();
         let client = self.pool.get().await.map_err(database)?;
         let statement = client
-            .prepare_cached(store::CONNECTION_VERSION)
+            .prepare_cached(store::CONNECTION_VERSIONS)
             .await
             .map_err(database)?;
-        let row = client
-            .query_opt(&statement, &[&workspace_id])
+        let versions: HashMap<String, i64> = client
+            .query(&statement, &[])
             .await
-            .map_err(database)?;
-        Ok(row.map_or(0, |r| r.get(0)))
+            .map_err(database)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let version = versions.get(workspace_id).copied().unwrap_or(0);
+        *snapshot = Some((started, versions));
+        Ok(version)
     }
 
     /// Drops `stale` from the cache (after Google answered 401 to it), unless

@@ -699,10 +699,10 @@ pub async fn connection(
     }))
 }
 
-/// The version of a workspace's connection: one primary-key read, made before
-/// every Google call so that a reconnect is never missed.
-pub const CONNECTION_VERSION: &str =
-    "SELECT connection_version FROM google_connections WHERE workspace_id = $1";
+/// Every connection's version: read before Google calls (one read shared by
+/// all the calls waiting meanwhile) so that a reconnect is never missed.
+pub const CONNECTION_VERSIONS: &str =
+    "SELECT workspace_id, connection_version FROM google_connections";
 
 /// Stores (or replaces) a workspace's connection and marks it valid.
 pub async fn put_connection(
