@@ -725,13 +725,84 @@ async fn key_rotation_keeps_old_rows_readable_and_reseals_them() {
 }
 
 #[tokio::test]
-async fn an_undecryptable_token_invalidates_the_connection_with_a_clear_reason() {
+async fn a_token_under_an_unconfigured_key_waits_and_resumes_once_the_key_is_back() {
     let e = env().await;
-    let wrong = TokenCipher::from_keys([1; 32], vec![]);
-    let calendar = GoogleCalendar::new(&e.t.db, wrong, google_config(&e.g)).unwrap();
+    // A new TOKEN_ENCRYPTION_KEY deployed without the old one in TOKEN_ENCRYPTION_OLD_KEYS.
+    let forgot = TokenCipher::from_keys([1; 32], vec![]);
+    let unknown = calendar_sync::ops::unknown_key_ids(&e.t.db, &forgot)
+        .await
+        .unwrap();
+    assert_eq!(unknown.len(), 1, "{unknown:?}");
+    assert_eq!(unknown[0].key_id, e.cipher.current_key_id());
+    assert_eq!(unknown[0].connections, 2);
+    let calendar = GoogleCalendar::new(&e.t.db, forgot, google_config(&e.g)).unwrap();
     let d = OutboxDrainer::new(e.t.db.clone(), calendar, fast_config()).unwrap();
     let id =
         e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
+            .await;
+    d.drain_once().await.unwrap();
+    let row = e.t.row(id).await;
+    assert_eq!(
+        (row.status.as_str(), row.attempts),
+        ("PENDING", 0),
+        "{row:?}"
+    );
+    let error = row.last_error.unwrap();
+    assert!(error.starts_with("[token_key_unknown]"), "{error}");
+    assert!(error.contains(e.cipher.current_key_id()), "{error}");
+    assert!(
+        calendar_sync::list_connections(&e.t.db)
+            .await
+            .unwrap()
+            .iter()
+            .all(|c| c.is_valid),
+        "nothing marked invalid"
+    );
+    assert_eq!(e.t.count("DEAD_LETTER").await, 0);
+    assert_eq!(e.g.token_request_count(), 0, "Google was not called");
+    // The operator adds the old key; the worker restarts; nobody re-consents.
+    let fixed = TokenCipher::from_keys([1; 32], vec![[7; 32]]);
+    assert!(
+        calendar_sync::ops::unknown_key_ids(&e.t.db, &fixed)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let calendar = GoogleCalendar::new(&e.t.db, fixed, google_config(&e.g)).unwrap();
+    let d = OutboxDrainer::new(e.t.db.clone(), calendar, fast_config()).unwrap();
+    e.t.make_all_due().await;
+    d.drain_once().await.unwrap();
+    assert_eq!(e.t.row(id).await.status, "COMPLETED");
+}
+
+#[tokio::test]
+async fn a_tampered_token_under_a_known_key_invalidates_only_its_connection() {
+    let e = env().await;
+    let client = e.t.client().await;
+    let stored: String = client
+        .query_one(
+            "SELECT refresh_token_encrypted FROM google_connections WHERE workspace_id = 'w1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (head, payload) = stored.rsplit_once(':').unwrap();
+    let flipped = if payload.starts_with('A') { 'B' } else { 'A' };
+    let tampered = format!("{head}:{flipped}{}", &payload[1..]);
+    client
+        .execute(
+            "UPDATE google_connections SET refresh_token_encrypted = $1 WHERE workspace_id = 'w1'",
+            &[&tampered],
+        )
+        .await
+        .unwrap();
+    let d = e.drainer();
+    let id =
+        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
+            .await;
+    let other =
+        e.t.insert("UPSERT_EVENT", upsert("w2", "w2@example.com", "s1", "v"))
             .await;
     d.drain_once().await.unwrap();
     let row = e.t.row(id).await;
@@ -741,8 +812,16 @@ async fn an_undecryptable_token_invalidates_the_connection_with_a_clear_reason()
         error.starts_with("[token_undecryptable] the stored refresh token cannot be used"),
         "{error}"
     );
-    assert!(error.contains("unknown key id"), "{error}");
-    assert_eq!(e.g.token_request_count(), 0, "Google was not called");
+    assert!(error.contains("failed authentication"), "{error}");
+    assert_eq!(e.t.row(other).await.status, "COMPLETED");
+    let connections = calendar_sync::list_connections(&e.t.db).await.unwrap();
+    assert_eq!(
+        connections
+            .iter()
+            .map(|c| (c.workspace_id.as_str(), c.is_valid))
+            .collect::<Vec<_>>(),
+        [("w1", false), ("w2", true)]
+    );
 }
 
 #[tokio::test]

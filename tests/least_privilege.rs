@@ -334,10 +334,12 @@ async fn unwrapped_errors_print_no_secret_in_their_panic_message() {
     // A revoked grant (refresh refused), then a 401 on a revoked access token.
     g.revoke_refresh_token(&GoogleWorld::refresh_token_of("ws0"));
     messages.push(panic_message_of(
-        calendar.update_event(&target, &id, &body).await,
+        calendar.update_event(&target, &id, &body, None).await,
     ));
     g.expire_access_tokens();
-    messages.push(panic_message_of(calendar.delete_event(&target, &id).await));
+    messages.push(panic_message_of(
+        calendar.delete_event(&target, &id, None).await,
+    ));
     // A tampered envelope, an envelope moved to another workspace, a key of the wrong size.
     let cipher = GoogleWorld::cipher();
     let sealed = cipher.encrypt(

@@ -14,7 +14,7 @@ use calendar_sync::{
 /// One call the engine made.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
-    /// `insert`, `update`, `delete` or `list`.
+    /// `insert`, `update`, `delete`, `get`, `calendar_get` or `list`.
     pub method: &'static str,
     /// Calendar id.
     pub calendar: String,
@@ -135,7 +135,7 @@ impl MemoryCalendar {
         self.state()
             .calls
             .iter()
-            .filter(|c| c.method != "list")
+            .filter(|c| matches!(c.method, "insert" | "update" | "delete"))
             .count()
     }
 
@@ -294,6 +294,18 @@ impl Drop for ActiveGuard {
     }
 }
 
+/// 412 when `if_match` names another version than the stored one.
+fn check_if_match(stored: &Stored, if_match: Option<&str>) -> Result<(), CalendarError> {
+    match if_match {
+        Some(etag) if etag != format!("\"{}\"", stored.version) => Err(CalendarError::new(
+            CalendarErrorKind::Conflict,
+            "google_412_conditionNotMet",
+            "Precondition Failed",
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn not_found(id: &str) -> CalendarError {
     CalendarError::new(
         CalendarErrorKind::NotFound,
@@ -340,6 +352,7 @@ impl Calendar for MemoryCalendar {
         target: &CalendarKey,
         event_id: &str,
         body: &EventBody,
+        if_match: Option<&str>,
     ) -> Result<RemoteEvent, CalendarError> {
         let fault = self
             .enter("update", target, event_id, Some(&body.summary))
@@ -352,6 +365,7 @@ impl Calendar for MemoryCalendar {
             .events
             .get_mut(&(target.calendar_id.clone(), event_id.to_owned()))
             .ok_or_else(|| not_found(event_id))?;
+        check_if_match(stored, if_match)?;
         stored.body = body.clone();
         stored.version = version;
         if restore {
@@ -368,13 +382,17 @@ impl Calendar for MemoryCalendar {
         &self,
         target: &CalendarKey,
         event_id: &str,
+        if_match: Option<&str>,
     ) -> Result<(), CalendarError> {
         let fault = self.enter("delete", target, event_id, None).await?;
         let mut state = self.state();
+        state.version += 1;
+        let version = state.version;
         let stored = state
             .events
             .get_mut(&(target.calendar_id.clone(), event_id.to_owned()))
             .ok_or_else(|| not_found(event_id))?;
+        check_if_match(stored, if_match)?;
         if stored.cancelled {
             return Err(CalendarError::new(
                 CalendarErrorKind::Gone,
@@ -383,9 +401,32 @@ impl Calendar for MemoryCalendar {
             ));
         }
         stored.cancelled = true;
+        stored.version = version;
         match fault {
             Some(Fault::LoseReply) => Err(Self::lost_reply()),
             _ => Ok(()),
+        }
+    }
+
+    async fn get_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+    ) -> Result<RemoteEvent, CalendarError> {
+        self.enter("get", target, event_id, None).await?;
+        let state = self.state();
+        let stored = state
+            .events
+            .get(&(target.calendar_id.clone(), event_id.to_owned()))
+            .ok_or_else(|| not_found(event_id))?;
+        Ok(Self::remote(event_id, stored))
+    }
+
+    async fn calendar_exists(&self, target: &CalendarKey) -> Result<bool, CalendarError> {
+        match self.enter("calendar_get", target, "", None).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == CalendarErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

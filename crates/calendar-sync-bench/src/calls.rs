@@ -141,7 +141,7 @@ fn calls_by_source(
 ) -> HashMap<String, usize> {
     let mut by = HashMap::new();
     for call in probe.calls() {
-        if call.method == "list" {
+        if !matches!(call.method, "insert" | "update" | "delete") {
             continue;
         }
         let source = call

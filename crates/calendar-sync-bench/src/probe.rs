@@ -85,9 +85,13 @@ impl<C: Calendar> Calendar for Probe<C> {
         target: &CalendarKey,
         event_id: &str,
         body: &EventBody,
+        if_match: Option<&str>,
     ) -> Result<RemoteEvent, CalendarError> {
         let at = Instant::now();
-        let result = self.inner.update_event(target, event_id, body).await;
+        let result = self
+            .inner
+            .update_event(target, event_id, body, if_match)
+            .await;
         self.record("update", event_id, Some(body), at);
         result
     }
@@ -96,10 +100,29 @@ impl<C: Calendar> Calendar for Probe<C> {
         &self,
         target: &CalendarKey,
         event_id: &str,
+        if_match: Option<&str>,
     ) -> Result<(), CalendarError> {
         let at = Instant::now();
-        let result = self.inner.delete_event(target, event_id).await;
+        let result = self.inner.delete_event(target, event_id, if_match).await;
         self.record("delete", event_id, None, at);
+        result
+    }
+
+    async fn get_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+    ) -> Result<RemoteEvent, CalendarError> {
+        let at = Instant::now();
+        let result = self.inner.get_event(target, event_id).await;
+        self.record("get", event_id, None, at);
+        result
+    }
+
+    async fn calendar_exists(&self, target: &CalendarKey) -> Result<bool, CalendarError> {
+        let at = Instant::now();
+        let result = self.inner.calendar_exists(target).await;
+        self.record("calendar_get", "", None, at);
         result
     }
 

@@ -68,6 +68,7 @@ fn drainer(settings: &DrainerArgs) -> Result<(Database, OutboxDrainer<GoogleCale
 pub async fn run(args: &RunArgs) -> Outcome {
     let settings = &args.drain;
     let (db, drainer) = drainer(settings)?;
+    let cipher = settings.cipher()?;
     let metrics = crate::http::install_metrics()?;
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
@@ -80,11 +81,17 @@ pub async fn run(args: &RunArgs) -> Outcome {
     if let Err(e) = calendar_sync::ops::readiness(&db).await {
         tracing::warn!(error = %e, "not ready yet; the drainer keeps trying");
     }
+    if let Ok(unknown) = calendar_sync::ops::unknown_key_ids(&db, &cipher).await
+        && let Some(line) = calendar_sync::ops::unknown_key_ids_line(&unknown)
+    {
+        tracing::error!("{line}");
+    }
     let handle = std::sync::Arc::new(drainer.start());
     tracing::info!(http = %args.http_addr, "calendar-sync worker running");
     let server = crate::http::serve(
         listener,
         db,
+        cipher,
         handle.clone(),
         metrics,
         settings.drainer().poll_interval,
@@ -152,7 +159,11 @@ pub async fn migrate(settings: &DatabaseArgs, out: &mut impl Write) -> Outcome {
 /// `status [--json]`.
 pub async fn status(settings: &DatabaseArgs, json: bool, out: &mut impl Write) -> Outcome {
     let db = database(settings, 1)?;
-    let report = calendar_sync::ops::status(&db).await?;
+    let mut report = calendar_sync::ops::status(&db).await?;
+    // Without TOKEN_ENCRYPTION_KEY there is nothing to check the keys against.
+    if let Ok(cipher) = settings.cipher() {
+        report.check_keys(&db, &cipher).await?;
+    }
     if json {
         let text =
             serde_json::to_string_pretty(&report).map_err(|e| Failure::Runtime(e.to_string()))?;

@@ -7,7 +7,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use calendar_sync::{Database, DrainerHandle};
+use calendar_sync::{Database, DrainerHandle, TokenCipher};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::commands::Failure;
@@ -15,6 +15,7 @@ use crate::commands::Failure;
 #[derive(Clone)]
 struct AppState {
     db: Database,
+    cipher: TokenCipher,
     drainer: Arc<DrainerHandle>,
     metrics: PrometheusHandle,
     stuck_after: Duration,
@@ -38,12 +39,14 @@ pub fn install_metrics() -> Result<PrometheusHandle, Failure> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     db: Database,
+    cipher: TokenCipher,
     drainer: Arc<DrainerHandle>,
     metrics: PrometheusHandle,
     poll_interval: Duration,
 ) {
     let state = AppState {
         db,
+        cipher,
         drainer,
         metrics,
         // An idle loop goes round once per poll interval.
@@ -71,9 +74,17 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
     }
 }
 
+/// Not ready while stored tokens are sealed with a key this worker lacks: a
+/// rollout that forgot TOKEN_ENCRYPTION_OLD_KEYS stops at its first pod.
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
-    match calendar_sync::ops::readiness(&s.db).await {
-        Ok(()) => (StatusCode::OK, "ready\n".into()),
+    if let Err(e) = calendar_sync::ops::readiness(&s.db).await {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+    }
+    match calendar_sync::ops::unknown_key_ids(&s.db, &s.cipher).await {
+        Ok(unknown) => match calendar_sync::ops::unknown_key_ids_line(&unknown) {
+            None => (StatusCode::OK, "ready\n".into()),
+            Some(line) => (StatusCode::SERVICE_UNAVAILABLE, format!("{line}\n")),
+        },
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
 }

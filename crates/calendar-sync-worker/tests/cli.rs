@@ -411,3 +411,79 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
     );
     assert!(!stderr.contains("secret-1") && !stderr.contains("rt-1"));
 }
+
+/// Issue 13 §4: a new TOKEN_ENCRYPTION_KEY without the old one is reported at
+/// start-up in one line, in `/readyz` and in `status`; nothing is invalidated.
+#[tokio::test]
+async fn a_forgotten_old_key_is_one_line_at_start_up_in_readyz_and_in_status() {
+    const NEW_KEY: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
+    let t = TestDb::new().await;
+    let old = calendar_sync::TokenCipher::new(KEY, "").unwrap();
+    calendar_sync::put_connection(
+        &t.db,
+        &old,
+        "w1",
+        "w1@example.com",
+        &secrecy::SecretString::from("rt-1"),
+    )
+    .await
+    .unwrap();
+    let url = t.url();
+    let kid = old.current_key_id().to_owned();
+    let out = output(
+        &["status"],
+        &[("DATABASE_URL", &url), ("TOKEN_ENCRYPTION_KEY", NEW_KEY)],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains(&format!("KEYS: stored refresh tokens are sealed with key id(s) no configured key has: {kid} (1 connection(s))")),
+        "{stdout}"
+    );
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = worker(
+        &["run"],
+        &[
+            ("DATABASE_URL", &url),
+            ("TOKEN_ENCRYPTION_KEY", NEW_KEY),
+            ("GOOGLE_CLIENT_ID", "client-1"),
+            ("GOOGLE_CLIENT_SECRET", "secret-1"),
+            ("CALENDAR_SYNC_HTTP_ADDR", &addr),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut readyz = (0, String::new());
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            readyz = http_get(port, "/readyz").await;
+            break;
+        }
+    }
+    assert_eq!(readyz.0, 503, "{}", readyz.1);
+    assert!(readyz.1.contains(&kid), "{}", readyz.1);
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("no configured key has"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(lines[0].contains(&kid), "{stderr}");
+    assert!(
+        calendar_sync::list_connections(&t.db).await.unwrap()[0].is_valid,
+        "nothing marked invalid"
+    );
+}

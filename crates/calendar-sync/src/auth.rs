@@ -24,11 +24,14 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
-use crate::crypto::TokenCipher;
+use crate::crypto::{DecryptError, TokenCipher};
 use crate::store;
 
 /// Refresh this long before Google says the token expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
+/// How long items wait when their token's key is not configured: a worker
+/// restarted with the key picks them up within this.
+const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(30);
 /// Google's usual lifetime, when the response omits `expires_in`.
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3599);
 
@@ -59,6 +62,8 @@ impl std::fmt::Debug for OAuthConfig {
 struct Cached {
     token: SecretString,
     expires_at: Instant,
+    /// The connection version the token was minted under.
+    version: i64,
 }
 
 /// One connection's cache: its access token, and the stored refresh token that
@@ -77,6 +82,8 @@ pub(crate) struct Tokens {
     pool: Pool,
     cipher: TokenCipher,
     slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// When the last version snapshot's query started, and what it read.
+    versions: tokio::sync::Mutex<Option<(Instant, HashMap<String, i64>)>>,
     refreshes: AtomicU64,
 }
 
@@ -106,6 +113,7 @@ impl Tokens {
             pool,
             cipher,
             slots: Mutex::new(HashMap::new()),
+            versions: tokio::sync::Mutex::new(None),
             refreshes: AtomicU64::new(0),
         })
     }
@@ -122,10 +130,14 @@ impl Tokens {
 
     /// A usable access token. Concurrent callers of one workspace share one
     /// refresh: they wait on the workspace's slot while the first refreshes.
+    /// A reconnect anywhere (a new connection version) drops the cached token
+    /// before it is used again.
     pub async fn access_token(&self, workspace_id: &str) -> Result<SecretString, CalendarError> {
+        let version = self.version(workspace_id).await?;
         let slot = self.slot(workspace_id);
         let mut slot = slot.lock().await;
         if let Some(c) = slot.cached.as_ref()
+            && c.version == version
             && c.expires_at > Instant::now() + EXPIRY_MARGIN
         {
             return Ok(c.token.clone());
@@ -134,6 +146,36 @@ impl Tokens {
         let token = fresh.token.clone();
         slot.cached = Some(fresh);
         Ok(token)
+    }
+
+    /// The stored connection's version (0 when there is none), from a snapshot
+    /// whose query started after this call asked: a reconnect committed before
+    /// the call is always seen, while every call waiting meanwhile shares one
+    /// read (one pooled connection per process, whatever the concurrency).
+    async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
+        let asked = Instant::now();
+        let mut snapshot = self.versions.lock().await;
+        if let Some((started, versions)) = snapshot.as_ref()
+            && *started >= asked
+        {
+            return Ok(versions.get(workspace_id).copied().unwrap_or(0));
+        }
+        let started = Instant::now();
+        let client = self.pool.get().await.map_err(database)?;
+        let statement = client
+            .prepare_cached(store::CONNECTION_VERSIONS)
+            .await
+            .map_err(database)?;
+        let versions: HashMap<String, i64> = client
+            .query(&statement, &[])
+            .await
+            .map_err(database)?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let version = versions.get(workspace_id).copied().unwrap_or(0);
+        *snapshot = Some((started, versions));
+        Ok(version)
     }
 
     /// Drops `stale` from the cache (after Google answered 401 to it), unless
@@ -183,12 +225,7 @@ impl Tokens {
         let refresh_token = self
             .cipher
             .decrypt(workspace_id, &connection.refresh_token_encrypted)
-            .map_err(|e| {
-                invalid(
-                    "token_undecryptable",
-                    format!("the stored refresh token cannot be used: {e}"),
-                )
-            })?;
+            .map_err(undecryptable)?;
         self.refreshes.fetch_add(1, Ordering::Relaxed);
         let http = StatusRecorder {
             inner: self.http.clone(),
@@ -243,6 +280,7 @@ impl Tokens {
         Ok(Cached {
             token: SecretString::from(response.access_token().secret().to_owned()),
             expires_at: Instant::now() + lifetime,
+            version: connection.version,
         })
     }
 }
@@ -271,6 +309,28 @@ impl<'c> AsyncHttpClient<'c> for StatusRecorder {
 
 fn database(e: impl std::fmt::Display) -> CalendarError {
     CalendarError::new(CalendarErrorKind::Transient, "database", e.to_string())
+}
+
+/// An envelope under a key id that no configured key has is a deployment
+/// mistake, not this connection's fault: its items wait (no attempt used,
+/// nothing invalidated) until a worker with the key picks them up. Anything
+/// else (a tag that fails under a known key, a malformed envelope) is.
+fn undecryptable(error: DecryptError) -> CalendarError {
+    match error {
+        DecryptError::UnknownKeyId { kid } => CalendarError::new(
+            CalendarErrorKind::HeldBack,
+            "token_key_unknown",
+            format!(
+                "the stored refresh token is sealed with key id {kid}, which no configured key has; \
+                 add that key to TOKEN_ENCRYPTION_OLD_KEYS"
+            ),
+        )
+        .with_retry_after(Some(UNKNOWN_KEY_WAIT)),
+        other => invalid(
+            "token_undecryptable",
+            format!("the stored refresh token cannot be used: {other}"),
+        ),
+    }
 }
 
 fn invalid(code: &str, message: String) -> CalendarError {

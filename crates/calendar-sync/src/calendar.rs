@@ -85,6 +85,9 @@ pub enum CalendarErrorKind {
     Gone,
     /// 409 on insert: the id is taken (by our own earlier attempt, or a cancelled event).
     Duplicate,
+    /// 412 `conditionNotMet`: the event changed since the etag we sent in
+    /// `If-Match`; re-read it and decide again.
+    Conflict,
     /// Rate limited (403 rateLimitExceeded / userRateLimitExceeded, 429): retry later.
     RateLimited,
     /// Google's usage limits (403 quotaExceeded): the calendar is read-only for hours.
@@ -92,7 +95,7 @@ pub enum CalendarErrorKind {
     /// Held back on our side (an open circuit breaker): wait `retry_after`
     /// without using an attempt.
     HeldBack,
-    /// 5xx, timeouts, connection errors, 412, token endpoint 5xx: retry later.
+    /// 5xx, timeouts, connection errors, token endpoint 5xx: retry later.
     Transient,
     /// The OAuth grant is unusable (revoked, wrong client, missing scope): needs re-authorisation.
     ConnectionInvalid,
@@ -136,8 +139,9 @@ impl CalendarError {
         self
     }
 
-    /// Whether the error says the event is not there (404, 410): for a delete,
-    /// the desired state already holds.
+    /// Whether the error says the event may not be there (404, 410). A 404
+    /// alone proves nothing (Google's eventual consistency, or the calendar's
+    /// access lost for a while): the engine confirms before acting on it.
     pub fn means_absent(&self) -> bool {
         matches!(
             self.kind,
@@ -148,7 +152,7 @@ impl CalendarError {
     /// How the engine treats this error when nothing more specific applies.
     pub fn class(&self) -> ErrorClass {
         match self.kind {
-            CalendarErrorKind::Transient => ErrorClass::Retryable {
+            CalendarErrorKind::Transient | CalendarErrorKind::Conflict => ErrorClass::Retryable {
                 retry_after: self.retry_after,
             },
             CalendarErrorKind::RateLimited => ErrorClass::RateLimited {
@@ -203,20 +207,39 @@ pub trait Calendar: Send + Sync + 'static {
         body: &EventBody,
     ) -> impl Future<Output = Result<RemoteEvent, CalendarError>> + Send;
 
-    /// Replaces an event's content (a full update, not a patch).
+    /// Replaces an event's content (a full update, not a patch). With
+    /// `if_match`, only if the event's etag is still that one
+    /// ([`CalendarErrorKind::Conflict`] otherwise): a late write cannot land
+    /// over a newer one.
     fn update_event(
         &self,
         target: &CalendarKey,
         event_id: &str,
         body: &EventBody,
+        if_match: Option<&str>,
     ) -> impl Future<Output = Result<RemoteEvent, CalendarError>> + Send;
 
-    /// Deletes an event.
+    /// Deletes an event; with `if_match`, only if its etag is still that one.
     fn delete_event(
         &self,
         target: &CalendarKey,
         event_id: &str,
+        if_match: Option<&str>,
     ) -> impl Future<Output = Result<(), CalendarError>> + Send;
+
+    /// Reads one event, cancelled or not.
+    fn get_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+    ) -> impl Future<Output = Result<RemoteEvent, CalendarError>> + Send;
+
+    /// Whether the calendar exists for this connection (calendars.get): false
+    /// on 404.
+    fn calendar_exists(
+        &self,
+        target: &CalendarKey,
+    ) -> impl Future<Output = Result<bool, CalendarError>> + Send;
 
     /// Lists the events whose private extended property `key` equals `value`
     /// (cancelled ones excluded), one page at a time.

@@ -356,6 +356,11 @@ impl TokenCipher {
             .is_ok_and(|p| p.kid != self.current.id && self.old.iter().any(|s| s.id == p.kid))
     }
 
+    /// Whether a configured key (current or old) has this id.
+    pub fn knows_key_id(&self, kid: &str) -> bool {
+        self.slots().any(|s| s.id == kid)
+    }
+
     fn slots(&self) -> impl Iterator<Item = &KeySlot> {
         std::iter::once(&self.current).chain(self.old.iter())
     }

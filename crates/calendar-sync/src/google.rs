@@ -18,12 +18,14 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use crate::auth::{OAuthConfig, Tokens};
+use crate::backoff::parse_retry_after;
 use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventPage, EventTime, RemoteEvent,
 };
 use crate::crypto::TokenCipher;
 use crate::db::Database;
 use crate::error::Error;
+use crate::fenced::FencedCall;
 use crate::limits::{Breakers, Limits};
 use crate::operation::CalendarKey;
 use crate::store;
@@ -216,7 +218,14 @@ impl GoogleCalendar {
             let hub = self.hub(&token);
             let sent = tokio::time::timeout(
                 self.timeout,
-                send(&hub, &target.calendar_id, request, &mut capture),
+                send(
+                    &hub,
+                    &self.base_url,
+                    &token,
+                    &target.calendar_id,
+                    request,
+                    &mut capture,
+                ),
             )
             .await;
             let status = match &sent {
@@ -275,12 +284,13 @@ impl GoogleCalendar {
     }
 }
 
-/// What we ask Google.
+/// What we ask Google. Update and Delete carry the etag to fence with.
 enum Request<'a> {
     Insert(Event),
-    Update(&'a str, Event),
+    Update(&'a str, Event, Option<&'a str>),
     Get(&'a str),
-    Delete(&'a str),
+    Delete(&'a str, Option<&'a str>),
+    GetCalendar,
     List {
         property: String,
         page_token: Option<&'a str>,
@@ -294,7 +304,8 @@ impl Request<'_> {
             Self::Insert(_) => "insert",
             Self::Update(..) => "update",
             Self::Get(_) => "get",
-            Self::Delete(_) => "delete",
+            Self::Delete(..) => "delete",
+            Self::GetCalendar => "calendar_get",
             Self::List { .. } => "list",
         }
     }
@@ -303,24 +314,49 @@ impl Request<'_> {
 enum Reply {
     Event(Box<Event>),
     Deleted,
+    Calendar,
     Page(Box<google_calendar3::api::Events>),
 }
 
 async fn send(
     hub: &Hub,
+    base_url: &str,
+    token: &SecretString,
     calendar_id: &str,
     request: &Request<'_>,
     capture: &mut Capture,
 ) -> google_calendar3::common::Result<Reply> {
+    let fenced = |event_id, etag, event| FencedCall {
+        base_url,
+        calendar_id,
+        event_id,
+        etag,
+        event,
+    };
     let events = hub.events();
     match request {
+        Request::Update(id, event, Some(etag)) => fenced(id, etag, Some(event))
+            .send(&hub.client, token.expose_secret(), capture)
+            .await
+            .map(|e| Reply::Event(Box::new(e.unwrap_or_default()))),
+        Request::Delete(id, Some(etag)) => fenced(id, etag, None)
+            .send(&hub.client, token.expose_secret(), capture)
+            .await
+            .map(|_| Reply::Deleted),
+        Request::GetCalendar => hub
+            .calendars()
+            .get(calendar_id)
+            .delegate(capture)
+            .doit()
+            .await
+            .map(|_| Reply::Calendar),
         Request::Insert(event) => events
             .insert(event.clone(), calendar_id)
             .delegate(capture)
             .doit()
             .await
             .map(|(_, e)| Reply::Event(Box::new(e))),
-        Request::Update(id, event) => events
+        Request::Update(id, event, None) => events
             .update(event.clone(), calendar_id, id)
             .delegate(capture)
             .doit()
@@ -332,7 +368,7 @@ async fn send(
             .doit()
             .await
             .map(|(_, e)| Reply::Event(Box::new(e))),
-        Request::Delete(id) => events
+        Request::Delete(id, None) => events
             .delete(calendar_id, id)
             .delegate(capture)
             .doit()
@@ -373,8 +409,7 @@ impl Delegate for Capture {
             .headers()
             .get(http::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
         Retry::Abort
     }
 }
@@ -422,7 +457,8 @@ fn classify(error: google_calendar3::common::Error, capture: &Capture) -> Calend
         (404, _) => CalendarErrorKind::NotFound,
         (410, _) => CalendarErrorKind::Gone,
         (409, "duplicate") => CalendarErrorKind::Duplicate,
-        (408 | 409 | 412, _) => CalendarErrorKind::Transient,
+        (412, _) => CalendarErrorKind::Conflict,
+        (408 | 409, _) => CalendarErrorKind::Transient,
         (s, _) if s >= 500 => CalendarErrorKind::Transient,
         _ => CalendarErrorKind::Permanent,
     };
@@ -544,11 +580,10 @@ impl Calendar for GoogleCalendar {
         target: &CalendarKey,
         event_id: &str,
         body: &EventBody,
+        if_match: Option<&str>,
     ) -> Result<RemoteEvent, CalendarError> {
-        match self
-            .call(target, &Request::Update(event_id, to_google(None, body)))
-            .await
-        {
+        let request = Request::Update(event_id, to_google(None, body), if_match);
+        match self.call(target, &request).await {
             Ok(reply) => expect_event(reply),
             // Whether Google lets a cancelled event be updated is undocumented;
             // if it refuses, look: a cancelled event needs a fresh id, which the
@@ -571,10 +606,27 @@ impl Calendar for GoogleCalendar {
         &self,
         target: &CalendarKey,
         event_id: &str,
+        if_match: Option<&str>,
     ) -> Result<(), CalendarError> {
-        self.call(target, &Request::Delete(event_id))
+        self.call(target, &Request::Delete(event_id, if_match))
             .await
             .map(|_| ())
+    }
+
+    async fn get_event(
+        &self,
+        target: &CalendarKey,
+        event_id: &str,
+    ) -> Result<RemoteEvent, CalendarError> {
+        expect_event(self.call(target, &Request::Get(event_id)).await?)
+    }
+
+    async fn calendar_exists(&self, target: &CalendarKey) -> Result<bool, CalendarError> {
+        match self.call(target, &Request::GetCalendar).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind == CalendarErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     async fn list_events(

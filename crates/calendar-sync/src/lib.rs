@@ -75,6 +75,7 @@ mod db;
 mod desired;
 mod drain;
 mod error;
+mod fenced;
 mod google;
 mod item;
 mod limits;

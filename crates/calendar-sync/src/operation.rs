@@ -15,6 +15,14 @@ use serde_json::{Map, Value, json};
 pub const MAX_ID_LEN: usize = 1024;
 /// Longest accepted `sourceType` and `eventType`.
 pub const MAX_TYPE_LEN: usize = 64;
+/// Longest `event.title`, in characters. Google documents no limit for
+/// `summary`; this bound keeps us well inside what it stores unchanged.
+pub const MAX_TITLE_LEN: usize = 1024;
+/// Longest `event.description`, in characters: Google documents none, and
+/// about 8,192 is where third parties report it failing or truncating. A longer
+/// one dead-letters at once rather than drift after a truncation on every
+/// REBUILD_ALL.
+pub const MAX_DESCRIPTION_LEN: usize = 8192;
 
 /// The three operations a producer can enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -304,9 +312,8 @@ impl<'a> Fields<'a> {
         Ok(value)
     }
 
-    /// A required identifier: non-empty, bounded, free of control characters.
-    fn id(&self, name: &str, max_len: usize) -> Result<String, DecodeError> {
-        let value = self.required_str(name)?;
+    /// Refuses text longer than `max_len` characters, naming the field.
+    fn within(&self, name: &str, value: &str, max_len: usize) -> Result<(), DecodeError> {
         let len = value.chars().count();
         if len > max_len {
             return Err(DecodeError::new(
@@ -314,6 +321,13 @@ impl<'a> Fields<'a> {
                 format!("is {len} characters long; the limit is {max_len}"),
             ));
         }
+        Ok(())
+    }
+
+    /// A required identifier: non-empty, bounded, free of control characters.
+    fn id(&self, name: &str, max_len: usize) -> Result<String, DecodeError> {
+        let value = self.required_str(name)?;
+        self.within(name, value, max_len)?;
         if value.chars().any(char::is_control) {
             return Err(DecodeError::new(
                 self.field(name),
@@ -347,7 +361,11 @@ impl<'a> Fields<'a> {
 
     fn event_details(&self) -> Result<EventDetails, DecodeError> {
         let title = self.required_str("title")?.to_owned();
+        self.within("title", &title, MAX_TITLE_LEN)?;
         let description = self.optional_str("description")?.map(str::to_owned);
+        if let Some(d) = &description {
+            self.within("description", d, MAX_DESCRIPTION_LEN)?;
+        }
         let is_all_day = match self.optional("isAllDay") {
             None => false,
             Some(Value::Bool(b)) => *b,

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::crypto::TokenCipher;
 use crate::db::Database;
 use crate::error::Error;
 use crate::migrate::known_migrations;
@@ -45,6 +46,9 @@ pub struct StatusReport {
     pub dead_letters: Vec<DeadLetterGroup>,
     /// Stored Google connections (never a token).
     pub connections: Vec<ConnectionInfo>,
+    /// Stored key ids that the reader's configured keys cannot open (filled by
+    /// [`StatusReport::check_keys`]; empty when not checked).
+    pub unknown_key_ids: Vec<UnknownKeyId>,
 }
 
 /// Reads the status report.
@@ -93,10 +97,17 @@ SELECT workspace_id, code, count(*) AS n,
         oldest_pending_age_secs,
         dead_letters,
         connections,
+        unknown_key_ids: Vec::new(),
     })
 }
 
 impl StatusReport {
+    /// Fills `unknown_key_ids` against the configured keys.
+    pub async fn check_keys(&mut self, db: &Database, cipher: &TokenCipher) -> Result<(), Error> {
+        self.unknown_key_ids = unknown_key_ids(db, cipher).await?;
+        Ok(())
+    }
+
     /// A readable terminal table.
     pub fn render_table(&self) -> String {
         let mut out = String::new();
@@ -132,6 +143,9 @@ impl StatusReport {
                     cut(&g.last_error, 100)
                 );
             }
+        }
+        if let Some(line) = unknown_key_ids_line(&self.unknown_key_ids) {
+            let _ = writeln!(out, "\nKEYS: {line}");
         }
         if !self.connections.is_empty() {
             let _ = writeln!(out, "\nCONNECTIONS");
@@ -173,6 +187,57 @@ impl StatusReport {
         let paused = self.connections.iter().filter(|c| c.paused).count();
         metrics::gauge!("calendar_sync_paused_connections").set(paused as f64);
     }
+}
+
+/// A key id that stored refresh tokens are sealed with and no configured key has.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UnknownKeyId {
+    /// The envelope's key id (not secret).
+    pub key_id: String,
+    /// How many connections carry it.
+    pub connections: i64,
+}
+
+/// The stored key ids that `cipher` cannot open: a configuration mistake
+/// (a new `TOKEN_ENCRYPTION_KEY` without the old one in
+/// `TOKEN_ENCRYPTION_OLD_KEYS`). Their workspaces' items wait, unharmed.
+pub async fn unknown_key_ids(
+    db: &Database,
+    cipher: &TokenCipher,
+) -> Result<Vec<UnknownKeyId>, Error> {
+    let client = db.pool().get().await?;
+    let rows = client
+        .query(
+            "SELECT split_part(refresh_token_encrypted, ':', 2) AS kid, count(*)
+               FROM google_connections WHERE refresh_token_encrypted LIKE 'v1:%'
+              GROUP BY kid ORDER BY kid",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| UnknownKeyId {
+            key_id: r.get(0),
+            connections: r.get(1),
+        })
+        .filter(|k| !cipher.knows_key_id(&k.key_id))
+        .collect())
+}
+
+/// The one line `run`, `/readyz` and `status` print about unknown key ids.
+pub fn unknown_key_ids_line(unknown: &[UnknownKeyId]) -> Option<String> {
+    if unknown.is_empty() {
+        return None;
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|k| format!("{} ({} connection(s))", k.key_id, k.connections))
+        .collect();
+    Some(format!(
+        "stored refresh tokens are sealed with key id(s) no configured key has: {}; \
+         add the key(s) to TOKEN_ENCRYPTION_OLD_KEYS (their items wait meanwhile)",
+        list.join(", ")
+    ))
 }
 
 /// Whether the database answers and has every migration this build knows.

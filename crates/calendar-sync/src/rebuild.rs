@@ -192,6 +192,7 @@ impl<C: Calendar> Pass<'_, C> {
                     b.binding.google_event_id == event.id
                         && b.binding.state == BindingState::Live
                         && b.binding.content_hash.as_deref() == Some(hash.as_str())
+                        && b.binding.etag == event.etag
                 });
                 if !in_step {
                     let written = crate::sync::Written {
@@ -209,6 +210,7 @@ impl<C: Calendar> Pass<'_, C> {
                 Start::Update {
                     id: event.id.clone(),
                     generation,
+                    etag: event.etag.clone(),
                 }
             }
             None => {
@@ -297,7 +299,8 @@ impl<C: Calendar> Pass<'_, C> {
     }
 
     async fn delete(&mut self, id: &str) -> Result<(), ApplyError> {
-        delete_event(self.calendar, self.target, id).await?;
+        let etag = self.remote.get(id).and_then(|e| e.etag.clone());
+        delete_event(self.calendar, self.target, id, etag).await?;
         self.remote.remove(id);
         self.progress.deleted += 1;
         Ok(())

@@ -663,6 +663,8 @@ pub struct ConnectionRow {
     pub is_valid: bool,
     /// Why it is invalid.
     pub invalid_reason: Option<String>,
+    /// Bumped by every reconnect (see [`connection_version`]).
+    pub version: i64,
 }
 
 impl std::fmt::Debug for ConnectionRow {
@@ -682,7 +684,8 @@ pub async fn connection(
 ) -> Result<Option<ConnectionRow>, tokio_postgres::Error> {
     let row = client
         .query_opt(
-            "SELECT google_email, refresh_token_encrypted, is_valid, invalid_reason
+            "SELECT google_email, refresh_token_encrypted, is_valid, invalid_reason,
+                    connection_version
                FROM google_connections WHERE workspace_id = $1",
             &[&workspace_id],
         )
@@ -692,8 +695,14 @@ pub async fn connection(
         refresh_token_encrypted: r.get(1),
         is_valid: r.get(2),
         invalid_reason: r.get(3),
+        version: r.get(4),
     }))
 }
+
+/// Every connection's version: read before Google calls (one read shared by
+/// all the calls waiting meanwhile) so that a reconnect is never missed.
+pub const CONNECTION_VERSIONS: &str =
+    "SELECT workspace_id, connection_version FROM google_connections";
 
 /// Stores (or replaces) a workspace's connection and marks it valid.
 pub async fn put_connection(
@@ -709,7 +718,8 @@ pub async fn put_connection(
              ON CONFLICT (workspace_id) DO UPDATE
                 SET google_email = excluded.google_email,
                     refresh_token_encrypted = excluded.refresh_token_encrypted,
-                    is_valid = true, invalid_reason = NULL, paused_until = NULL, updated_at = now()",
+                    is_valid = true, invalid_reason = NULL, paused_until = NULL, updated_at = now(),
+                    connection_version = google_connections.connection_version + 1",
             &[&workspace_id, &google_email, &refresh_token_encrypted],
         )
         .await?;

@@ -22,9 +22,10 @@ use crate::calendar::{
 use crate::operation::{CalendarKey, EventTiming, SourceKey, UpsertEvent};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem};
 
-/// At most this many fresh ids per attempt: each step means Google reported the
-/// previous id cancelled or gone, which cannot go on for long legitimately.
-const MAX_GENERATION_STEPS: u32 = 4;
+/// At most this many write calls per attempt: each further step means Google
+/// reported the event cancelled, gone or changed under us, which cannot go on
+/// for long legitimately.
+const MAX_WRITE_STEPS: u32 = 6;
 
 /// What applying an operation achieved.
 #[derive(Debug)]
@@ -159,8 +160,12 @@ pub fn content_hash(body: &EventBody) -> String {
 
 /// Where writing a source's event starts.
 pub(crate) enum Start {
-    /// Update the event we believe is live.
-    Update { id: String, generation: i32 },
+    /// Update the event we believe is live, fenced by the etag we last saw.
+    Update {
+        id: String,
+        generation: i32,
+        etag: Option<String>,
+    },
     /// Insert under this id (persisted first).
     Insert { id: String, generation: i32 },
 }
@@ -192,6 +197,7 @@ pub(crate) async fn upsert<C: Calendar>(
             BindingState::Live => Start::Update {
                 id: b.google_event_id.clone(),
                 generation: b.generation,
+                etag: b.etag.clone(),
             },
             BindingState::Inserting => Start::Insert {
                 id: b.google_event_id.clone(),
@@ -251,9 +257,17 @@ pub(crate) fn live_binding(
     }
 }
 
+/// One step of writing a source's event.
+enum Step {
+    /// A full update, fenced by this etag when we know it.
+    Update(Option<String>),
+    /// An insert under the current id.
+    Insert,
+}
+
 /// Makes the source's event exist with `body`, starting from `start`: an
-/// update that finds the event cancelled or gone moves to a fresh id; an
-/// insert persists its id first and adopts its own event on 409.
+/// update that finds the event confirmed cancelled or gone moves to a fresh
+/// id; an insert persists its id first and adopts its own event on 409.
 pub(crate) async fn write_event<C: Calendar>(
     calendar: &C,
     pool: &Pool,
@@ -264,86 +278,213 @@ pub(crate) async fn write_event<C: Calendar>(
     start: Start,
 ) -> Result<Written, ApplyError> {
     let target = &source.calendar;
-    let (mut id, mut generation, mut update) = match start {
-        Start::Update { id, generation } => (id, generation, true),
-        Start::Insert { id, generation } => (id, generation, false),
+    let (mut id, mut generation, mut step) = match start {
+        Start::Update {
+            id,
+            generation,
+            etag,
+        } => (id, generation, Step::Update(etag)),
+        Start::Insert { id, generation } => (id, generation, Step::Insert),
     };
-    for _ in 0..MAX_GENERATION_STEPS {
-        if update {
-            match calendar.update_event(target, &id, body).await {
-                Ok(event) if !event.cancelled => {
+    for _ in 0..MAX_WRITE_STEPS {
+        step = match step {
+            Step::Update(etag) => match update(calendar, target, &id, body, etag).await? {
+                Updated::Done(etag) => {
                     return Ok(Written {
                         id,
                         generation,
-                        etag: event.etag,
+                        etag,
                     });
                 }
-                // Deleted by hand (the update left it cancelled, or it is gone):
-                // its id stays taken, so move to a fresh one.
-                Ok(_) => {}
-                Err(e) if e.means_absent() => {}
-                Err(e) => return Err(e.into()),
+                Updated::Again(etag) => Step::Update(etag),
+                // Deleted by hand (or by a late delete): its id stays taken.
+                Updated::Gone => {
+                    generation += 1;
+                    id = event_id(source, generation);
+                    Step::Insert
+                }
+            },
+            Step::Insert => {
+                reserve(pool, item, source, event_type, &id, generation).await?;
+                match calendar.insert_event(target, &id, body).await {
+                    Ok(event) => {
+                        return Ok(Written {
+                            id,
+                            generation,
+                            etag: event.etag,
+                        });
+                    }
+                    // Our own id exists: an earlier attempt's insert landed but
+                    // its reply was lost (or a cancelled event keeps the id).
+                    Err(e) if e.kind == CalendarErrorKind::Duplicate => Step::Update(None),
+                    Err(e) => return Err(e.into()),
+                }
             }
-            generation += 1;
-            id = event_id(source, generation);
-            update = false;
-            continue;
-        }
-        let reservation = BindingWrite {
-            source: source.clone(),
-            google_event_id: id.clone(),
-            generation,
-            state: BindingState::Inserting,
-            etag: None,
-            content_hash: None,
-            content: None,
-            event_type: Some(event_type.to_owned()),
         };
-        // The claim reserves the first id an insert needs (see
-        // `calendar_sync_claim`); only a later generation needs writing here.
-        let reserved = item.binding.as_ref().is_some_and(|b| {
-            b.state == BindingState::Inserting
-                && b.google_event_id == id
-                && b.generation == generation
-        });
-        if !reserved && !store::put_binding(&**pool.get().await?, item, &reservation).await? {
-            return Err(ApplyError::ClaimLost);
-        }
-        match calendar.insert_event(target, &id, body).await {
-            Ok(event) => {
-                return Ok(Written {
-                    id,
-                    generation,
-                    etag: event.etag,
-                });
-            }
-            // Our own id exists: an earlier attempt's insert landed but its
-            // reply was lost (or a cancelled event keeps the id). Adopt it.
-            Err(e) if e.kind == CalendarErrorKind::Duplicate => update = true,
-            Err(e) => return Err(e.into()),
-        }
     }
     Err(CalendarError::new(
         CalendarErrorKind::Transient,
-        "event_id_churn",
-        format!("the event's id was found cancelled {MAX_GENERATION_STEPS} times in one attempt"),
+        "event_write_churn",
+        format!("the event changed or vanished {MAX_WRITE_STEPS} times in one attempt"),
     )
     .into())
 }
 
-/// Deletes an event; one that is already gone (404, 410) counts as deleted.
+/// Persists the id an insert is about to use. The claim reserves the first id
+/// an insert needs (see `calendar_sync_claim`); only a later one is written here.
+async fn reserve(
+    pool: &Pool,
+    item: &ClaimedItem,
+    source: &SourceKey,
+    event_type: &str,
+    id: &str,
+    generation: i32,
+) -> Result<(), ApplyError> {
+    let reserved = item.binding.as_ref().is_some_and(|b| {
+        b.state == BindingState::Inserting && b.google_event_id == id && b.generation == generation
+    });
+    if reserved {
+        return Ok(());
+    }
+    let reservation = BindingWrite {
+        source: source.clone(),
+        google_event_id: id.to_owned(),
+        generation,
+        state: BindingState::Inserting,
+        etag: None,
+        content_hash: None,
+        content: None,
+        event_type: Some(event_type.to_owned()),
+    };
+    if store::put_binding(&**pool.get().await?, item, &reservation).await? {
+        Ok(())
+    } else {
+        Err(ApplyError::ClaimLost)
+    }
+}
+
+/// What one fenced update came to.
+enum Updated {
+    /// Written; the event's new etag.
+    Done(Option<String>),
+    /// The event changed under us (a hand edit, or a late write of ours):
+    /// ours is the newest content, so write again at its current etag.
+    Again(Option<String>),
+    /// Confirmed cancelled or gone.
+    Gone,
+}
+
+/// Updates with `If-Match`; a refusal is read back before anything follows
+/// from it: a 404 only counts once a GET confirms it.
+async fn update<C: Calendar>(
+    calendar: &C,
+    target: &CalendarKey,
+    id: &str,
+    body: &EventBody,
+    etag: Option<String>,
+) -> Result<Updated, ApplyError> {
+    let error = match calendar
+        .update_event(target, id, body, etag.as_deref())
+        .await
+    {
+        Ok(event) if !event.cancelled => return Ok(Updated::Done(event.etag)),
+        Ok(_) => return Ok(Updated::Gone),
+        Err(e) if e.means_absent() || e.kind == CalendarErrorKind::Conflict => e,
+        Err(e) => return Err(e.into()),
+    };
+    match look(calendar, target, id).await? {
+        Found::Gone => Ok(Updated::Gone),
+        Found::Live(current) if error.kind == CalendarErrorKind::Conflict => {
+            Ok(Updated::Again(current))
+        }
+        Found::Live(_) => Err(unconfirmed(&error).into()),
+    }
+}
+
+/// What Google says about an event a write could not find or fence.
+pub(crate) enum Found {
+    /// There and not cancelled, at this etag.
+    Live(Option<String>),
+    /// Cancelled, 410, or 404 on a calendar that exists.
+    Gone,
+}
+
+/// Reads the event back after a 404, 410 or 412. A 404 on the calendar itself
+/// is an error that dead-letters without a new id: once access returns, the
+/// old event is still there.
+pub(crate) async fn look<C: Calendar>(
+    calendar: &C,
+    target: &CalendarKey,
+    id: &str,
+) -> Result<Found, ApplyError> {
+    match calendar.get_event(target, id).await {
+        Ok(event) if event.cancelled => Ok(Found::Gone),
+        Ok(event) => Ok(Found::Live(event.etag)),
+        Err(e) if e.kind == CalendarErrorKind::Gone => Ok(Found::Gone),
+        Err(e) if e.kind == CalendarErrorKind::NotFound => {
+            if calendar.calendar_exists(target).await? {
+                Ok(Found::Gone)
+            } else {
+                Err(CalendarError::new(
+                    CalendarErrorKind::Permanent,
+                    "calendar_not_found",
+                    format!(
+                        "calendar {} does not exist for this connection (or its access is lost); \
+                         requeue once it is back",
+                        target.calendar_id
+                    ),
+                )
+                .into())
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A 404 that the read-back contradicts: retry later.
+fn unconfirmed(error: &CalendarError) -> CalendarError {
+    CalendarError::new(
+        CalendarErrorKind::Transient,
+        "google_404_unconfirmed",
+        format!(
+            "Google answered {} but the event is still there",
+            error.code
+        ),
+    )
+}
+
+/// Deletes an event, fenced by `etag` when known. Done once Google confirms it
+/// gone (the delete, a 410, or a read-back); a 404 the read-back contradicts is
+/// retryable, and a 412 deletes again at the current etag.
 pub(crate) async fn delete_event<C: Calendar>(
     calendar: &C,
     target: &CalendarKey,
     id: &str,
+    etag: Option<String>,
 ) -> Result<(), ApplyError> {
-    match calendar.delete_event(target, id).await {
-        Err(e) if !e.means_absent() => Err(e.into()),
-        _ => Ok(()),
+    let mut etag = etag;
+    for _ in 0..MAX_WRITE_STEPS {
+        let error = match calendar.delete_event(target, id, etag.as_deref()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind == CalendarErrorKind::Gone => return Ok(()),
+            Err(e) if e.means_absent() || e.kind == CalendarErrorKind::Conflict => e,
+            Err(e) => return Err(e.into()),
+        };
+        match look(calendar, target, id).await? {
+            Found::Gone => return Ok(()),
+            Found::Live(current) if error.kind == CalendarErrorKind::Conflict => etag = current,
+            Found::Live(_) => return Err(unconfirmed(&error).into()),
+        }
     }
+    Err(CalendarError::new(
+        CalendarErrorKind::Transient,
+        "event_write_churn",
+        format!("the event changed {MAX_WRITE_STEPS} times while being deleted"),
+    )
+    .into())
 }
 
-/// Deletes the source's event. A 404 or 410 means the desired state holds.
+/// Deletes the source's event; COMPLETED only once Google confirms it gone.
 pub(crate) async fn cancel<C: Calendar>(
     calendar: &C,
     item: &ClaimedItem,
@@ -356,7 +497,11 @@ pub(crate) async fn cancel<C: Calendar>(
     if binding.state == BindingState::Cancelled {
         return Ok(Applied::unchanged());
     }
-    delete_event(calendar, &source.calendar, &binding.google_event_id).await?;
+    // An INSERTING id may never have reached Google: no etag to fence with.
+    let etag = (binding.state == BindingState::Live)
+        .then(|| binding.etag.clone())
+        .flatten();
+    delete_event(calendar, &source.calendar, &binding.google_event_id, etag).await?;
     Ok(Applied {
         binding: Some(BindingWrite {
             source: source.clone(),

@@ -20,6 +20,7 @@ pub(crate) fn dispatch(shared: &Shared, route: &Route, req: &Req) -> Resp {
     let result = match route {
         Route::Token => return token(&mut st, req),
         Route::Events(m, cal, id) => events(&mut st, *m, cal, id.as_deref(), req),
+        Route::Calendar(cal) => calendar(&mut st, cal, req),
         _ => Err(ApiError::not_found()),
     };
     result.unwrap_or_else(|e| api_error_response(&e, shape))
@@ -93,8 +94,25 @@ fn events(
             st.store.delete(&cal, id, ctx.if_match)?;
             Ok(empty_response(st.settings.delete_status))
         }
-        ApiMethod::Token | ApiMethod::Other => Err(ApiError::not_found()),
+        ApiMethod::CalendarGet | ApiMethod::Token | ApiMethod::Other => Err(ApiError::not_found()),
     }
+}
+
+/// calendars.get: the calendar's real id (`primary` resolved), 404 if unknown.
+fn calendar(st: &mut State, cal: &str, req: &Req) -> Result<Resp, ApiError> {
+    let principal = st.oauth.authenticate(req.header("authorization"))?;
+    principal.check_scope(false)?;
+    let id = st.store.resolve(cal, Some(&principal.user_email))?;
+    Ok(json_response(
+        200,
+        &serde_json::json!({
+            "kind": "calendar#calendar",
+            "etag": format!("\"cal-{id}\""),
+            "id": id,
+            "summary": id,
+            "timeZone": "UTC",
+        }),
+    ))
 }
 
 fn token(st: &mut State, req: &Req) -> Resp {

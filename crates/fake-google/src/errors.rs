@@ -41,6 +41,8 @@ pub struct ApiError {
     pub location: Option<String>,
     /// Value for a `Retry-After` header (seconds), if any.
     pub retry_after: Option<u64>,
+    /// A `Retry-After` header in the HTTP-date form (sent instead of `retry_after`).
+    pub retry_after_date: Option<String>,
     /// Overrides the fake's global [`ErrorShape`] for this one error.
     pub shape: Option<ErrorShape>,
 }
@@ -57,6 +59,7 @@ impl ApiError {
             location_type: None,
             location: None,
             retry_after: None,
+            retry_after_date: None,
             shape: None,
         }
     }

@@ -16,6 +16,12 @@ pub enum FaultKind {
         /// Seconds for the `Retry-After` header; `None` = no header.
         retry_after: Option<u64>,
     },
+    /// 429 `usageLimits`/`rateLimitExceeded` with `Retry-After` in the HTTP-date form, e.g.
+    /// `Wed, 21 Oct 2015 07:28:00 GMT`.
+    TooManyRequestsUntil {
+        /// The header value, sent as given.
+        http_date: String,
+    },
     /// 403 `usageLimits`/`quotaExceeded` "Calendar usage limits exceeded."
     QuotaExceeded,
     /// 403 `global`/`insufficientPermissions` "Insufficient Permission".
@@ -44,6 +50,15 @@ pub enum FaultKind {
     CommittedReplyLost,
     /// Close the connection without processing the request (nothing committed).
     ConnectionReset,
+    /// 404 `global`/`notFound` "Not Found" without looking: Google's eventual consistency
+    /// (a 404 right after a write) or a calendar whose access is lost for a while.
+    NotFound,
+    /// Hold the request for `delay_ms`, then process it (the write is committed late, after
+    /// the client has usually given up) and answer. A timed-out write that Google applies anyway.
+    HangThenApply {
+        /// How long the request waits before it is processed.
+        delay_ms: u64,
+    },
 }
 
 /// One injected fault. Build with [`Fault::new`] and the chained setters.
@@ -128,6 +143,8 @@ pub(crate) enum Action {
     Hang,
     CommittedReplyLost,
     ConnectionReset,
+    /// Wait, then process normally.
+    Late(std::time::Duration),
 }
 
 impl Action {
@@ -140,11 +157,17 @@ impl Action {
                 e.retry_after = *retry_after;
                 e
             }
+            FaultKind::TooManyRequestsUntil { http_date } => {
+                let mut e = ApiError::rate_limit(429);
+                e.retry_after_date = Some(http_date.clone());
+                e
+            }
             FaultKind::QuotaExceeded => ApiError::quota_exceeded(),
             FaultKind::InsufficientPermissions => ApiError::insufficient_permissions(),
             FaultKind::RequiredAccessLevel => ApiError::required_access_level(),
             FaultKind::Forbidden => ApiError::forbidden(),
             FaultKind::BackendError => ApiError::backend_error(),
+            FaultKind::NotFound => ApiError::not_found(),
             FaultKind::ServiceUnavailable => ApiError::service_unavailable(),
             FaultKind::Raw {
                 status,
@@ -154,6 +177,9 @@ impl Action {
             FaultKind::Hang => return Action::Hang,
             FaultKind::CommittedReplyLost => return Action::CommittedReplyLost,
             FaultKind::ConnectionReset => return Action::ConnectionReset,
+            FaultKind::HangThenApply { delay_ms } => {
+                return Action::Late(std::time::Duration::from_millis(*delay_ms));
+            }
         };
         Action::Error(ApiError {
             shape: f.shape,

@@ -44,6 +44,8 @@
 //! - `POST/GET {root}calendar/v3/calendars/{cal}/events`,
 //!   `GET/PUT/PATCH/DELETE {root}calendar/v3/calendars/{cal}/events/{id}`: path segments are
 //!   percent-decoded (`a%40b.com` and `a@b.com` are the same calendar).
+//! - `GET {root}calendar/v3/calendars/{cal}` (calendars.get): `{kind, etag, id, summary,
+//!   timeZone}` with `primary` resolved to the real id; unknown calendar: 404.
 //! - `POST {root}token`: `grant_type=refresh_token`, client authentication by
 //!   `client_secret_post` (form fields) or `client_secret_basic` (Authorization header).
 //! - `{root}_fake/…`: a JSON admin API for out-of-process use (see the `admin` module docs).
@@ -120,6 +122,11 @@
 //!   tells whether the write was committed (that is the point of `CommittedReplyLost`).
 //! - A hang never resolves: `google-calendar3` has no timeout of its own; wrap `doit()` in
 //!   `tokio::time::timeout`. (The fake keeps a hung request open until it shuts down.)
+//! - [`FaultKind::NotFound`] answers 404 `notFound` without looking (Google's eventual
+//!   consistency right after a write, or a calendar whose access is lost for a while);
+//!   [`FaultKind::HangThenApply`] holds a request, then applies it (on its own task, so the
+//!   client giving up does not stop it) and answers: a timed-out write that Google applies
+//!   late; [`FaultKind::TooManyRequestsUntil`] sends `Retry-After` as an HTTP-date.
 //! - Faults without a path also match `POST /token`; give Calendar faults `.path("/events")`
 //!   when the code under test may refresh a token first.
 //! - delete's success is `Ok(hyper::Response)` with the status (204); the other methods return

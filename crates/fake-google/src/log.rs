@@ -20,6 +20,8 @@ pub enum ApiMethod {
     Patch,
     /// `DELETE calendars/{cal}/events/{id}`
     Delete,
+    /// `GET calendars/{cal}` (calendars.get)
+    CalendarGet,
     /// `POST /token`
     Token,
     /// Anything else (answered 404).

@@ -27,6 +27,8 @@ pub(crate) type Resp = Response<Full<Bytes>>;
 pub(crate) enum Route {
     /// Calendar events call: method, calendar id, event id (decoded).
     Events(ApiMethod, String, Option<String>),
+    /// calendars.get: calendar id (decoded).
+    Calendar(String),
     Token,
     Admin,
     NotFound,
@@ -55,6 +57,7 @@ impl Route {
         };
         let segs: Vec<&str> = rest.split('/').collect();
         match (method, segs.as_slice()) {
+            ("GET", [cal]) if !cal.is_empty() => Route::Calendar(decode(cal)),
             ("POST", [cal, "events"]) => Route::Events(ApiMethod::Insert, decode(cal), None),
             ("GET", [cal, "events"]) => Route::Events(ApiMethod::List, decode(cal), None),
             (m, [cal, "events", id]) if !id.is_empty() => {
@@ -74,6 +77,7 @@ impl Route {
     fn api_method(&self) -> ApiMethod {
         match self {
             Route::Events(m, _, _) => *m,
+            Route::Calendar(_) => ApiMethod::CalendarGet,
             Route::Token => ApiMethod::Token,
             _ => ApiMethod::Other,
         }
@@ -124,6 +128,13 @@ pub(crate) fn api_error_response(e: &ApiError, shape: ErrorShape) -> Resp {
     let mut r = json_response(e.status, &e.body(shape));
     if let Some(s) = e.retry_after {
         r.headers_mut().insert("retry-after", HeaderValue::from(s));
+    }
+    if let Some(date) = e
+        .retry_after_date
+        .as_deref()
+        .and_then(|d| HeaderValue::from_str(d).ok())
+    {
+        r.headers_mut().insert("retry-after", date);
     }
     if e.status == 401 {
         r.headers_mut().insert(
@@ -258,6 +269,22 @@ async fn handle(
             _ => api_error_response(e, shape),
         },
         Some(Action::Raw(status, ct, body)) => raw_response(*status, ct, body),
+        Some(Action::Late(delay)) => {
+            // On its own task: the client giving up closes the connection, which must not
+            // stop the write from landing.
+            let (shared, delay) = (shared.clone(), *delay);
+            let late = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let resp = api::dispatch(&shared, &route, &req);
+                let status = resp.status().as_u16();
+                shared
+                    .lock()
+                    .log
+                    .finish(seq, Some(status), Outcome::Replied);
+                resp
+            });
+            return Ok(late.await.unwrap_or_else(|_| empty_response(500)));
+        }
         Some(Action::CommittedReplyLost) | None => api::dispatch(&shared, &route, &req),
     };
     let status = resp.status().as_u16();
@@ -287,6 +314,10 @@ mod tests {
             Route::Events(ApiMethod::Insert, "primary".into(), None)
         );
         assert_eq!(Route::parse("POST", "/token"), Route::Token);
+        assert_eq!(
+            Route::parse("GET", "/calendar/v3/calendars/a%40b.com"),
+            Route::Calendar("a@b.com".into())
+        );
         assert_eq!(
             Route::parse("POST", "/calendar/v3/calendars/c/events/x"),
             Route::NotFound
