@@ -178,24 +178,33 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
     }
 }
 
-/// Records the verdict; a failing database gets a few tries before the row is
-/// left to orphan recovery.
+/// Tries at recording one outcome: 100 ms, 200 ms … 5 s apart, about 16 s in
+/// all, so that a lock held for a while by another session (a lock_timeout, a
+/// deadlock victim) costs a wait, not a repeated Google call.
+const RECORD_ATTEMPTS: u32 = 8;
+
+/// Records the verdict; a failing database gets tries with backoff before the
+/// row is left to orphan recovery.
 async fn record<C: Calendar>(
     shared: &Shared<C>,
     item: &ClaimedItem,
     verdict: &Verdict,
 ) -> ItemOutcome {
-    for attempt in 0..4u32 {
+    for attempt in 0..RECORD_ATTEMPTS {
         match record_once(shared, item, verdict).await {
             Ok(outcome) => {
                 note(item, Some(verdict), outcome);
                 return outcome;
             }
+            Err(e) if attempt == 0 || attempt + 1 == RECORD_ATTEMPTS => {
+                tracing::warn!(outbox.id = %item.id, error = %e, attempt, "could not record the item's outcome; retrying");
+            }
             Err(e) => {
-                tracing::warn!(error = %e, attempt, "could not record the item's outcome");
-                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                tracing::debug!(outbox.id = %item.id, error = %e, attempt, "could not record the item's outcome")
             }
         }
+        let delay = Duration::from_millis(100u64 << attempt).min(Duration::from_secs(5));
+        tokio::time::sleep(delay).await;
     }
     ItemOutcome::Abandoned
 }
@@ -205,7 +214,7 @@ async fn record_once<C: Calendar>(
     item: &ClaimedItem,
     verdict: &Verdict,
 ) -> Result<ItemOutcome, Error> {
-    let pooled = shared.db.pool().get().await?;
+    let mut pooled = shared.db.pool().get().await?;
     let client: &tokio_postgres::Client = &pooled;
     let config = &shared.config;
     let outcome = match verdict {
@@ -290,13 +299,30 @@ async fn record_once<C: Calendar>(
             }
             ErrorClass::ConnectionInvalid => {
                 let (status, others) =
-                    store::invalidate_connection(client, item, workspace_id, &error.to_string())
+                    invalidate_connection(&mut pooled, item, workspace_id, &error.to_string())
                         .await?;
                 dead_or_lost(status, others)
             }
         },
     };
     Ok(outcome)
+}
+
+/// Dead-letters the workspace's waiting rows while holding the claim mutex: a
+/// claim locks rows of the same workspace (the one it marks PROCESSING, the
+/// older ones it supersedes), and without the mutex the two statements took
+/// row locks in orders that deadlock (tests/statements.rs).
+async fn invalidate_connection(
+    client: &mut tokio_postgres::Client,
+    item: &ClaimedItem,
+    workspace_id: &str,
+    error: &str,
+) -> Result<(FailureStatus, u64), Error> {
+    let tx = client.transaction().await?;
+    store::lock_claims(&tx).await?;
+    let result = store::invalidate_connection(&tx, item, workspace_id, error).await?;
+    tx.commit().await?;
+    Ok(result)
 }
 
 async fn retry<C: Calendar>(

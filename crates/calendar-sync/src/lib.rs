@@ -81,6 +81,7 @@ mod migrate;
 pub mod operation;
 pub mod ops;
 mod rebuild;
+mod stall;
 pub mod store;
 mod sync;
 

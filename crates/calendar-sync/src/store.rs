@@ -248,6 +248,42 @@ where
 pub const UNLOCK: &str =
     "SELECT count(*) FROM (SELECT pg_advisory_unlock($1, k) FROM unnest($2::int4[]) AS k) t";
 
+/// The row locks this session holds (after a failed claim, some may belong
+/// to rows it did not claim: session-level advisory locks survive a rollback).
+pub async fn own_row_locks(client: &impl GenericClient) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT objid::int8 FROM pg_locks
+              WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                AND classid = $1::int4::oid AND objsubid = 2 AND objid <> 0",
+            &[&LOCK_NAMESPACE],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0) as i32).collect())
+}
+
+/// Releases row locks however many times this session took them.
+pub async fn release_row_locks(
+    client: &impl GenericClient,
+    keys: &[i32],
+) -> Result<(), tokio_postgres::Error> {
+    let mut held = keys.to_vec();
+    // A lock taken n times needs n unlocks; a claim takes each at most twice.
+    for _ in 0..8 {
+        if held.is_empty() {
+            break;
+        }
+        let rows = client
+            .query(
+                "SELECT k FROM (SELECT k, pg_advisory_unlock($1, k) AS freed FROM unnest($2::int4[]) AS k) t WHERE freed",
+                &[&LOCK_NAMESPACE, &held],
+            )
+            .await?;
+        held = rows.iter().map(|r| r.get(0)).collect();
+    }
+    Ok(())
+}
+
 /// A PROCESSING row whose advisory lock nobody holds: its worker died or lost
 /// its lock connection.
 #[derive(Debug, Clone, Copy)]
@@ -573,6 +609,18 @@ pub async fn dead_letter(
         )
         .await?;
     Ok(failure_status(row))
+}
+
+/// Takes the claim mutex until the end of the caller's transaction: claims
+/// wait, so a statement that locks many PENDING rows cannot deadlock with one.
+pub async fn lock_claims(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "-- lock_claims: claims wait until this transaction ends\nSELECT pg_advisory_xact_lock($1, 0)",
+            &[&LOCK_NAMESPACE],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Dead-letters the row, marks the workspace's Google connection invalid, and
