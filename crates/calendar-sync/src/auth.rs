@@ -8,7 +8,6 @@
 //! secret in the body) at debug level. `oauth2` does the refresh grant with a
 //! configurable token URL, typed RFC 6749 errors, and no logging of its own.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -25,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
 use crate::crypto::TokenCipher;
+use crate::evict::IdleMap;
 use crate::store;
 
 /// Refresh this long before Google says the token expires.
@@ -76,7 +76,8 @@ pub(crate) struct Tokens {
     http: reqwest::Client,
     pool: Pool,
     cipher: TokenCipher,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Idle slots without a usable token are evicted (see `IdleMap`).
+    slots: Mutex<IdleMap<Slot>>,
     refreshes: AtomicU64,
 }
 
@@ -105,7 +106,7 @@ impl Tokens {
             http,
             pool,
             cipher,
-            slots: Mutex::new(HashMap::new()),
+            slots: Mutex::new(IdleMap::new()),
             refreshes: AtomicU64::new(0),
         })
     }
@@ -117,7 +118,13 @@ impl Tokens {
 
     fn slot(&self, workspace_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut slots = self.slots.lock().expect("token slots");
-        slots.entry(workspace_id.to_owned()).or_default().clone()
+        // A slot worth keeping while idle holds a token still usable: without
+        // one, evicting it costs nothing (the next call refreshes anyway).
+        slots.get(workspace_id, |slot: &Slot| {
+            slot.cached
+                .as_ref()
+                .is_some_and(|c| c.expires_at > Instant::now() + EXPIRY_MARGIN)
+        })
     }
 
     /// A usable access token. Concurrent callers of one workspace share one

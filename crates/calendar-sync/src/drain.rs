@@ -312,6 +312,9 @@ struct Worker<C: Calendar> {
     unlock_later: Vec<i32>,
     /// Failed statements on the lock connection wait here before the next try.
     backoff: StatementBackoff,
+    /// Whether this worker is registered as waiting for a wake-up (producers'
+    /// commits notify only while some worker is).
+    waiting: bool,
     report: DrainReport,
     progress: Option<SharedProgress>,
 }
@@ -328,6 +331,7 @@ impl<C: Calendar> Worker<C> {
             by_task: HashMap::new(),
             unlock_later: Vec::new(),
             backoff: StatementBackoff::default(),
+            waiting: false,
             report: DrainReport::default(),
             progress: None,
         }
@@ -401,6 +405,8 @@ impl<C: Calendar> Worker<C> {
         loop {
             let mut progressed = false;
             let mut contended = false;
+            // Whether a claim ran this round, and whether its last came up short.
+            let mut short = None;
             self.unlock_deferred().await?;
             // Claim in batches: when idle, or once enough room has freed up.
             let threshold = config.batch_size.min(config.concurrency.div_ceil(2));
@@ -428,9 +434,18 @@ impl<C: Calendar> Worker<C> {
                 for item in batch.items {
                     self.spawn(item);
                 }
+                short = Some(!batch.more);
                 if !batch.more || (claimed == 0 && batch.superseded == 0) {
                     break;
                 }
+            }
+            let wants_wake_up = mode == Mode::UntilStopped
+                && stopping.is_none()
+                && self.room() > 0
+                && short.unwrap_or(self.waiting);
+            if self.set_waiting(wants_wake_up).await? && wants_wake_up {
+                // Rows committed before the registration sent no NOTIFY.
+                continue;
             }
             if progressed && !config.settle.is_zero() {
                 settle_wake = Some(Instant::now() + config.settle);
@@ -471,6 +486,7 @@ impl<C: Calendar> Worker<C> {
                 _ = cancel.cancelled(), if stopping.is_none() => {
                     tracing::info!(in_flight = self.in_flight.len(), "drainer stopping");
                     stopping = Some(Instant::now() + config.shutdown_grace);
+                    self.set_waiting(false).await?;
                 }
                 _ = sleep_until_set(stopping), if !grace_over => {
                     // Once: past the deadline this branch would be ready on
@@ -628,6 +644,26 @@ impl<C: Calendar> Worker<C> {
         }
         let keys = std::mem::take(&mut self.unlock_later);
         self.unlock(&keys).await
+    }
+
+    /// Registers this worker as waiting for a wake-up, or removes it; returns
+    /// whether the registration changed. A failure leaves it as it was (the
+    /// poll remains the safety net) and is retried on a later pass.
+    async fn set_waiting(&mut self, waiting: bool) -> Result<bool, Error> {
+        if waiting == self.waiting || !self.backoff.ready() {
+            return Ok(false);
+        }
+        let result = if waiting {
+            store::register_waiter(&self.lock.client).await
+        } else {
+            store::unregister_waiter(&self.lock.client).await
+        };
+        let changed = result.is_ok();
+        self.absorb("wait_for_wake_up", result.map_err(Error::from))?;
+        if changed {
+            self.waiting = waiting;
+        }
+        Ok(changed)
     }
 
     /// Passes a lock-connection statement's result through the backoff: an

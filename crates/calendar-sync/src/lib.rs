@@ -74,6 +74,7 @@ mod db;
 mod desired;
 mod drain;
 mod error;
+mod evict;
 mod google;
 mod item;
 mod limits;

@@ -611,6 +611,38 @@ pub async fn dead_letter(
     Ok(failure_status(row))
 }
 
+/// Registers this session as a worker waiting for a wake-up: producers'
+/// commits notify while some worker is registered (see V9). Also removes the
+/// registrations of sessions that no longer exist (workers that died).
+pub async fn register_waiter(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            r#"
+-- register_waiter
+WITH gone AS (
+    DELETE FROM calendar_sync_waiters w
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid)
+)
+INSERT INTO calendar_sync_waiters (pid) VALUES (pg_backend_pid())
+ON CONFLICT (pid) DO UPDATE SET since = now()
+"#,
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Removes this session's registration: it has work and needs no wake-up.
+pub async fn unregister_waiter(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM calendar_sync_waiters WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Takes the claim mutex until the end of the caller's transaction: claims
 /// wait, so a statement that locks many PENDING rows cannot deadlock with one.
 pub async fn lock_claims(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
