@@ -44,6 +44,9 @@ GRANT SELECT, INSERT, UPDATE ON google_connections TO calendar_sync_worker;
 GRANT SELECT ON sync_outbox_status, sync_outbox_dead_letters, sync_outbox_oldest_pending
     TO calendar_sync_worker;
 GRANT SELECT ON calendar_sync_migrations TO calendar_sync_worker;
+-- calendar_sync_waiters: an idle worker registers itself for wake-ups (INSERT …
+-- ON CONFLICT DO UPDATE) and leaves (DELETE), removing the rows of dead sessions.
+GRANT SELECT, INSERT, UPDATE, DELETE ON calendar_sync_waiters TO calendar_sync_worker;
 -- `requeue` and `cleanup` (they run with the caller's rights on sync_outbox).
 GRANT EXECUTE ON FUNCTION requeue_dead_letter_items(uuid[], text), cleanup_old_outbox_items(integer)
     TO calendar_sync_worker;
@@ -53,11 +56,12 @@ GRANT EXECUTE ON FUNCTION requeue_dead_letter_items(uuid[], text), cleanup_old_o
 
 -- A producer: the application role that enqueues (INSERT … RETURNING id, as
 -- calendar_sync::enqueue does). The wake-up trigger (calendar_sync_notify, run
--- at commit with the producer's rights) reads status, next_attempt_at and xmin
--- to see whether other due work is waiting; those columns, and id for
--- RETURNING, are all a producer can read: not the payloads of other rows, not
--- last_error.
+-- at commit with the producer's rights) reads calendar_sync_waiters to see
+-- whether a worker waits for a wake-up (V9). Of sync_outbox a producer can read
+-- id for RETURNING (and status, next_attempt_at, xmin, which V5's trigger read):
+-- not the payloads of other rows, not last_error.
 CREATE ROLE calendar_sync_producer NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
 GRANT INSERT ON sync_outbox TO calendar_sync_producer;
 GRANT SELECT (id, status, next_attempt_at, xmin) ON sync_outbox TO calendar_sync_producer;
+GRANT SELECT ON calendar_sync_waiters TO calendar_sync_producer;
 -- Then: GRANT calendar_sync_producer TO your_application_role;

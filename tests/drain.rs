@@ -972,3 +972,49 @@ async fn a_settle_time_collapses_a_burst_of_separate_commits_into_one_call() {
         handle.stop().await;
     }
 }
+
+/// Producers notify only while a worker waits (V9): an idle worker is
+/// registered, a saturated one is not, a stopped one has left.
+#[tokio::test]
+async fn only_a_worker_with_free_slots_and_nothing_to_claim_waits_for_a_wake_up() {
+    let t = TestDb::new().await;
+    let client = t.client().await;
+    let waiters = || async {
+        client
+            .query_one("SELECT count(*) FROM calendar_sync_waiters", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let cal = MemoryCalendar::new();
+    cal.inject(None, 1000, Fault::Hang);
+    let config = DrainerConfig {
+        concurrency: 2,
+        batch_size: 2,
+        shutdown_grace: Duration::from_millis(200),
+        ..fast_config()
+    };
+    let handle = drainer(&t, &cal, config).start();
+    t.wait_for(
+        Duration::from_secs(10),
+        "the idle worker to wait",
+        || async { waiters().await == 1 },
+    )
+    .await;
+    for i in 0..4 {
+        t.insert("UPSERT_EVENT", upsert("w1", "c1", &format!("s{i}"), "v"))
+            .await;
+    }
+    t.wait_for(Duration::from_secs(10), "both slots busy", || async {
+        t.count("PROCESSING").await == 2
+    })
+    .await;
+    t.wait_for(
+        Duration::from_secs(10),
+        "the saturated worker to leave",
+        || async { waiters().await == 0 },
+    )
+    .await;
+    handle.stop().await;
+    assert_eq!(waiters().await, 0, "a stopped worker waits for nothing");
+}

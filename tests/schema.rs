@@ -229,22 +229,35 @@ async fn notifications_after(t: &TestDb, sql: &str) -> usize {
     n
 }
 
+/// V9: a commit notifies, once per transaction, while a worker is registered
+/// as waiting for a wake-up, whatever else is in the outbox, savepoints included;
+/// and never while none is (busy workers do not register).
 #[tokio::test]
-async fn inserts_notify_idle_workers_once_per_transaction_and_busy_ones_not_at_all() {
+async fn inserts_notify_once_per_transaction_while_a_worker_waits_and_never_otherwise() {
     let t = TestDb::new().await;
     let insert = "INSERT INTO sync_outbox (operation, payload) VALUES ('CANCEL_EVENT', '{}')";
-    // Idle queue: one notification, even for several rows in one transaction.
-    let sql = format!("BEGIN; {insert}; {insert}; {insert}; COMMIT;");
-    assert_eq!(notifications_after(&t, &sql).await, 1);
-    // Due work is waiting, so workers are busy: no notification needed.
+    let several = format!("BEGIN; {insert}; {insert}; {insert}; COMMIT;");
+    // No worker waits: no notification, on an empty queue or not.
+    assert_eq!(notifications_after(&t, &several).await, 0);
     assert_eq!(notifications_after(&t, insert).await, 0);
-    // Only rows waiting for a retry: workers may be idle, so notify.
-    t.client()
-        .await
-        .batch_execute("UPDATE sync_outbox SET next_attempt_at = now() + interval '1 hour'")
+    // A worker waits (due rows, blocked or not, change nothing): one
+    // notification per transaction, rows in released savepoints included.
+    let admin = t.client().await;
+    admin
+        .batch_execute("INSERT INTO calendar_sync_waiters (pid) VALUES (pg_backend_pid())")
         .await
         .unwrap();
+    assert_eq!(notifications_after(&t, &several).await, 1);
     assert_eq!(notifications_after(&t, insert).await, 1);
+    let nested = format!("BEGIN; SAVEPOINT a; {insert}; RELEASE SAVEPOINT a; COMMIT;");
+    assert_eq!(notifications_after(&t, &nested).await, 1);
+    let rolled_back = format!("BEGIN; SAVEPOINT a; {insert}; ROLLBACK TO SAVEPOINT a; COMMIT;");
+    assert_eq!(notifications_after(&t, &rolled_back).await, 0);
+    admin
+        .batch_execute("DELETE FROM calendar_sync_waiters")
+        .await
+        .unwrap();
+    assert_eq!(notifications_after(&t, insert).await, 0);
 }
 
 /// The claim reserves event ids in SQL (`calendar_sync_event_id`); they must be

@@ -8,7 +8,6 @@
 //! secret in the body) at debug level. `oauth2` does the refresh grant with a
 //! configurable token URL, typed RFC 6749 errors, and no logging of its own.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -25,6 +24,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
 use crate::crypto::{DecryptError, TokenCipher};
+use crate::evict::IdleMap;
 use crate::store;
 
 /// Refresh this long before Google says the token expires.
@@ -81,9 +81,8 @@ pub(crate) struct Tokens {
     http: reqwest::Client,
     pool: Pool,
     cipher: TokenCipher,
-    slots: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Slot>>>>,
-    /// When the last version snapshot's query started, and what it read.
-    versions: tokio::sync::Mutex<Option<(Instant, HashMap<String, i64>)>>,
+    /// Idle slots without a usable token are evicted (see `IdleMap`).
+    slots: Mutex<IdleMap<Slot>>,
     refreshes: AtomicU64,
 }
 
@@ -112,8 +111,7 @@ impl Tokens {
             http,
             pool,
             cipher,
-            slots: Mutex::new(HashMap::new()),
-            versions: tokio::sync::Mutex::new(None),
+            slots: Mutex::new(IdleMap::new()),
             refreshes: AtomicU64::new(0),
         })
     }
@@ -125,7 +123,13 @@ impl Tokens {
 
     fn slot(&self, workspace_id: &str) -> Arc<tokio::sync::Mutex<Slot>> {
         let mut slots = self.slots.lock().expect("token slots");
-        slots.entry(workspace_id.to_owned()).or_default().clone()
+        // A slot worth keeping while idle holds a token still usable: without
+        // one, evicting it costs nothing (the next call refreshes anyway).
+        slots.get(workspace_id, |slot: &Slot| {
+            slot.cached
+                .as_ref()
+                .is_some_and(|c| c.expires_at > Instant::now() + EXPIRY_MARGIN)
+        })
     }
 
     /// A usable access token. Concurrent callers of one workspace share one
@@ -148,34 +152,20 @@ impl Tokens {
         Ok(token)
     }
 
-    /// The stored connection's version (0 when there is none), from a snapshot
-    /// whose query started after this call asked: a reconnect committed before
-    /// the call is always seen, while every call waiting meanwhile shares one
-    /// read (one pooled connection per process, whatever the concurrency).
+    /// The stored connection's version (0 when there is none), read by
+    /// primary key before every call, so that a reconnect committed before the
+    /// call is always seen, whatever the number of connections.
     async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
-        let asked = Instant::now();
-        let mut snapshot = self.versions.lock().await;
-        if let Some((started, versions)) = snapshot.as_ref()
-            && *started >= asked
-        {
-            return Ok(versions.get(workspace_id).copied().unwrap_or(0));
-        }
-        let started = Instant::now();
         let client = self.pool.get().await.map_err(database)?;
         let statement = client
-            .prepare_cached(store::CONNECTION_VERSIONS)
+            .prepare_cached(store::CONNECTION_VERSION)
             .await
             .map_err(database)?;
-        let versions: HashMap<String, i64> = client
-            .query(&statement, &[])
+        let row = client
+            .query_opt(&statement, &[&workspace_id])
             .await
-            .map_err(database)?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
-        let version = versions.get(workspace_id).copied().unwrap_or(0);
-        *snapshot = Some((started, versions));
-        Ok(version)
+            .map_err(database)?;
+        Ok(row.map_or(0, |r| r.get(0)))
     }
 
     /// Drops `stale` from the cache (after Google answered 401 to it), unless

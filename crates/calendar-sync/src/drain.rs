@@ -26,6 +26,7 @@ use crate::db::{Database, LockConnection};
 use crate::desired::EventSource;
 use crate::error::Error;
 use crate::item::{self, ItemOutcome, Processed};
+use crate::stall::StatementBackoff;
 use crate::store::{self, ClaimBatch, ClaimedItem};
 use crate::sync::Applied;
 
@@ -259,6 +260,17 @@ async fn sleep_until_set(at: Option<Instant>) {
     }
 }
 
+/// How long after the grace period a stopping worker waits for the database
+/// (recording, releasing) before it leaves its rows to orphan recovery.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(3);
+
+/// Resolves `grace` + [`SHUTDOWN_MARGIN`] after `cancel` fires: the latest a
+/// stopping worker returns, whatever the database does.
+async fn hard_stop(cancel: &CancellationToken, grace: Duration) {
+    cancel.cancelled().await;
+    tokio::time::sleep(grace + SHUTDOWN_MARGIN).await;
+}
+
 /// The longest wait between reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
@@ -296,6 +308,13 @@ struct Worker<C: Calendar> {
     /// next batch takes everything that finished meanwhile).
     unrecorded: Vec<(ClaimedItem, Applied)>,
     by_task: HashMap<TaskId, ClaimedItem>,
+    /// Locks of settled rows whose unlock failed; released once statements work again.
+    unlock_later: Vec<i32>,
+    /// Failed statements on the lock connection wait here before the next try.
+    backoff: StatementBackoff,
+    /// Whether this worker is registered as waiting for a wake-up (producers'
+    /// commits notify only while some worker is).
+    waiting: bool,
     report: DrainReport,
     progress: Option<SharedProgress>,
 }
@@ -310,6 +329,9 @@ impl<C: Calendar> Worker<C> {
             recording_keys: Vec::new(),
             unrecorded: Vec::new(),
             by_task: HashMap::new(),
+            unlock_later: Vec::new(),
+            backoff: StatementBackoff::default(),
+            waiting: false,
             report: DrainReport::default(),
             progress: None,
         }
@@ -332,7 +354,21 @@ impl<C: Calendar> Worker<C> {
     }
 
     async fn run(&mut self, mode: Mode, cancel: &CancellationToken) -> Result<(), Error> {
-        let result = self.run_loop(mode, cancel).await;
+        let grace = self.shared.config.shutdown_grace;
+        let result = tokio::select! {
+            result = self.run_loop(mode, cancel) => result,
+            _ = hard_stop(cancel, grace) => {
+                tracing::warn!(
+                    in_flight = self.in_flight.len(),
+                    recording = self.recording_keys.len(),
+                    "the database did not answer by the shutdown deadline; leaving rows to orphan recovery"
+                );
+                // Dropping the lock connection (with this worker) frees the
+                // rows' locks: any worker's next poll takes them back.
+                self.recording.abort_all();
+                Ok(())
+            }
+        };
         if result.is_err() {
             // The lock connection is gone or unusable: so are our locks. Stop
             // work on every item it guarded; their rows are orphans now.
@@ -344,6 +380,7 @@ impl<C: Calendar> Worker<C> {
             self.recording.abort_all();
             while self.recording.join_next().await.is_some() {}
             self.recording_keys.clear();
+            self.unlock_later.clear();
             self.unrecorded.clear();
             self.by_task.clear();
         }
@@ -353,11 +390,13 @@ impl<C: Calendar> Worker<C> {
 
     async fn run_loop(&mut self, mode: Mode, cancel: &CancellationToken) -> Result<(), Error> {
         let config = self.shared.config.clone();
-        self.recover_orphans().await?;
+        let recovered = self.recover_orphans().await;
+        self.absorb("recover_orphans", recovered)?;
         let mut poll =
             tokio::time::interval_at(Instant::now() + config.poll_interval, config.poll_interval);
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut stopping: Option<Instant> = None;
+        let mut grace_over = false;
         let mut idle_rounds = 0u32;
         // With a settle time, rows are claimed a while after they became due:
         // look again then, after a wake-up or a claim that found work (the
@@ -366,16 +405,28 @@ impl<C: Calendar> Worker<C> {
         loop {
             let mut progressed = false;
             let mut contended = false;
+            // Whether a claim ran this round, and whether its last came up short.
+            let mut short = None;
+            self.unlock_deferred().await?;
             // Claim in batches: when idle, or once enough room has freed up.
             let threshold = config.batch_size.min(config.concurrency.div_ceil(2));
             // A stop is noticed before claiming more, even while items keep
             // finishing (the select below handles those first).
             while stopping.is_none()
                 && !cancel.is_cancelled()
+                && self.backoff.ready()
                 && (self.busy() == 0 || self.room() >= threshold)
             {
                 let room = self.room().min(config.batch_size);
-                let batch = self.claim(room).await?;
+                let batch = match self.claim(room).await {
+                    Ok(batch) => batch,
+                    // drain_once reports a failed claim to its caller.
+                    Err(e) if mode == Mode::Once => return Err(e),
+                    Err(e) => {
+                        self.claim_failed(e).await?;
+                        break;
+                    }
+                };
                 let claimed = batch.items.len();
                 progressed |= claimed > 0 || batch.superseded > 0;
                 contended |= batch.busy > 0;
@@ -383,9 +434,18 @@ impl<C: Calendar> Worker<C> {
                 for item in batch.items {
                     self.spawn(item);
                 }
+                short = Some(!batch.more);
                 if !batch.more || (claimed == 0 && batch.superseded == 0) {
                     break;
                 }
+            }
+            let wants_wake_up = mode == Mode::UntilStopped
+                && stopping.is_none()
+                && self.room() > 0
+                && short.unwrap_or(self.waiting);
+            if self.set_waiting(wants_wake_up).await? && wants_wake_up {
+                // Rows committed before the registration sent no NOTIFY.
+                continue;
             }
             if progressed && !config.settle.is_zero() {
                 settle_wake = Some(Instant::now() + config.settle);
@@ -426,8 +486,12 @@ impl<C: Calendar> Worker<C> {
                 _ = cancel.cancelled(), if stopping.is_none() => {
                     tracing::info!(in_flight = self.in_flight.len(), "drainer stopping");
                     stopping = Some(Instant::now() + config.shutdown_grace);
+                    self.set_waiting(false).await?;
                 }
-                _ = sleep_until_set(stopping) => {
+                _ = sleep_until_set(stopping), if !grace_over => {
+                    // Once: past the deadline this branch would be ready on
+                    // every pass while a recording is still running.
+                    grace_over = true;
                     tracing::warn!(in_flight = self.in_flight.len(), "grace period over; releasing in-flight items");
                     self.in_flight.abort_all();
                     let mut finished = Vec::new();
@@ -444,8 +508,10 @@ impl<C: Calendar> Worker<C> {
                 _ = sleep_until_set(settle_wake), if stopping.is_none() => {
                     settle_wake = None;
                 }
+                _ = sleep_until_set(self.backoff.until()), if stopping.is_none() => {}
                 _ = poll.tick(), if mode == Mode::UntilStopped && stopping.is_none() => {
-                    self.recover_orphans().await?;
+                    let recovered = self.recover_orphans().await;
+                    self.absorb("recover_orphans", recovered)?;
                 }
             }
         }
@@ -551,13 +617,90 @@ impl<C: Calendar> Worker<C> {
         Ok(())
     }
 
+    /// Releases row locks; should the statement fail with the session alive,
+    /// they are released on a later pass (the rows' outcomes are recorded:
+    /// holding their locks longer only delays their sources' next items).
     async fn unlock(&mut self, keys: &[i32]) -> Result<(), Error> {
         if keys.is_empty() {
             return Ok(());
         }
+        let unlocked = self.unlock_now(keys).await;
+        if unlocked.is_err() {
+            self.unlock_later.extend_from_slice(keys);
+        }
+        self.absorb("unlock", unlocked)
+    }
+
+    async fn unlock_now(&mut self, keys: &[i32]) -> Result<(), Error> {
         let unlock = self.lock.prepared(store::UNLOCK).await?;
         store::unlock_rows(&self.lock.client, &unlock, keys).await?;
         Ok(())
+    }
+
+    /// Retries the unlocks that failed, once statements may run again.
+    async fn unlock_deferred(&mut self) -> Result<(), Error> {
+        if self.unlock_later.is_empty() || !self.backoff.ready() {
+            return Ok(());
+        }
+        let keys = std::mem::take(&mut self.unlock_later);
+        self.unlock(&keys).await
+    }
+
+    /// Registers this worker as waiting for a wake-up, or removes it; returns
+    /// whether the registration changed. A failure leaves it as it was (the
+    /// poll remains the safety net) and is retried on a later pass.
+    async fn set_waiting(&mut self, waiting: bool) -> Result<bool, Error> {
+        if waiting == self.waiting || !self.backoff.ready() {
+            return Ok(false);
+        }
+        let result = if waiting {
+            store::register_waiter(&self.lock.client).await
+        } else {
+            store::unregister_waiter(&self.lock.client).await
+        };
+        let changed = result.is_ok();
+        self.absorb("wait_for_wake_up", result.map_err(Error::from))?;
+        if changed {
+            self.waiting = waiting;
+        }
+        Ok(changed)
+    }
+
+    /// Passes a lock-connection statement's result through the backoff: an
+    /// error the session survives is logged once and retried later; only a
+    /// lost session is returned (and stops the in-flight items).
+    fn absorb(&mut self, statement: &'static str, result: Result<(), Error>) -> Result<(), Error> {
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => self.backoff.failed(statement, e),
+        }
+    }
+
+    /// A claim failed. It may have taken row locks before failing (session
+    /// locks outlive the rolled-back statement): release every lock this
+    /// session holds but no claimed item of ours owns, so that those rows are
+    /// not BUSY to every worker until this session ends.
+    async fn claim_failed(&mut self, error: Error) -> Result<(), Error> {
+        self.backoff.failed("claim", error)?;
+        let ours: std::collections::HashSet<i32> = self
+            .by_task
+            .values()
+            .map(|item| item.lock_key)
+            .chain(self.unrecorded.iter().map(|(item, _)| item.lock_key))
+            .chain(self.recording_keys.iter().copied())
+            .chain(self.unlock_later.iter().copied())
+            .collect();
+        let released = async {
+            let held = store::own_row_locks(&self.lock.client).await?;
+            let strays: Vec<i32> = held.into_iter().filter(|k| !ours.contains(k)).collect();
+            store::release_row_locks(&self.lock.client, &strays).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        match released {
+            Err(e) => self.backoff.failed("release_stray_locks", e),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Claims up to `limit` rows in one statement. On error the session may
@@ -572,6 +715,7 @@ impl<C: Calendar> Worker<C> {
         let settle = self.shared.config.settle;
         let batch =
             store::claim(&self.lock.client, &statement, limit, max_examined, settle).await?;
+        self.backoff.succeeded();
         metrics::histogram!("calendar_sync_claim_duration_seconds")
             .record(started.elapsed().as_secs_f64());
         metrics::histogram!("calendar_sync_claim_rows").record(batch.items.len() as f64);

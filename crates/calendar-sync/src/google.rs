@@ -172,10 +172,14 @@ impl GoogleCalendar {
     }
 
     async fn pause(&self, workspace_id: &str) {
-        self.paused
-            .lock()
-            .expect("paused")
-            .insert(workspace_id.to_owned(), Instant::now() + self.usage_pause);
+        {
+            let mut paused = self.paused.lock().expect("paused");
+            // Only pauses still running are kept: the map stays as small as
+            // the set of connections paused now.
+            let now = Instant::now();
+            paused.retain(|_, until| *until > now);
+            paused.insert(workspace_id.to_owned(), now + self.usage_pause);
+        }
         if let Ok(client) = self.pool.get().await {
             let _ =
                 store::pause_connection(&**client, workspace_id, self.usage_pause.as_secs_f64())

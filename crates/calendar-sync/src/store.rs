@@ -248,6 +248,42 @@ where
 pub const UNLOCK: &str =
     "SELECT count(*) FROM (SELECT pg_advisory_unlock($1, k) FROM unnest($2::int4[]) AS k) t";
 
+/// The row locks this session holds (after a failed claim, some may belong
+/// to rows it did not claim: session-level advisory locks survive a rollback).
+pub async fn own_row_locks(client: &impl GenericClient) -> Result<Vec<i32>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT objid::int8 FROM pg_locks
+              WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted
+                AND classid = $1::int4::oid AND objsubid = 2 AND objid <> 0",
+            &[&LOCK_NAMESPACE],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get::<_, i64>(0) as i32).collect())
+}
+
+/// Releases row locks however many times this session took them.
+pub async fn release_row_locks(
+    client: &impl GenericClient,
+    keys: &[i32],
+) -> Result<(), tokio_postgres::Error> {
+    let mut held = keys.to_vec();
+    // A lock taken n times needs n unlocks; a claim takes each at most twice.
+    for _ in 0..8 {
+        if held.is_empty() {
+            break;
+        }
+        let rows = client
+            .query(
+                "SELECT k FROM (SELECT k, pg_advisory_unlock($1, k) AS freed FROM unnest($2::int4[]) AS k) t WHERE freed",
+                &[&LOCK_NAMESPACE, &held],
+            )
+            .await?;
+        held = rows.iter().map(|r| r.get(0)).collect();
+    }
+    Ok(())
+}
+
 /// A PROCESSING row whose advisory lock nobody holds: its worker died or lost
 /// its lock connection.
 #[derive(Debug, Clone, Copy)]
@@ -575,6 +611,50 @@ pub async fn dead_letter(
     Ok(failure_status(row))
 }
 
+/// Registers this session as a worker waiting for a wake-up: producers'
+/// commits notify while some worker is registered (see V9). Also removes the
+/// registrations of sessions that no longer exist (workers that died).
+pub async fn register_waiter(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            r#"
+-- register_waiter
+WITH gone AS (
+    DELETE FROM calendar_sync_waiters w
+     WHERE NOT EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.pid)
+)
+INSERT INTO calendar_sync_waiters (pid) VALUES (pg_backend_pid())
+ON CONFLICT (pid) DO UPDATE SET since = now()
+"#,
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Removes this session's registration: it has work and needs no wake-up.
+pub async fn unregister_waiter(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "DELETE FROM calendar_sync_waiters WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Takes the claim mutex until the end of the caller's transaction: claims
+/// wait, so a statement that locks many PENDING rows cannot deadlock with one.
+pub async fn lock_claims(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "-- lock_claims: claims wait until this transaction ends\nSELECT pg_advisory_xact_lock($1, 0)",
+            &[&LOCK_NAMESPACE],
+        )
+        .await?;
+    Ok(())
+}
+
 /// Dead-letters the row, marks the workspace's Google connection invalid, and
 /// dead-letters the workspace's other waiting items: none of them can succeed
 /// until the connection is re-authorised. Returns how many others it moved.
@@ -699,10 +779,10 @@ pub async fn connection(
     }))
 }
 
-/// Every connection's version: read before Google calls (one read shared by
-/// all the calls waiting meanwhile) so that a reconnect is never missed.
-pub const CONNECTION_VERSIONS: &str =
-    "SELECT workspace_id, connection_version FROM google_connections";
+/// A connection's version, read by primary key before each Google call so
+/// that a reconnect is never missed.
+pub const CONNECTION_VERSION: &str =
+    "SELECT connection_version FROM google_connections WHERE workspace_id = $1";
 
 /// Stores (or replaces) a workspace's connection and marks it valid.
 pub async fn put_connection(
