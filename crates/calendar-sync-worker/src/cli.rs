@@ -37,6 +37,9 @@ pub enum Command {
         json: bool,
         #[command(flatten)]
         database: DatabaseArgs,
+        /// Optional: with the keys, `status` names stored key ids none of them has.
+        #[command(flatten)]
+        keys: KeyArgs,
     },
     /// Move DEAD_LETTER items back to PENDING with attempts reset.
     Requeue(RequeueArgs),

@@ -7,7 +7,7 @@ use calendar_sync::{ConnectOptions, Database, GoogleCalendar, OutboxDrainer};
 use secrecy::SecretString;
 
 use crate::cli::{
-    ConfigError, ConnectionsCommand, DatabaseArgs, DrainerArgs, RequeueArgs, RunArgs,
+    ConfigError, ConnectionsCommand, DatabaseArgs, DrainerArgs, KeyArgs, RequeueArgs, RunArgs,
 };
 
 /// Why a command failed: bad configuration (exit 2) or a runtime failure (exit 1).
@@ -68,7 +68,7 @@ fn drainer(settings: &DrainerArgs) -> Result<(Database, OutboxDrainer<GoogleCale
 pub async fn run(args: &RunArgs) -> Outcome {
     let settings = &args.drain;
     let (db, drainer) = drainer(settings)?;
-    let cipher = settings.cipher()?;
+    let cipher = settings.keys.cipher()?;
     let metrics = crate::http::install_metrics()?;
     let listener = tokio::net::TcpListener::bind(args.http_addr)
         .await
@@ -157,11 +157,18 @@ pub async fn migrate(settings: &DatabaseArgs, out: &mut impl Write) -> Outcome {
 }
 
 /// `status [--json]`.
-pub async fn status(settings: &DatabaseArgs, json: bool, out: &mut impl Write) -> Outcome {
+pub async fn status(
+    settings: &DatabaseArgs,
+    keys: &KeyArgs,
+    json: bool,
+    out: &mut impl Write,
+) -> Outcome {
     let db = database(settings, 1)?;
     let mut report = calendar_sync::ops::status(&db).await?;
     // Without TOKEN_ENCRYPTION_KEY there is nothing to check the keys against.
-    if let Ok(cipher) = settings.cipher() {
+    if keys.token_encryption_key.is_some()
+        && let Ok(cipher) = keys.cipher()
+    {
         report.check_keys(&db, &cipher).await?;
     }
     if json {

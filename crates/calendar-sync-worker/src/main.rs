@@ -43,7 +43,11 @@ async fn main() -> ExitCode {
         Command::Run(args) => commands::run(&args).await,
         Command::Drain(args) => commands::drain(&args.drain, args.once, &mut stdout).await,
         Command::Migrate(db) => commands::migrate(&db, &mut stdout).await,
-        Command::Status { json, database } => commands::status(&database, json, &mut stdout).await,
+        Command::Status {
+            json,
+            database,
+            keys,
+        } => commands::status(&database, &keys, json, &mut stdout).await,
         Command::Requeue(args) => commands::requeue(&args, &mut stdout).await,
         Command::Cleanup {
             older_than_days,

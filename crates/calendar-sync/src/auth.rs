@@ -83,6 +83,8 @@ pub(crate) struct Tokens {
     cipher: TokenCipher,
     /// Idle slots without a usable token are evicted (see `IdleMap`).
     slots: Mutex<IdleMap<Slot>>,
+    /// Serialises the connection-version reads (see `version`).
+    version_reads: tokio::sync::Mutex<()>,
     refreshes: AtomicU64,
 }
 
@@ -112,6 +114,7 @@ impl Tokens {
             pool,
             cipher,
             slots: Mutex::new(IdleMap::new()),
+            version_reads: tokio::sync::Mutex::new(()),
             refreshes: AtomicU64::new(0),
         })
     }
@@ -154,8 +157,11 @@ impl Tokens {
 
     /// The stored connection's version (0 when there is none), read by
     /// primary key before every call, so that a reconnect committed before the
-    /// call is always seen, whatever the number of connections.
+    /// call is always seen, whatever the number of connections. One read at a
+    /// time per process (a fraction of a millisecond each): a pooled session
+    /// per call in flight would grow every pool to its maximum.
     async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
+        let _turn = self.version_reads.lock().await;
         let client = self.pool.get().await.map_err(database)?;
         let statement = client
             .prepare_cached(store::CONNECTION_VERSION)
