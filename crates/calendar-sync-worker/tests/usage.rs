@@ -39,6 +39,11 @@ fn each_subcommands_help_lists_only_what_it_reads() {
         let h = help(sub);
         assert!(h.contains("DATABASE_URL"), "{sub}: {h}");
         for var in google {
+            // `status` reads the keys (optionally) to name unknown key ids.
+            if sub == "status" && var == "TOKEN_ENCRYPTION_KEY" {
+                assert!(h.contains(var), "status --help lacks {var}: {h}");
+                continue;
+            }
             assert!(!h.contains(var), "{sub} --help shows {var}: {h}");
         }
     }
