@@ -90,11 +90,13 @@ impl Breakers {
     /// counts towards opening it. Returns true when this failure opened it.
     pub fn record(&self, connection: &str, retryable_failure: bool) -> bool {
         let mut state = self.state.lock().expect("breaker state");
-        let breaker = state.entry(connection.to_owned()).or_default();
         if !retryable_failure {
-            *breaker = Breaker::default();
+            // A closed breaker is no entry: the map holds only connections
+            // failing now, not every workspace ever served.
+            state.remove(connection);
             return false;
         }
+        let breaker = state.entry(connection.to_owned()).or_default();
         breaker.consecutive_failures += 1;
         if breaker.consecutive_failures >= self.threshold {
             breaker.consecutive_failures = 0;

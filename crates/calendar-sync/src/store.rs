@@ -643,12 +643,13 @@ pub async fn unregister_waiter(client: &impl GenericClient) -> Result<(), tokio_
     Ok(())
 }
 
-/// Takes the claim mutex until the end of the caller's transaction: claims
-/// wait, so a statement that locks many PENDING rows cannot deadlock with one.
+/// Holds claims off until the end of the caller's transaction (the claim
+/// mutex, shared: such transactions do not wait for one another), so a
+/// statement that locks many PENDING rows cannot deadlock with a claim.
 pub async fn lock_claims(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
-            "-- lock_claims: claims wait until this transaction ends\nSELECT pg_advisory_xact_lock($1, 0)",
+            "-- lock_claims: claims wait until this transaction ends\nSELECT pg_advisory_xact_lock_shared($1, 0)",
             &[&LOCK_NAMESPACE],
         )
         .await?;
@@ -677,10 +678,14 @@ conn AS (
     UPDATE google_connections SET is_valid = false, invalid_reason = $4, updated_at = now()
      WHERE workspace_id = $3 AND is_valid AND EXISTS (SELECT 1 FROM this)
 ),
+-- Through the per-source index (workspace first): `status = (SELECT …)` hides the
+-- value from the planner, which otherwise ANDed in the whole PENDING index on young
+-- statistics (measured: a walk of 90,000 entries per call, under the claim mutex).
 others AS (
     UPDATE sync_outbox SET status = 'DEAD_LETTER', claim_token = NULL, updated_at = now(),
            last_error = '[connection_invalid] connection invalid: ' || $4
-     WHERE workspace_id = $3 AND status = 'PENDING' AND id <> $1 AND EXISTS (SELECT 1 FROM this)
+     WHERE workspace_id = $3 AND status IN ('PENDING', 'PROCESSING')
+       AND status = (SELECT 'PENDING'::text) AND id <> $1 AND EXISTS (SELECT 1 FROM this)
  RETURNING id
 )
 SELECT (SELECT count(*) FROM this), (SELECT count(*) FROM others)
