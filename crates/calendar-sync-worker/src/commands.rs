@@ -47,6 +47,11 @@ fn database(settings: &Settings, pool_size: usize) -> Result<Database, Failure> 
 fn drainer(settings: &Settings) -> Result<(Database, OutboxDrainer<GoogleCalendar>), Failure> {
     let cipher = settings.cipher()?;
     let google = settings.google()?;
+    if settings.worker_processes != 1 {
+        tracing::warn!(
+            "CALENDAR_SYNC_WORKER_PROCESSES is deprecated and ignored: workers share Google's quotas through the database"
+        );
+    }
     // Items touch the pool only around their call (token refresh, a rare
     // reservation, a failure); successes are recorded in batches.
     let db = database(settings, (settings.concurrency as usize).min(16) + 4)?;
