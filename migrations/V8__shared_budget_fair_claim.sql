@@ -306,9 +306,12 @@ BEGIN
                   FROM (SELECT o.id, o.seq, o.operation, o.workspace_id, o.calendar_id,
                                o.source_type, o.source_id
                           FROM sync_outbox o
+                         -- Bounds as row comparisons: only the group index
+                         -- fits them (with `pair = n_key AND seq > ...`, a plan
+                         -- made on young statistics walked the seq index).
                          WHERE o.status = 'PENDING'
-                           AND ARRAY[o.workspace_id, o.calendar_id] = n_key
-                           AND o.seq > after_seq AND o.seq <= coalesce(fence, never)
+                           AND (ARRAY[o.workspace_id, o.calendar_id], o.seq) > (n_key, after_seq)
+                           AND (ARRAY[o.workspace_id, o.calendar_id], o.seq) <= (n_key, coalesce(fence, never))
                            AND o.next_attempt_at <= due_by
                          ORDER BY ARRAY[o.workspace_id, o.calendar_id], o.seq
                          LIMIT 256) o
@@ -514,5 +517,7 @@ BEGIN
 END;
 $$;
 
+-- As V7's, and no bitmap scans: one made on young statistics ANDed the pair
+-- index with the whole PENDING index (measured in a generic plan).
 ALTER FUNCTION calendar_sync_claim(integer, integer, double precision, integer, integer, double precision)
-    SET enable_seqscan = off SET plan_cache_mode = force_generic_plan;
+    SET enable_seqscan = off SET enable_bitmapscan = off SET plan_cache_mode = force_generic_plan;
