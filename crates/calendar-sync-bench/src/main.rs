@@ -15,6 +15,7 @@ mod baseline;
 mod calls;
 mod chart;
 mod engine;
+mod fairness;
 mod footprint;
 mod google_env;
 mod load;
@@ -30,7 +31,7 @@ mod wire;
 use std::time::Instant;
 
 /// The scenarios, in the order: (number, name, what it measures).
-const SCENARIOS: [(&str, &str, &str); 8] = [
+const SCENARIOS: [(&str, &str, &str); 10] = [
     ("1", "throughput", "engine throughput at concurrency 1/8/32"),
     ("2", "baseline", "the seed's design vs ours"),
     (
@@ -54,6 +55,16 @@ const SCENARIOS: [(&str, &str, &str); 8] = [
         "-",
         "producer-insert-rate",
         "what the NOTIFY trigger costs producers",
+    ),
+    (
+        "-",
+        "noisy-neighbour",
+        "a busy tenant vs another's items, shared budget",
+    ),
+    (
+        "-",
+        "workers-come-and-go",
+        "drainers 1 -> 3 -> 2 sharing the project quota",
     ),
 ];
 
@@ -110,6 +121,8 @@ async fn run(name: &str, quick: bool) {
         "calls-per-change" => calls::run(quick).await,
         "footprint" => footprint::run(quick).await,
         "producer-insert-rate" => producer::run(quick).await,
+        "noisy-neighbour" => fairness::noisy_neighbour(quick).await,
+        "workers-come-and-go" => fairness::workers_come_and_go(quick).await,
         _ => usage(),
     }
 }

@@ -4,7 +4,7 @@
 //! a REBUILD_ALL's fence never freezes the queue, and nothing of a calendar
 //! runs while its REBUILD_ALL is in flight.
 //!
-//! Quota windows are scaled from a minute down to 12 s (same rates: 10 calls/s
+//! Quota windows are scaled from a minute down to 12 s or 30 s (same rates: 10 calls/s
 //! per user, 166.7/s for the project), so that a window's worth of steady
 //! state fits in a short test. Each scenario prints a `FIGURES` line.
 
@@ -26,22 +26,31 @@ static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Google's quotas over a 12 s window: 120 per user, 2,000 per project.
 const WINDOW: Duration = Duration::from_secs(12);
 
+/// For workers joining: a window long enough that their first calls' extra
+/// lag (each connection's first access token) stays within the buckets' lag
+/// allowance of a sixtieth of the window, as it does in a real minute.
+const JOIN_WINDOW: Duration = Duration::from_secs(30);
+
+fn quota_over(window: Duration) -> QuotaConfig {
+    QuotaConfig::google().scaled_to(window)
+}
+
 fn quota() -> QuotaConfig {
-    QuotaConfig::google().scaled_to(WINDOW)
+    quota_over(WINDOW)
 }
 
 fn worker(name: &str, env: &[(String, String)]) -> WorkerProcess {
     WorkerProcess::spawn(name, std::path::Path::new(BIN), &["run"], env)
 }
 
-/// A worker's environment with the fake's (scaled) quotas configured.
-fn quota_env(world: &GoogleWorld, url: &str) -> Vec<(String, String)> {
-    let q = quota();
+/// A worker's environment with the fake's quotas over `window` configured.
+fn quota_env(world: &GoogleWorld, url: &str, window: Duration) -> Vec<(String, String)> {
+    let q = quota_over(window);
     let mut env = world.worker_env(url);
     set_env(
         &mut env,
         "CALENDAR_SYNC_QUOTA_WINDOW_MS",
-        &WINDOW.as_millis().to_string(),
+        &window.as_millis().to_string(),
     );
     set_env(
         &mut env,
@@ -144,7 +153,7 @@ async fn a_busy_tenant_does_not_hold_the_others_hostage() {
     let client = t.client().await;
     // Tenant A: 3,000 items, 25 windows of its own quota.
     enqueue_all(&client, &upserts("ws0", 0..3000, "a")).await;
-    let mut w = worker("noisy", &quota_env(&world, &t.url()));
+    let mut w = worker("noisy", &quota_env(&world, &t.url(), WINDOW));
     tokio::time::sleep(Duration::from_secs(3)).await;
     // Tenant B: 10 items, committed while A's backlog drains.
     let b_committed = std::time::SystemTime::now();
@@ -176,14 +185,14 @@ async fn workers_coming_and_going_share_the_project_quota() {
     // 40 tenants at 10/s each could do 400/s: the project's 166.7/s binds.
     let world = GoogleWorld::start(&t.db, 40).await;
     world.google.set_latency(Duration::from_millis(20));
-    world.google.set_quota(Some(quota()));
+    world.google.set_quota(Some(quota_over(JOIN_WINDOW)));
     let client = t.client().await;
     let rows: Vec<(String, Value)> = (0..40)
-        .flat_map(|w| upserts(&format!("ws{w}"), 0..150, "s"))
+        .flat_map(|w| upserts(&format!("ws{w}"), 0..160, "s"))
         .collect();
     let items = enqueue_all(&client, &rows).await as i64;
     // Each with its own HTTP port.
-    let start = |name: &str| worker(name, &quota_env(&world, &t.url()));
+    let start = |name: &str| worker(name, &quota_env(&world, &t.url(), JOIN_WINDOW));
     let begun = Instant::now();
     let mut workers = vec![start("come-0")];
     tokio::time::sleep(Duration::from_secs(6)).await;
@@ -207,12 +216,12 @@ async fn workers_coming_and_going_share_the_project_quota() {
     )
     .await;
     let took = begun.elapsed();
-    // Calls Google received over the first two windows from the first one
+    // Calls Google received over the first window from the first call
     // (every tenant still has a backlog then: round robin drains them evenly),
     // 1 -> 3 -> 2 workers and the kill included.
-    let span = 2 * WINDOW;
+    let span = JOIN_WINDOW;
     let done = calls_within(&world, span);
-    let allowed = f64::from(quota().per_project) * span.as_secs_f64() / WINDOW.as_secs_f64();
+    let allowed = f64::from(quota_over(JOIN_WINDOW).per_project);
     let share = done as f64 / allowed;
     let rejections = world.google.quota_rejections();
     for w in workers.iter_mut().filter(|w| w.name != "come-1") {
@@ -230,7 +239,7 @@ async fn workers_coming_and_going_share_the_project_quota() {
     audit.print_and_check(
         "workers_come_and_go",
         "1 -> 3 -> 2 processes, one kill -9",
-        "fake enforcing 120/user and 2,000/project per 12 s",
+        "fake enforcing 300/user and 5,000/project per 30 s",
         0,
     );
     assert_eq!(rejections, 0, "the fake rejected calls over quota");
