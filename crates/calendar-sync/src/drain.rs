@@ -270,9 +270,10 @@ fn reconnect_delay(failures: u32) -> Duration {
     delay.min(MAX_RECONNECT_DELAY)
 }
 
-/// A claim looks at no more than this many due rows per row it may claim (and
-/// at least [`MIN_EXAMINED`]), so that a long run of blocked rows (behind a
-/// REBUILD_ALL, say) cannot make every claim expensive.
+/// A claim looks at no more than this many due rows and (workspace, calendar)
+/// groups per row it may claim (and at least [`MIN_EXAMINED`]), so that many
+/// blocked groups cannot make one claim expensive; the next claim goes on
+/// where a capped one stopped (V8's cursor).
 const MAX_EXAMINED_PER_CLAIMED: usize = 20;
 const MIN_EXAMINED: usize = 1000;
 
