@@ -54,13 +54,13 @@ impl Env {
         }
     }
 
-    /// Starts `n` drainers, each with its own Google client (`worker_processes` = n).
+    /// Starts `n` drainers, each with its own Google client (they share the
+    /// quotas through the database).
     fn start(&mut self, n: u32) {
         for _ in 0..n {
             let mut google = self.world.google_config();
             google.request_timeout = Duration::from_millis(500);
             google.breaker_cool_down = Duration::from_secs(1);
-            google.worker_processes = n;
             let calendar = GoogleCalendar::new(&self.t.db, GoogleWorld::cipher(), google).unwrap();
             let drainer = OutboxDrainer::new(self.t.db.clone(), calendar, config()).unwrap();
             self.drainers.push(drainer.start());
@@ -304,7 +304,7 @@ async fn a_429_storm_is_waited_out_without_a_retry_storm() {
 /// Google's per-user quota (600 calls a minute, sliding) scaled to a 6 s
 /// window, and the retry schedule and breaker scaled alike (100 ms backoff base
 /// instead of 1 s, 6 s cool-down instead of 60 s):
-/// two workers on one busy workspace, each told it is the only process (so
+/// two workers on one busy workspace, told the quota is twice Google's (so
 /// together they send twice the quota), meet 429s for as long as the load lasts. A rate-limited
 /// call is not the item's fault, and the item would succeed once the window
 /// slides; it must not be dead-lettered.
@@ -326,11 +326,11 @@ async fn a_quota_window_long_429_storm_dead_letters_nothing() {
     let drainers: Vec<DrainerHandle> = (0..2)
         .map(|_| {
             let mut google = world.google_config();
-            // Misconfigured on purpose: each process believes it is alone, so
-            // together they send twice the user's quota and meet 429s for as
-            // long as the load lasts (with `worker_processes = 2` they would
-            // share the budget and hardly meet any).
-            google.worker_processes = 1;
+            // Misconfigured on purpose: told the user's quota is twice
+            // Google's, they send twice the quota and meet 429s for as long
+            // as the load lasts (with the real quota they share its budget
+            // through the database and meet none).
+            google.per_connection_per_minute = 1200;
             google.breaker_cool_down = Duration::from_secs(6);
             let calendar = GoogleCalendar::new(&t.db, GoogleWorld::cipher(), google).unwrap();
             OutboxDrainer::new(t.db.clone(), calendar, scaled.clone())

@@ -15,6 +15,7 @@ mod baseline;
 mod calls;
 mod chart;
 mod engine;
+mod fairness;
 mod footprint;
 mod google_env;
 mod load;
@@ -31,7 +32,7 @@ mod wire;
 use std::time::Instant;
 
 /// The scenarios, in the order: (number, name, what it measures).
-const SCENARIOS: [(&str, &str, &str); 9] = [
+const SCENARIOS: [(&str, &str, &str); 11] = [
     ("1", "throughput", "engine throughput at concurrency 1/8/32"),
     ("2", "baseline", "the seed's design vs ours"),
     (
@@ -57,6 +58,16 @@ const SCENARIOS: [(&str, &str, &str); 9] = [
         "what the NOTIFY trigger costs producers",
     ),
     ("-", "tls", "throughput with sslmode=require vs plaintext"),
+    (
+        "-",
+        "noisy-neighbour",
+        "a busy tenant vs another's items, shared budget",
+    ),
+    (
+        "-",
+        "workers-come-and-go",
+        "drainers 1 -> 3 -> 2 sharing the project quota",
+    ),
 ];
 
 fn usage() -> ! {
@@ -113,6 +124,8 @@ async fn run(name: &str, quick: bool) {
         "footprint" => footprint::run(quick).await,
         "producer-insert-rate" => producer::run(quick).await,
         "tls" => tls::run(quick).await,
+        "noisy-neighbour" => fairness::noisy_neighbour(quick).await,
+        "workers-come-and-go" => fairness::workers_come_and_go(quick).await,
         _ => usage(),
     }
 }

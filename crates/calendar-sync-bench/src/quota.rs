@@ -1,9 +1,9 @@
 //! Scenario 4: quota saturation. The fake Google enforces Google's quotas
 //! (sliding windows, per user and per project, time scaled so the run stays
 //! short: same rates, shorter windows) and answers after 100 ms; 100 workspaces;
-//! a backlog larger than the quota. The drainer's limiter stays at its
-//! documented defaults (600/min per connection, 10,000/min per project divided
-//! by `worker_processes`).
+//! a backlog larger than the quota. The drainers pay from the budgets shared
+//! through the database (migration V8) at their documented shape (a burst of a
+//! sixtieth, refilled over the window plus a sixtieth of it).
 
 use std::time::{Duration, SystemTime};
 
@@ -40,7 +40,7 @@ const CASES: [Case; 3] = [
         concurrency: 8,
     },
     Case {
-        label: "2 drainers (worker_processes = 2), concurrency 32 each (defaults)",
+        label: "2 drainers sharing the budget, concurrency 32 each (defaults)",
         drainers: 2,
         concurrency: 32,
     },
@@ -133,8 +133,8 @@ pub async fn run(quick: bool) {
          enforcement scaled to {ws} s windows: {pu} calls per user and {pp} per project per \
          window (Google's 600/min and 10,000/min at the same rates), {lat} ms latency on every \
          call, {workspaces} workspaces (one connection and calendar each), a backlog of new \
-         sources (one insert call each) larger than {secs} s of quota. GoogleCalendar's limiter \
-         at its documented defaults but for its window (below); each drainer has its own GoogleCalendar, as separate \
+         sources (one insert call each) larger than {secs} s of quota. The shared budget \
+         at its documented shape but for its window (below); each drainer has its own GoogleCalendar, as separate \
          processes would. Each case runs {secs} s. Share = accepted calls / calls the project \
          quota allows; steady = after the first window; peak = the fullest sliding window.",
         ws = window.as_secs_f64(),
@@ -144,22 +144,17 @@ pub async fn run(quick: bool) {
         secs = duration.as_secs(),
     ));
     let window_s = window.as_secs_f64();
-    // The limiters (calendar_sync limits.rs): a bucket of burst = budget / 60
-    // (1..=100), refilled at budget - burst per window.
-    let burst = |budget: u32| (budget / 60).clamp(1, 100);
     report.para(&format!(
-        "Limiter window: GoogleCalendar's limiters count their budgets over \
+        "Budget window: the buckets (migration V8, `calendar_sync_budget`) count over \
          `GoogleConfig::quota_window`, a minute by default; here it is scaled like the \
-         fake's, to {window_s} s, with the budgets per window set to the fake's ({} per \
-         project, {} per connection, divided among the drainers with worker_processes = 2). \
-         Each limiter lets a bucket through at once ({} project calls; {} per drainer with \
-         worker_processes = 2) and refills at the budget minus that bucket per window, so no \
-         window, the first included, holds more than the quota: any 403/429 here is a real \
-         overrun, not an artefact of the scaling.",
+         fake's, to {window_s} s, with the quotas per window set to the fake's ({} per \
+         project, {} per connection), shared by however many drainers run. A bucket lets a \
+         burst through at once ({} project calls) and refills so that the burst plus a \
+         window and a sixtieth of refill is the quota: no window, the first included, holds \
+         more than the quota even when a call leaves a little after its token was taken.",
         quota.per_project,
         quota.per_user,
-        burst(quota.per_project),
-        burst(quota.per_project / 2),
+        (quota.per_project / 60).clamp(1, 100),
     ));
     report.table(
         &[
@@ -242,9 +237,8 @@ async fn run_case(
         )
         .expect("pool");
         let mut config = google_config(g.calendar_base_url(), g.token_url());
-        config.worker_processes = case.drainers;
-        // The limiter's window scaled like the fake's: the same budgets per
-        // (shortened) window, so no window of the limiter exceeds the quota.
+        // The budget's window scaled like the fake's: the same quotas per
+        // (shortened) window.
         config.quota_window = quota.window;
         config.per_project_per_minute = quota.per_project;
         config.per_connection_per_minute = quota.per_user;

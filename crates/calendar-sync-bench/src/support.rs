@@ -215,10 +215,14 @@ pub async fn wait_idle(admin: &Client, timeout: Duration) {
     }
 }
 
-/// Empties the outbox and the bindings.
+/// Empties the outbox, the bindings and the shared budget, and puts the
+/// claim's cursor back to the start.
 pub async fn reset(admin: &Client) {
     admin
-        .batch_execute("TRUNCATE sync_outbox, calendar_event_bindings")
+        .batch_execute(
+            "TRUNCATE sync_outbox, calendar_event_bindings, calendar_sync_budget;
+             UPDATE calendar_sync_claim_cursor SET pair = NULL, seq = NULL",
+        )
         .await
         .expect("truncate");
 }

@@ -195,7 +195,8 @@ pub struct DrainerArgs {
         default_value_t = 30_000
     )]
     pub shutdown_grace_ms: u64,
-    /// Worker processes sharing Google's quotas (each uses its share).
+    /// Deprecated and ignored (one warning at start): workers share Google's
+    /// quotas through the database, however many are running.
     #[arg(long, env = "CALENDAR_SYNC_WORKER_PROCESSES", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub worker_processes: u32,
     /// Google requests per minute for the whole project, all processes together.
@@ -204,6 +205,10 @@ pub struct DrainerArgs {
     /// Google requests per minute per connection (user), all processes together.
     #[arg(long, env = "CALENDAR_SYNC_CONNECTION_REQUESTS_PER_MINUTE", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub connection_requests_per_minute: u32,
+    /// The length of the window the two quotas above are counted over (Google:
+    /// a minute). Only tests and benchmarks that scale time down change it.
+    #[arg(long, env = "CALENDAR_SYNC_QUOTA_WINDOW_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000), hide = true)]
+    pub quota_window_ms: u64,
     /// Google Calendar API base URL.
     #[arg(long, env = "GOOGLE_CALENDAR_API_URL", default_value = calendar_sync::DEFAULT_CALENDAR_API_URL)]
     pub google_calendar_api_url: String,
@@ -265,6 +270,7 @@ impl DrainerArgs {
         config.worker_processes = self.worker_processes;
         config.per_project_per_minute = self.project_requests_per_minute;
         config.per_connection_per_minute = self.connection_requests_per_minute;
+        config.quota_window = std::time::Duration::from_millis(self.quota_window_ms);
         Ok(config)
     }
 }

@@ -55,6 +55,11 @@ const APPLICATION_NAME: &str = "calendar-sync-worker";
 fn drainer(settings: &DrainerArgs) -> Result<(Database, OutboxDrainer<GoogleCalendar>), Failure> {
     let cipher = settings.keys.cipher()?;
     let google = settings.google()?;
+    if settings.worker_processes != 1 {
+        tracing::warn!(
+            "CALENDAR_SYNC_WORKER_PROCESSES is deprecated and ignored: workers share Google's quotas through the database"
+        );
+    }
     // Items touch the pool only around their call (token refresh, a rare
     // reservation, a failure); successes are recorded in batches.
     let pool_size = (settings.concurrency as usize).min(16) + 4;

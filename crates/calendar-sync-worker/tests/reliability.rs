@@ -385,11 +385,21 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_leaves_nothing_held() {
     world
         .google
         .set_method_latency("PUT", Duration::from_secs(4));
+    // Claimed after the switch (the budget paces claims, so rows claimed
+    // before it may all be fast ones waiting to be recorded).
+    let switched = std::time::SystemTime::now();
     wait_until(
         &t.config,
         Duration::from_secs(20),
         "8 slow items in flight",
-        |c| async move { count_in(&c, &["PROCESSING"]).await >= 8 },
+        move |c| async move {
+            c.query_one(
+                "SELECT count(*) FROM sync_outbox WHERE status = 'PROCESSING' AND updated_at >= $1",
+                &[&switched],
+            )
+            .await
+            .is_ok_and(|r| r.get::<_, i64>(0) >= 8)
+        },
     )
     .await;
     let (took, status) = first.terminate(Duration::from_secs(10)).await;

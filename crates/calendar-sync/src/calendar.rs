@@ -199,6 +199,12 @@ pub enum ErrorClass {
 /// Implementations must be idempotent-friendly: `insert_event` uses the given
 /// id and reports [`CalendarErrorKind::Duplicate`] when it is taken.
 pub trait Calendar: Send + Sync + 'static {
+    /// The quotas this service's calls are paid from, shared by every worker
+    /// through the database; `None` (the default): unlimited.
+    fn budget(&self) -> Option<crate::Budget> {
+        None
+    }
+
     /// Creates an event with a client-chosen id.
     fn insert_event(
         &self,

@@ -20,6 +20,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::budget;
 use crate::calendar::Calendar;
 use crate::config::DrainerConfig;
 use crate::db::{Database, LockConnection};
@@ -281,11 +282,16 @@ fn reconnect_delay(failures: u32) -> Duration {
     delay.min(MAX_RECONNECT_DELAY)
 }
 
-/// A claim looks at no more than this many due rows per row it may claim (and
-/// at least [`MIN_EXAMINED`]), so that a long run of blocked rows (behind a
-/// REBUILD_ALL, say) cannot make every claim expensive.
+/// A claim looks at no more than this many due rows and (workspace, calendar)
+/// groups per row it may claim (and at least [`MIN_EXAMINED`]), so that many
+/// blocked groups cannot make one claim expensive; the next claim goes on
+/// where a capped one stopped (V8's cursor).
 const MAX_EXAMINED_PER_CLAIMED: usize = 20;
 const MIN_EXAMINED: usize = 1000;
+
+/// The shortest sleep for a token: a claim for each token would cost more
+/// than the few milliseconds it saves.
+const MIN_BUDGET_WAIT: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -402,6 +408,9 @@ impl<C: Calendar> Worker<C> {
         // look again then, after a wake-up or a claim that found work (the
         // rows committed meanwhile send no wake-up: work was waiting).
         let mut settle_wake: Option<Instant> = None;
+        // Due rows left for want of budget: claim again when the next token
+        // is due, not a poll interval later.
+        let mut budget_wake: Option<Instant> = None;
         loop {
             let mut progressed = false;
             let mut contended = false;
@@ -428,6 +437,9 @@ impl<C: Calendar> Worker<C> {
                     }
                 };
                 let claimed = batch.items.len();
+                budget_wake = batch
+                    .budget_wait
+                    .map(|wait| Instant::now() + wait.clamp(MIN_BUDGET_WAIT, config.poll_interval));
                 progressed |= claimed > 0 || batch.superseded > 0;
                 contended |= batch.busy > 0;
                 self.report.superseded += (batch.superseded + batch.stale) as u64;
@@ -459,6 +471,11 @@ impl<C: Calendar> Worker<C> {
                 continue;
             }
             if mode == Mode::Once && self.busy() == 0 {
+                if let Some(at) = budget_wake.take() {
+                    // Due, only not paid for yet.
+                    tokio::time::sleep_until(at).await;
+                    continue;
+                }
                 // Rows whose locks another session still holds for a moment
                 // (it is between committing their outcome and unlocking) are
                 // worth a few short retries; anything else is not due.
@@ -509,6 +526,9 @@ impl<C: Calendar> Worker<C> {
                     settle_wake = None;
                 }
                 _ = sleep_until_set(self.backoff.until()), if stopping.is_none() => {}
+                _ = sleep_until_set(budget_wake), if stopping.is_none() => {
+                    budget_wake = None;
+                }
                 _ = poll.tick(), if mode == Mode::UntilStopped && stopping.is_none() => {
                     let recovered = self.recover_orphans().await;
                     self.absorb("recover_orphans", recovered)?;
@@ -522,9 +542,10 @@ impl<C: Calendar> Worker<C> {
         let shared = self.shared.clone();
         let span = tracing::info_span!("outbox_item", outbox.id = %item.id, operation = %item.operation, attempt = item.attempts);
         let task_item = item.clone();
-        let handle = self
-            .in_flight
-            .spawn(async move { item::process(&shared, &task_item).await }.instrument(span));
+        let handle = self.in_flight.spawn(
+            budget::with_prepaid_call(async move { item::process(&shared, &task_item).await })
+                .instrument(span),
+        );
         self.by_task.insert(handle.id(), item);
     }
 
@@ -713,8 +734,16 @@ impl<C: Calendar> Worker<C> {
             .max(MIN_EXAMINED);
         let started = std::time::Instant::now();
         let settle = self.shared.config.settle;
-        let batch =
-            store::claim(&self.lock.client, &statement, limit, max_examined, settle).await?;
+        let budget = self.shared.calendar.budget();
+        let batch = store::claim_within(
+            &self.lock.client,
+            &statement,
+            limit,
+            max_examined,
+            settle,
+            budget,
+        )
+        .await?;
         self.backoff.succeeded();
         metrics::histogram!("calendar_sync_claim_duration_seconds")
             .record(started.elapsed().as_secs_f64());

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::auth::{OAuthConfig, Tokens};
 use crate::backoff::parse_retry_after;
+use crate::budget::{self, Budget};
 use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventPage, EventTime, RemoteEvent,
 };
@@ -26,7 +27,7 @@ use crate::crypto::TokenCipher;
 use crate::db::Database;
 use crate::error::Error;
 use crate::fenced::FencedCall;
-use crate::limits::{Breakers, Limits};
+use crate::limits::Breakers;
 use crate::operation::CalendarKey;
 use crate::store;
 
@@ -52,10 +53,8 @@ pub struct GoogleConfig {
     /// above are counted: a minute. Only tests and benchmarks that scale time
     /// down change it. Default: 60 s.
     pub quota_window: Duration,
-    /// Worker processes sharing Google's quotas; each process uses
-    /// `per_project_per_minute / worker_processes`, and the same share of
-    /// `per_connection_per_minute` (any process may serve any workspace, so each
-    /// connection's budget is shared too). Default: 1.
+    /// Deprecated and ignored: every worker pays from budgets shared through
+    /// the database (migration V8), however many are running. Default: 1.
     pub worker_processes: u32,
     /// Consecutive retryable failures that open a connection's circuit breaker. Default: 5.
     pub breaker_threshold: u32,
@@ -66,14 +65,13 @@ pub struct GoogleConfig {
 }
 
 impl GoogleConfig {
-    /// This process's share of (the per-connection, the per-project) budget
-    /// per minute.
-    pub fn process_share(&self) -> (u32, u32) {
-        let processes = self.worker_processes.max(1);
-        (
-            (self.per_connection_per_minute / processes).max(1),
-            (self.per_project_per_minute / processes).max(1),
-        )
+    /// The quotas every worker pays from, through the database.
+    pub fn budget(&self) -> Budget {
+        Budget {
+            per_connection: self.per_connection_per_minute.max(1),
+            per_project: self.per_project_per_minute.max(1),
+            window: self.quota_window,
+        }
     }
 
     /// Defaults for the given OAuth client.
@@ -106,7 +104,7 @@ pub struct GoogleCalendar {
     base_url: String,
     timeout: Duration,
     tokens: Tokens,
-    limits: Limits,
+    budget: Budget,
     breakers: Breakers,
     pool: deadpool_postgres::Pool,
     usage_pause: Duration,
@@ -134,13 +132,12 @@ impl GoogleCalendar {
             config.request_timeout,
         )
         .map_err(Error::Config)?;
-        let (per_connection, project) = config.process_share();
         Ok(Self {
             http,
             base_url,
             timeout: config.request_timeout,
             tokens,
-            limits: Limits::new(per_connection, project, config.quota_window),
+            budget: config.budget(),
             breakers: Breakers::new(config.breaker_threshold, config.breaker_cool_down),
             pool: db.pool().clone(),
             usage_pause: config.usage_limit_pause,
@@ -187,7 +184,7 @@ impl GoogleCalendar {
         }
     }
 
-    /// One API call with everything around it: breaker, pause, limiter, token,
+    /// One API call with everything around it: breaker, pause, budget, token,
     /// timeout, and on 401 one refresh and one retry.
     async fn call(
         &self,
@@ -217,7 +214,12 @@ impl GoogleCalendar {
                 Ok(token) => token,
                 Err(e) => break Err(e),
             };
-            self.limits.until_ready(workspace).await;
+            // The claim paid the item's first call; any other pays now.
+            if !budget::take_prepaid_call()
+                && let Err(e) = budget::pay(&self.pool, workspace, self.budget).await
+            {
+                break Err(e);
+            }
             let mut capture = Capture::default();
             let hub = self.hub(&token);
             let sent = tokio::time::timeout(
@@ -567,6 +569,10 @@ fn expect_event(reply: Reply) -> Result<RemoteEvent, CalendarError> {
 }
 
 impl Calendar for GoogleCalendar {
+    fn budget(&self) -> Option<Budget> {
+        Some(self.budget)
+    }
+
     async fn insert_event(
         &self,
         target: &CalendarKey,
@@ -667,12 +673,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn worker_processes_split_both_budgets() {
+    fn worker_processes_no_longer_split_the_budget() {
         let mut config = GoogleConfig::new("id", SecretString::from("secret"));
-        assert_eq!(config.process_share(), (600, 10_000));
         config.worker_processes = 4;
-        assert_eq!(config.process_share(), (150, 2_500));
-        config.worker_processes = 1000;
-        assert_eq!(config.process_share(), (1, 10));
+        let budget = config.budget();
+        assert_eq!((budget.per_connection, budget.per_project), (600, 10_000));
+        assert_eq!(budget.window, Duration::from_secs(60));
     }
 }

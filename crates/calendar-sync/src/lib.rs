@@ -67,6 +67,7 @@
 
 mod auth;
 mod backoff;
+mod budget;
 mod calendar;
 mod config;
 pub mod connect;
@@ -91,6 +92,7 @@ mod tls;
 
 pub use auth::OAuthConfig;
 pub use backoff::retry_delay;
+pub use budget::Budget;
 pub use calendar::{
     Calendar, CalendarError, CalendarErrorKind, ErrorClass, EventBody, EventPage, EventTime,
     PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,

@@ -12,6 +12,7 @@ use serde_json::Value;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
+use crate::budget::Budget;
 use crate::operation::{CalendarKey, Operation, SourceKey};
 
 /// First key of every advisory lock we take (`"csyn"`), so our locks cannot
@@ -146,13 +147,17 @@ pub struct ClaimBatch {
     /// The walk stopped early (enough claimed, or the examined cap reached):
     /// more due rows may be waiting.
     pub more: bool,
+    /// Nothing could be claimed for want of budget: the next token is due
+    /// this long from now.
+    pub budget_wait: Option<std::time::Duration>,
 }
 
 /// Claims up to `limit` due rows for this session (which keeps their advisory
 /// locks until [`unlock_rows`]), in one statement: see `calendar_sync_claim`
 /// in the migrations for the rules. Looks at no more than `max_examined` due
 /// rows; a row counts as due once it has been due for `settle`. On error,
-/// locks it took may stay held by the session: close it.
+/// locks it took may stay held by the session: close it. No budget: see
+/// [`claim_within`].
 pub async fn claim<S>(
     client: &impl GenericClient,
     statement: &S,
@@ -163,11 +168,41 @@ pub async fn claim<S>(
 where
     S: ?Sized + tokio_postgres::ToStatement + Sync + Send,
 {
+    claim_within(client, statement, limit, max_examined, settle, None).await
+}
+
+/// [`claim`], each claimed row paying one call from the shared `budget`
+/// (migration V8); rows it cannot pay for are left, and
+/// [`ClaimBatch::budget_wait`] says when the next token is due.
+pub async fn claim_within<S>(
+    client: &impl GenericClient,
+    statement: &S,
+    limit: usize,
+    max_examined: usize,
+    settle: std::time::Duration,
+    budget: Option<Budget>,
+) -> Result<ClaimBatch, tokio_postgres::Error>
+where
+    S: ?Sized + tokio_postgres::ToStatement + Sync + Send,
+{
     let limit = i32::try_from(limit).unwrap_or(i32::MAX);
     let max_examined = i32::try_from(max_examined).unwrap_or(i32::MAX);
     let settle = settle.as_secs_f64();
+    let per_connection = budget.map(|b| quota_param(b.per_connection));
+    let per_project = budget.map(|b| quota_param(b.per_project));
+    let window = budget.map_or(60.0, |b| b.window.as_secs_f64().max(0.001));
     let rows = client
-        .query(statement, &[&limit, &max_examined, &settle])
+        .query(
+            statement,
+            &[
+                &limit,
+                &max_examined,
+                &settle,
+                &per_connection,
+                &per_project,
+                &window,
+            ],
+        )
         .await?;
     let mut batch = ClaimBatch::default();
     let mut claimed = 0usize;
@@ -176,29 +211,15 @@ where
             "CLAIMED" => {
                 claimed += 1;
                 batch.stale += r.get::<_, i32>("superseded_older") as usize;
-                let binding =
-                    r.get::<_, Option<String>>("google_event_id")
-                        .map(|google_event_id| Binding {
-                            google_event_id,
-                            generation: r.get("generation"),
-                            state: BindingState::parse(r.get("binding_state")),
-                            etag: r.get("etag"),
-                            content_hash: r.get("content_hash"),
-                        });
-                batch.items.push(ClaimedItem {
-                    id: r.get("id"),
-                    lock_key: row_lock_key(r.get("seq")),
-                    operation: r.get("operation"),
-                    payload: r.get("payload"),
-                    attempts: r.get("attempts"),
-                    rate_limited: r.get("rate_limited"),
-                    claim_token: r.get("claim_token"),
-                    binding,
-                    result: r.get("result"),
-                });
+                batch.items.push(claimed_item(r));
             }
             "SUPERSEDED" => batch.superseded += 1,
             "BUSY" => batch.busy += 1,
+            "BUDGET" => {
+                let secs: f64 = r.get("wait_secs");
+                batch.budget_wait =
+                    Some(std::time::Duration::from_secs_f64(secs.clamp(0.0, 3600.0)));
+            }
             _ => batch.more = true,
         }
     }
@@ -206,8 +227,57 @@ where
     Ok(batch)
 }
 
+fn quota_param(quota: u32) -> i32 {
+    i32::try_from(quota.max(1)).unwrap_or(i32::MAX)
+}
+
+fn claimed_item(r: &tokio_postgres::Row) -> ClaimedItem {
+    let binding = r
+        .get::<_, Option<String>>("google_event_id")
+        .map(|google_event_id| Binding {
+            google_event_id,
+            generation: r.get("generation"),
+            state: BindingState::parse(r.get("binding_state")),
+            etag: r.get("etag"),
+            content_hash: r.get("content_hash"),
+        });
+    ClaimedItem {
+        id: r.get("id"),
+        lock_key: row_lock_key(r.get("seq")),
+        operation: r.get("operation"),
+        payload: r.get("payload"),
+        attempts: r.get("attempts"),
+        rate_limited: r.get("rate_limited"),
+        claim_token: r.get("claim_token"),
+        binding,
+        result: r.get("result"),
+    }
+}
+
 /// The claim statement.
-pub const CLAIM: &str = "SELECT * FROM calendar_sync_claim($1, $2, $3)";
+pub const CLAIM: &str = "SELECT * FROM calendar_sync_claim($1, $2, $3, $4, $5, $6)";
+
+/// Pays one call of `workspace` from the shared budget: `None` when paid, else
+/// how long until both buckets could pay (nothing is taken then).
+pub async fn take_budget(
+    client: &impl GenericClient,
+    workspace: &str,
+    budget: Budget,
+) -> Result<Option<std::time::Duration>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT calendar_sync_take_budget($1, $2, $3, $4)",
+            &[
+                &workspace,
+                &quota_param(budget.per_connection),
+                &quota_param(budget.per_project),
+                &budget.window.as_secs_f64().max(0.001),
+            ],
+        )
+        .await?;
+    let wait: f64 = row.get(0);
+    Ok((wait > 0.0).then(|| std::time::Duration::from_secs_f64(wait.min(3600.0))))
+}
 
 /// Tries to take the advisory lock of each key; returns the keys it got.
 /// The lock call sits in the select list of a plain `unnest`, so PostgreSQL

@@ -1,0 +1,68 @@
+//! Google's quotas, shared by every worker through PostgreSQL (migration V8):
+//! a token bucket per connection and one for the project. The claim pays an
+//! item's first call (a row the buckets cannot pay for is never claimed);
+//! each further call of the item (a 409 adoption, a list page, a 401 retry)
+//! pays here before it is sent.
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use crate::calendar::{CalendarError, CalendarErrorKind};
+use crate::store;
+
+/// Google's quotas as the drainer pays them: calls per `window` (Google
+/// counts over sliding windows of a minute).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Calls per window per connection (Google: 600 per user).
+    pub per_connection: u32,
+    /// Calls per window for the whole project (Google: 10,000).
+    pub per_project: u32,
+    /// The window: a minute, scaled down only by tests and benchmarks.
+    pub window: Duration,
+}
+
+tokio::task_local! {
+    /// Whether the item this task runs still has the call its claim paid for.
+    static PREPAID: Cell<bool>;
+}
+
+/// Runs an item's work with the one call its claim paid for.
+pub(crate) async fn with_prepaid_call<F: Future>(work: F) -> F::Output {
+    PREPAID.scope(Cell::new(true), work).await
+}
+
+/// Uses up the claim's paid call, if this task still has it.
+pub(crate) fn take_prepaid_call() -> bool {
+    PREPAID.try_with(|p| p.replace(false)).unwrap_or(false)
+}
+
+/// Longest single sleep while waiting for a token (the wait is re-asked).
+const MAX_WAIT: Duration = Duration::from_secs(5);
+
+/// Pays one call of `workspace`, waiting until both buckets can.
+pub(crate) async fn pay(
+    pool: &deadpool_postgres::Pool,
+    workspace: &str,
+    budget: Budget,
+) -> Result<(), CalendarError> {
+    loop {
+        let wait = match pool.get().await {
+            Ok(client) => store::take_budget(&**client, workspace, budget).await,
+            Err(e) => return Err(unavailable(&e.to_string())),
+        };
+        match wait {
+            Ok(None) => return Ok(()),
+            Ok(Some(wait)) => tokio::time::sleep(wait.min(MAX_WAIT)).await,
+            Err(e) => return Err(unavailable(&e.to_string())),
+        }
+    }
+}
+
+fn unavailable(error: &str) -> CalendarError {
+    CalendarError::new(
+        CalendarErrorKind::Transient,
+        "budget_unavailable",
+        format!("could not pay for a call from the shared quota: {error}"),
+    )
+}
