@@ -9,15 +9,19 @@
 -- * calendar_aliases remembers, per workspace, what a name resolved to under
 --   the workspace's current connection (a reconnect forgets them: "primary"
 --   of another account is another calendar);
--- * sync_outbox.calendar_id is no longer generated from the payload: an insert
---   (or a change of the payload) sets it to the resolved id when the name is
---   known, else to the name as written. Every index, the claim, the fences and
---   the per-source ordering use it unchanged;
--- * an item whose row is still keyed by the name learns the real id from
---   Google before it writes anything, re-keys the workspace's waiting rows of
---   that name, carries the name's bindings over to the real id, and steps
---   back in line without using an attempt (calendar_sync_resolve_item): its
---   next claim judges it in order with every other row of the calendar.
+-- * sync_outbox.calendar_key holds a row's resolved calendar id once known,
+--   and calendar_id, still generated, is coalesce(calendar_key, the payload's
+--   calendarId): every index, the claim, the fences and the per-source
+--   ordering use it unchanged. Producers still write only operation and
+--   payload, and a row costs them nothing more: only rows naming "primary"
+--   (the one alias every account has) run a trigger that keys them at once
+--   from calendar_aliases;
+-- * an item whose row is keyed by a name that is not the calendar's own id
+--   learns the real id from Google before it writes anything, re-keys the
+--   workspace's waiting rows of that name, carries the name's bindings over to
+--   the real id, and steps back in line without using an attempt
+--   (calendar_sync_resolve_item): its next claim judges it in order with
+--   every other row of the calendar.
 --
 -- Existing bindings are carried over the first time a name is resolved (a
 -- migration cannot ask Google what "primary" means); a REBUILD_ALL resolves
@@ -39,10 +43,47 @@ CREATE INDEX calendar_aliases_resolved_idx ON calendar_aliases (workspace_id, re
 COMMENT ON TABLE calendar_aliases IS
     'calendar-sync: what each calendar name of a workspace resolves to (calendars.get), under its current connection';
 
-ALTER TABLE sync_outbox ALTER COLUMN calendar_id DROP EXPRESSION;
+-- calendar_id becomes coalesce(calendar_key, payload ->> 'calendarId'). A
+-- generated column's expression cannot be altered in PostgreSQL 15: the column
+-- is re-created, and with it the indexes on it (their definitions read from
+-- the catalog, so they come back exactly as they were). The dead-letter view
+-- names the column: it reads the payload meanwhile, keeping its grants.
+CREATE OR REPLACE VIEW sync_outbox_dead_letters AS
+    SELECT id, operation, workspace_id, payload ->> 'calendarId' AS calendar_id, source_type,
+           source_id, attempts, last_error, created_at, updated_at
+      FROM sync_outbox
+     WHERE status = 'DEAD_LETTER'
+     ORDER BY updated_at DESC;
 
-COMMENT ON COLUMN sync_outbox.calendar_id IS
-    'The calendar''s resolved id (calendar_aliases) once known, else payload ->> ''calendarId''; set by a trigger';
+DO $$
+DECLARE
+    definitions text[];
+    definition text;
+BEGIN
+    SELECT coalesce(array_agg(pg_get_indexdef(d.objid) ORDER BY d.objid), '{}') INTO definitions
+      FROM pg_depend d
+      JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+     WHERE d.classid = 'pg_class'::regclass AND d.refobjid = 'sync_outbox'::regclass
+       AND a.attname = 'calendar_id';
+    ALTER TABLE sync_outbox DROP COLUMN calendar_id;
+    ALTER TABLE sync_outbox ADD COLUMN calendar_key text;
+    ALTER TABLE sync_outbox ADD COLUMN calendar_id text
+        GENERATED ALWAYS AS (coalesce(calendar_key, payload ->> 'calendarId')) STORED;
+    FOREACH definition IN ARRAY definitions LOOP
+        EXECUTE definition;
+    END LOOP;
+END;
+$$;
+
+CREATE OR REPLACE VIEW sync_outbox_dead_letters AS
+    SELECT id, operation, workspace_id, calendar_id, source_type,
+           source_id, attempts, last_error, created_at, updated_at
+      FROM sync_outbox
+     WHERE status = 'DEAD_LETTER'
+     ORDER BY updated_at DESC;
+
+COMMENT ON COLUMN sync_outbox.calendar_key IS
+    'The calendar''s own id, once a worker resolved the payload''s calendarId to another id (calendar_aliases)';
 
 -- SECURITY DEFINER: producers insert with their own rights, and an upgrade
 -- must not make their inserts need a new grant (it would fail the
@@ -50,18 +91,20 @@ COMMENT ON COLUMN sync_outbox.calendar_id IS
 CREATE FUNCTION calendar_sync_key_calendar() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 BEGIN
-    NEW.calendar_id := coalesce(
-        (SELECT a.resolved_id FROM calendar_aliases a
-          WHERE a.workspace_id = NEW.payload ->> 'workspaceId'
-            AND a.calendar_id = NEW.payload ->> 'calendarId'),
-        NEW.payload ->> 'calendarId');
+    NEW.calendar_key := (
+        SELECT a.resolved_id FROM calendar_aliases a
+         WHERE a.workspace_id = NEW.payload ->> 'workspaceId'
+           AND a.calendar_id = NEW.payload ->> 'calendarId');
     RETURN NEW;
 END;
 $$;
 
+-- Only "primary": a row naming a calendar by its own id (the usual case)
+-- fires nothing, and rows under other aliases are keyed by their item.
 CREATE TRIGGER sync_outbox_key_calendar
-    BEFORE INSERT OR UPDATE OF payload ON sync_outbox
-    FOR EACH ROW EXECUTE FUNCTION calendar_sync_key_calendar();
+    BEFORE INSERT ON sync_outbox
+    FOR EACH ROW WHEN ((NEW.payload ->> 'calendarId') = 'primary')
+    EXECUTE FUNCTION calendar_sync_key_calendar();
 
 -- A reconnect (a new connection version) or a removed connection forgets what
 -- the workspace's names meant.
@@ -153,10 +196,12 @@ $$;
 -- An item (p_id, held with p_token) whose payload names the calendar p_name
 -- learnt that it is p_resolved. 'KEYED': its row is keyed by the real id
 -- already, go on. 'REKEYED': it was not: the alias is recorded, the bindings
--- carried over, the workspace's waiting rows of that name re-keyed, those a
--- newer write of their source already overtook superseded, and this row is
--- back in line without using an attempt (it wrote nothing). 'STALE': the
--- connection changed meanwhile; 'LOST': the claim is gone.
+-- carried over, this row and the workspace's waiting rows keyed by that name
+-- re-keyed, and this row is back in line without using an attempt (it wrote
+-- nothing). A re-keyed row that a newer write of its source has overtaken
+-- (one waiting or in flight under the real id, or the binding's last write)
+-- is superseded, never applied after it. 'STALE': the connection changed
+-- meanwhile; 'LOST': the claim is gone.
 CREATE FUNCTION calendar_sync_resolve_item(
     p_id uuid, p_token uuid, p_workspace text, p_name text, p_resolved text, p_version bigint,
     OUT verdict text, OUT doubled integer
@@ -164,6 +209,7 @@ CREATE FUNCTION calendar_sync_resolve_item(
 LANGUAGE plpgsql AS $$
 DECLARE
     key text;
+    moved uuid[];
 BEGIN
     doubled := 0;
     SELECT o.calendar_id INTO key FROM sync_outbox o WHERE o.id = p_id AND o.claim_token = p_token;
@@ -185,23 +231,41 @@ BEGIN
     END IF;
     UPDATE sync_outbox o
        SET status = 'PENDING', attempts = greatest(o.attempts - 1, 0), claim_token = NULL,
-           next_attempt_at = now(), updated_at = now()
+           calendar_key = p_resolved, next_attempt_at = now(), updated_at = now()
      WHERE o.id = p_id AND o.claim_token = p_token;
-    -- Rows in flight elsewhere under the old key step back the same way
-    -- when their item gets here.
-    UPDATE sync_outbox o SET calendar_id = p_resolved, updated_at = now()
-     WHERE o.workspace_id = p_workspace AND o.status = 'PENDING'
-       AND o.payload ->> 'calendarId' = p_name AND o.calendar_id IS DISTINCT FROM p_resolved;
+    -- Rows in flight elsewhere under the name step back the same way when
+    -- their item gets here; rows keyed by an older answer (before a
+    -- reconnect) do too.
+    WITH m AS (
+        UPDATE sync_outbox o SET calendar_key = p_resolved, updated_at = now()
+         WHERE o.workspace_id = p_workspace AND o.calendar_id = p_name AND o.status = 'PENDING'
+           AND o.payload ->> 'calendarId' = p_name
+        RETURNING o.id
+    )
+    SELECT array_agg(m.id) || p_id INTO moved FROM m;
     UPDATE sync_outbox o
-       SET status = 'SUPERSEDED', superseded_by = b.last_outbox_id, updated_at = now(),
-           processed_at = now()
-      FROM calendar_event_bindings b, sync_outbox w
-     WHERE o.workspace_id = p_workspace AND o.calendar_id = p_resolved AND o.status = 'PENDING'
-       AND o.payload ->> 'calendarId' = p_name
+       SET status = 'SUPERSEDED', updated_at = now(), processed_at = now(),
+           superseded_by = coalesce(
+               (SELECT n.id FROM sync_outbox n
+                 WHERE n.workspace_id = o.workspace_id AND n.calendar_id = o.calendar_id
+                   AND n.source_type = o.source_type AND n.source_id = o.source_id
+                   AND n.status IN ('PENDING', 'PROCESSING') AND n.seq > o.seq
+                 ORDER BY n.seq DESC LIMIT 1),
+               (SELECT b.last_outbox_id FROM calendar_event_bindings b
+                 WHERE b.workspace_id = o.workspace_id AND b.calendar_id = o.calendar_id
+                   AND b.source_type = o.source_type AND b.source_id = o.source_id))
+     WHERE o.id = ANY (moved) AND o.status = 'PENDING'
        AND o.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT')
-       AND b.workspace_id = o.workspace_id AND b.calendar_id = o.calendar_id
-       AND b.source_type = o.source_type AND b.source_id = o.source_id
-       AND w.id = b.last_outbox_id AND w.seq > o.seq;
+       AND (EXISTS (SELECT 1 FROM sync_outbox n
+                     WHERE n.workspace_id = o.workspace_id AND n.calendar_id = o.calendar_id
+                       AND n.source_type = o.source_type AND n.source_id = o.source_id
+                       AND n.status IN ('PENDING', 'PROCESSING') AND n.seq > o.seq
+                       AND n.operation IN ('UPSERT_EVENT', 'CANCEL_EVENT'))
+            OR EXISTS (SELECT 1 FROM calendar_event_bindings b
+                         JOIN sync_outbox w ON w.id = b.last_outbox_id
+                        WHERE b.workspace_id = o.workspace_id AND b.calendar_id = o.calendar_id
+                          AND b.source_type = o.source_type AND b.source_id = o.source_id
+                          AND w.seq > o.seq));
     verdict := 'REKEYED';
 END;
 $$;
