@@ -12,11 +12,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::calendar::EventBody;
+use crate::db::Database;
 use crate::operation::{CalendarKey, EventDetails, Operation, SourceKey, UpsertEvent};
 use crate::store;
 use crate::sync::{ApplyError, event_body};
@@ -80,12 +80,12 @@ impl Desired {
     /// The first configured source.
     pub async fn choose(
         source: Option<&Arc<dyn EventSource>>,
-        pool: &Pool,
+        db: &Database,
     ) -> Result<Self, ApplyError> {
         if let Some(source) = source {
             return Ok(Self::Source(source.clone()));
         }
-        if store::desired_view_exists(&**pool.get().await?).await? {
+        if store::desired_view_exists(&**db.client().await?).await? {
             return Ok(Self::View);
         }
         Ok(Self::Bindings)
@@ -103,7 +103,7 @@ impl Desired {
     /// The next page of desired sources after `after`.
     pub async fn page(
         &self,
-        pool: &Pool,
+        db: &Database,
         calendar: &CalendarKey,
         after: Option<&SourceCursor>,
         limit: usize,
@@ -125,7 +125,7 @@ impl Desired {
                 })
                 .collect(),
             Self::View => store::desired_view_page(
-                &**pool.get().await?,
+                &**db.client().await?,
                 calendar,
                 after,
                 limit as i64,
@@ -159,7 +159,7 @@ impl Desired {
             })
             .collect(),
             Self::Bindings => {
-                store::live_bindings_page(&**pool.get().await?, calendar, after, limit as i64)
+                store::live_bindings_page(&**db.client().await?, calendar, after, limit as i64)
                     .await?
                     .into_iter()
                     .map(|b| Wanted {
@@ -207,5 +207,26 @@ fn wanted(
         },
         event_type,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pooled session that cannot be had names the server and the cause
+    /// (the pool's own error says neither).
+    #[tokio::test]
+    async fn a_pool_failure_names_host_port_and_the_cause() {
+        let url = "postgres://postgres@127.0.0.1:1/app?sslmode=disable&connect_timeout=5";
+        let db = Database::connect(url, 1).unwrap();
+        let Err(ApplyError::Database(message)) = Desired::choose(None, &db).await else {
+            panic!("the pool cannot connect");
+        };
+        assert!(
+            message.contains("127.0.0.1:1, database \"app\""),
+            "{message}"
+        );
+        assert!(message.contains("Connection refused"), "{message}");
     }
 }

@@ -167,13 +167,13 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
         Err(e) => return Verdict::Invalid(e),
     };
     let calendar = &shared.calendar;
-    let pool = shared.db.pool();
+    let db = &shared.db;
     let applied = match &operation {
-        Operation::UpsertEvent(u) => sync::upsert(calendar, pool, item, u).await,
+        Operation::UpsertEvent(u) => sync::upsert(calendar, db, item, u).await,
         Operation::CancelEvent(s) => sync::cancel(calendar, item, s).await,
         Operation::RebuildAll(c) => {
             let chunk = shared.config.rebuild_chunk;
-            rebuild::rebuild(calendar, pool, shared.event_source.as_ref(), chunk, item, c).await
+            rebuild::rebuild(calendar, db, shared.event_source.as_ref(), chunk, item, c).await
         }
     };
     match applied {

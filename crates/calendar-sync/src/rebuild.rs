@@ -17,10 +17,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{Calendar, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent};
+use crate::db::Database;
 use crate::desired::{Desired, EventSource, SourceCursor, Wanted};
 use crate::operation::{CalendarKey, SourceKey};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem, StoredBinding};
@@ -51,7 +51,7 @@ struct Progress {
 /// What one attempt works with.
 struct Pass<'a, C> {
     calendar: &'a C,
-    pool: &'a Pool,
+    db: &'a Database,
     item: &'a ClaimedItem,
     target: &'a CalendarKey,
     remote: HashMap<String, RemoteEvent>,
@@ -61,13 +61,13 @@ struct Pass<'a, C> {
 
 pub(crate) async fn rebuild<C: Calendar>(
     calendar: &C,
-    pool: &Pool,
+    db: &Database,
     source: Option<&Arc<dyn EventSource>>,
     chunk: usize,
     item: &ClaimedItem,
     target: &CalendarKey,
 ) -> Result<Applied, ApplyError> {
-    let desired = Desired::choose(source, pool).await?;
+    let desired = Desired::choose(source, db).await?;
     let mut progress: Progress = item
         .result
         .clone()
@@ -88,7 +88,7 @@ pub(crate) async fn rebuild<C: Calendar>(
     }
     let mut pass = Pass {
         calendar,
-        pool,
+        db,
         item,
         target,
         remote,
@@ -97,12 +97,12 @@ pub(crate) async fn rebuild<C: Calendar>(
     };
 
     let after = pass.progress.cursor.clone();
-    let page = desired.page(pool, target, after.as_ref(), chunk).await?;
+    let page = desired.page(db, target, after.as_ref(), chunk).await?;
     let upto = (page.len() >= chunk)
         .then(|| page.last().map(|w| w.cursor.clone()))
         .flatten();
     let bindings =
-        store::bindings_in_range(&**pool.get().await?, target, after.as_ref(), upto.as_ref())
+        store::bindings_in_range(&**db.client().await?, target, after.as_ref(), upto.as_ref())
             .await?;
     let mut keys: BTreeMap<SourceCursor, (Option<&Wanted>, Option<&StoredBinding>)> =
         BTreeMap::new();
@@ -227,7 +227,7 @@ impl<C: Calendar> Pass<'_, C> {
         };
         let written = write_event(
             self.calendar,
-            self.pool,
+            self.db,
             self.item,
             &source,
             &wanted.event_type,
@@ -285,7 +285,7 @@ impl<C: Calendar> Pass<'_, C> {
     /// Deletes our events that no binding wants (after the last chunk, every
     /// desired source is bound to exactly one event).
     async fn delete_orphans(&mut self) -> Result<(), ApplyError> {
-        let keep = store::bound_event_ids(&**self.pool.get().await?, self.target).await?;
+        let keep = store::bound_event_ids(&**self.db.client().await?, self.target).await?;
         let orphans: BTreeSet<String> = self
             .remote
             .keys()
@@ -307,7 +307,7 @@ impl<C: Calendar> Pass<'_, C> {
     }
 
     async fn put(&self, binding: &BindingWrite) -> Result<(), ApplyError> {
-        if store::put_binding(&**self.pool.get().await?, self.item, binding).await? {
+        if store::put_binding(&**self.db.client().await?, self.item, binding).await? {
             Ok(())
         } else {
             Err(ApplyError::ClaimLost)
