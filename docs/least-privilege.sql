@@ -35,8 +35,13 @@ CREATE ROLE calendar_sync_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREP
 -- sync_outbox: claims and outcomes (SELECT, UPDATE); `cleanup` (DELETE).
 -- No INSERT: the worker never enqueues.
 GRANT SELECT, UPDATE, DELETE ON sync_outbox TO calendar_sync_worker;
--- calendar_event_bindings: written as INSERT … ON CONFLICT DO UPDATE; never deleted.
+-- calendar_event_bindings: written as INSERT … ON CONFLICT DO UPDATE; never
+-- deleted (a binding written under another name of its calendar moves to the
+-- calendar's own id inside calendar_sync_record_alias, SECURITY DEFINER, V11).
 GRANT SELECT, INSERT, UPDATE ON calendar_event_bindings TO calendar_sync_worker;
+-- calendar_aliases: what each calendar name resolves to (V11); read by a
+-- REBUILD_ALL, written only by the SECURITY DEFINER functions of V11.
+GRANT SELECT ON calendar_aliases TO calendar_sync_worker;
 -- google_connections: `connections put` (INSERT … ON CONFLICT DO UPDATE), a
 -- rotated refresh token or an invalid grant (UPDATE), the token refresher (SELECT).
 GRANT SELECT, INSERT, UPDATE ON google_connections TO calendar_sync_worker;
@@ -64,7 +69,9 @@ GRANT EXECUTE ON FUNCTION requeue_dead_letter_items(uuid[], text), cleanup_old_o
 -- at commit with the producer's rights) reads calendar_sync_waiters to see
 -- whether a worker waits for a wake-up (V9). Of sync_outbox a producer can read
 -- id for RETURNING (and status, next_attempt_at, xmin, which V5's trigger read):
--- not the payloads of other rows, not last_error.
+-- not the payloads of other rows, not last_error. The trigger that keys a row
+-- by its calendar's own id (V11) reads calendar_aliases with its owner's rights:
+-- no grant needed.
 CREATE ROLE calendar_sync_producer NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
 GRANT INSERT ON sync_outbox TO calendar_sync_producer;
 GRANT SELECT (id, status, next_attempt_at, xmin) ON sync_outbox TO calendar_sync_producer;

@@ -116,6 +116,9 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
         cancel("ws1", "ws1@example.com", "s1"),
     ));
     rows.push(("REBUILD_ALL".into(), rebuild("ws2", "ws2@example.com")));
+    // Through "primary": resolved, re-keyed, bindings carried over (V11).
+    rows.push(("UPSERT_EVENT".into(), upsert("ws0", "primary", "p1", "v1")));
+    rows.push(("REBUILD_ALL".into(), rebuild("ws0", "primary")));
     rows.push((
         "UPSERT_EVENT".into(),
         serde_json::json!({"workspaceId": "ws0"}),
@@ -172,6 +175,20 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
     .await;
     assert_eq!(t.row(id).await.status, "COMPLETED");
     assert_eq!(t.count("DEAD_LETTER").await, 1, "the malformed one");
+    let bound_under: String = t
+        .client()
+        .await
+        .query_one(
+            "SELECT calendar_id FROM calendar_event_bindings WHERE source_id = 'p1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        bound_under, "ws0@example.com",
+        "primary resolved as the role"
+    );
 
     // Orphan recovery as the role: a killed lock connection mid-run.
     g.set_latency(Duration::from_millis(300));
@@ -266,6 +283,7 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
         "ALTER TABLE google_connections ADD COLUMN x int",
         "DELETE FROM calendar_event_bindings",
         "DELETE FROM google_connections",
+        "DELETE FROM calendar_aliases",
         "UPDATE calendar_sync_migrations SET name = name",
         "CREATE TABLE public.worker_table (x int)",
         "CREATE OR REPLACE FUNCTION calendar_sync_notify() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$",
@@ -276,7 +294,7 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
     drop(db);
     println!(
         "FIGURES least_privilege: role grants from docs/least-privilege.sql; items drained as the role: \
-         {}; operations refused: 9",
+         {}; operations refused: 10",
         report.completed
     );
     roles.drop_all().await;

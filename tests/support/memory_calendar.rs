@@ -61,6 +61,7 @@ struct State {
     restore_on_update: bool,
     page_size: usize,
     version: u64,
+    budget: Option<calendar_sync::Budget>,
 }
 
 /// The in-memory calendar. Clones share state.
@@ -99,6 +100,12 @@ impl MemoryCalendar {
     /// How many events one list page holds.
     pub fn set_page_size(&self, size: usize) {
         self.state().page_size = size.max(1);
+    }
+
+    /// Makes the drainer pay every call from the shared budget (migration
+    /// V8), as it does for Google.
+    pub fn set_budget(&self, budget: calendar_sync::Budget) {
+        self.state().budget = Some(budget);
     }
 
     /// Delay before every call answers.
@@ -315,6 +322,10 @@ fn not_found(id: &str) -> CalendarError {
 }
 
 impl Calendar for MemoryCalendar {
+    fn budget(&self) -> Option<calendar_sync::Budget> {
+        self.state().budget
+    }
+
     async fn insert_event(
         &self,
         target: &CalendarKey,

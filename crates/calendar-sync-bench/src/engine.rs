@@ -109,10 +109,15 @@ pub fn upstream(t: &TestDb) -> String {
     format!("{host}:{port}")
 }
 
-/// A connection config for the test database through a proxy.
+/// A connection config for the test database through a proxy: in plaintext,
+/// or the proxy could not read the protocol (the default `prefer` negotiates
+/// TLS with a server that offers it).
 pub fn through(t: &TestDb, proxy: &WireCounter) -> tokio_postgres::Config {
     let mut c = tokio_postgres::Config::new();
-    c.host("127.0.0.1").port(proxy.port).dbname(&t.name);
+    c.host("127.0.0.1")
+        .port(proxy.port)
+        .dbname(&t.name)
+        .ssl_mode(tokio_postgres::config::SslMode::Disable);
     if let Some(user) = t.config.get_user() {
         c.user(user);
     }

@@ -3,7 +3,7 @@
 //! latency, no limiter) at concurrency 1, 8 and 32 (the default), and 32 with
 //! batch_size 32.
 
-use calendar_sync::DrainerConfig;
+use calendar_sync::{Budget, DrainerConfig};
 use calendar_sync_tests::{MemoryCalendar, TestDb};
 use serde_json::json;
 
@@ -22,7 +22,16 @@ pub const TARGET_ROUND_TRIPS: f64 = 4.0;
 struct Case {
     label: String,
     config: DrainerConfig,
+    /// Calls paid from the shared budget (quotas raised so that they never bind).
+    budget: Option<Budget>,
 }
+
+/// Quotas far above what one worker drains: the budget's cost, never its limit.
+const RAISED: Budget = Budget {
+    per_connection: 10_000_000,
+    per_project: 100_000_000,
+    window: std::time::Duration::from_secs(60),
+};
 
 fn cases() -> Vec<Case> {
     let case = |label: &str, concurrency: usize, batch_size: usize| Case {
@@ -32,13 +41,26 @@ fn cases() -> Vec<Case> {
             batch_size,
             ..DrainerConfig::default()
         },
+        budget: None,
     };
     vec![
         case("1", 1, 10),
         case("8", 8, 10),
         case("32, batch_size 10", 32, 10),
         case("32, batch_size 32 (default)", 32, 32),
+        Case {
+            budget: Some(RAISED),
+            ..case("32, batch_size 32, shared budget (quotas raised)", 32, 32)
+        },
     ]
+}
+
+fn calendar(case: &Case) -> MemoryCalendar {
+    let calendar = MemoryCalendar::new();
+    if let Some(budget) = case.budget {
+        calendar.set_budget(budget);
+    }
+    calendar
 }
 
 /// Runs the scenario.
@@ -67,7 +89,7 @@ pub async fn run(quick: bool) {
             &t,
             &admin,
             t.config.clone(),
-            MemoryCalendar::new(),
+            calendar(&case),
             case.config.clone(),
             n_case as u64,
         )
@@ -80,7 +102,7 @@ pub async fn run(quick: bool) {
             &t,
             &admin,
             through(&t, &proxy),
-            MemoryCalendar::new(),
+            calendar(&case),
             case.config.clone(),
             n_wire as u64,
         )
@@ -89,6 +111,7 @@ pub async fn run(quick: bool) {
         let defaults = DrainerConfig::default();
         if case.config.concurrency == defaults.concurrency
             && case.config.batch_size == defaults.batch_size
+            && case.budget.is_none()
         {
             breakdown = Some(wire.clone());
         }
@@ -98,6 +121,7 @@ pub async fn run(quick: bool) {
             "case": case.label,
             "concurrency": case.config.concurrency,
             "batch_size": case.config.batch_size,
+            "shared_budget": case.budget.is_some(),
             "items": run.items,
             "seconds": run.secs,
             "items_per_s": run.rate(),
@@ -122,8 +146,11 @@ pub async fn run(quick: bool) {
         "{n} UPSERT_EVENTs ({} at concurrency 1) of new sources over 20 workspaces (each \
          item: claim, write the \
          INSERTING binding, insert call, complete with the LIVE binding), already waiting when \
-         one worker starts. Calendar: the in-process MemoryCalendar, zero latency, no limiter \
-         (Google is not the point here). Throughput is items finished / seconds from start to \
+         one worker starts. Calendar: the in-process MemoryCalendar, zero latency (Google is not \
+         the point here); in the last row every call is paid from the shared budget \
+         (migration V8) as Google's calls are, with quotas raised far enough never to bind, \
+         so that row is the engine at the defaults a Google deployment runs with, and the \
+         target is judged on it. Throughput is items finished / seconds from start to \
          the last one. CPU: this process (the worker) and the PostgreSQL backends serving the \
          database, from /proc. Commits: pg_stat_database.xact_commit delta. Round trips: a \
          second drain of {n_wire} items through a loopback proxy that counts the frontend \
@@ -145,8 +172,10 @@ pub async fn run(quick: bool) {
         ],
         &rows,
     );
+    // Judged at the defaults with the budget in play: what a Google deployment runs.
     let best = json_rows
         .iter()
+        .filter(|r| r["shared_budget"].as_bool() == Some(true))
         .filter_map(|r| r["items_per_s"].as_f64())
         .fold(0.0, f64::max);
     let fewest = json_rows
@@ -154,7 +183,7 @@ pub async fn run(quick: bool) {
         .filter_map(|r| r["round_trips_per_item"].as_f64())
         .fold(f64::MAX, f64::min);
     report.table(
-        &["target", "measured (best case)", "verdict"],
+        &["target", "measured (defaults, shared budget)", "verdict"],
         &[
             vec![
                 format!(">= {TARGET_RATE:.0} items/s"),

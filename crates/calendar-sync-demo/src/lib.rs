@@ -654,7 +654,7 @@ fn explain(code: &str) -> &'static str {
             "not sent to Google at all: the workspace's connection was marked invalid by the revoked \
              grant; they go back with the same requeue once it is re-authorised"
         }
-        c if c.starts_with("google_404") => {
+        "calendar_not_found" => {
             "the calendar does not exist at Google (deleted, or never shared with the account): \
              permanent, dead-lettered after one attempt; fix the calendarId, then requeue"
         }

@@ -141,7 +141,7 @@ fn assert_story(output: &str) {
             || line.starts_with("  globex / connection_invalid")
         {
             globex += n;
-        } else if line.starts_with("  acme-ops / google_404_notFound") {
+        } else if line.starts_with("  acme-ops / calendar_not_found") {
             missing += n;
         } else {
             panic!("unexpected dead letter group: {line}");

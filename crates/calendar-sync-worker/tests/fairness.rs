@@ -14,7 +14,7 @@ use calendar_sync_tests::{
     Audit, GoogleWorld, TestDb, WorkerProcess, enqueue_all, namespace_locks, rebuild, set_env,
     source_payload_upsert, wait_until,
 };
-use fake_google::QuotaConfig;
+use fake_google::{Fault, FaultKind, QuotaConfig};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
@@ -249,9 +249,14 @@ async fn workers_coming_and_going_share_the_project_quota() {
 /// Starts a REBUILD_ALL of ws0 whose list call hangs, and waits until it is
 /// in flight.
 async fn hanging_rebuild(t: &TestDb, world: &GoogleWorld) -> WorkerProcess {
-    world
-        .google
-        .set_method_latency("GET", Duration::from_secs(600));
+    // Its list call hangs; other GETs (each worker's calendars.get of a
+    // calendar it meets first) answer.
+    world.google.inject(
+        Fault::new(FaultKind::Hang)
+            .method("GET")
+            .path(&format!("{}/events", GoogleWorld::calendar_of("ws0")))
+            .times(1_000),
+    );
     t.insert(
         "REBUILD_ALL",
         rebuild("ws0", &GoogleWorld::calendar_of("ws0")),

@@ -161,7 +161,7 @@ impl Tokens {
     /// call is always seen, whatever the number of connections. One read at a
     /// time per process (a fraction of a millisecond each): a pooled session
     /// per call in flight would grow every pool to its maximum.
-    async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
+    pub(crate) async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
         let _turn = self.version_reads.lock().await;
         let client = self.db.client().await.map_err(database)?;
         let statement = client

@@ -75,6 +75,18 @@ pub struct EventPage {
     pub next_page_token: Option<String>,
 }
 
+/// What a calendar name (`primary`, an address, an id) stands for, as the
+/// service resolved it for the workspace's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedCalendar {
+    /// The calendar's own id: every key of the engine uses it.
+    pub id: String,
+    /// The connection version the answer came under (`None`: the service
+    /// has no connections to change): an answer from before a reconnect is
+    /// never recorded.
+    pub connection_version: Option<i64>,
+}
+
 /// What went wrong with a calendar call, in terms the engine acts on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -240,12 +252,29 @@ pub trait Calendar: Send + Sync + 'static {
         event_id: &str,
     ) -> impl Future<Output = Result<RemoteEvent, CalendarError>> + Send;
 
-    /// Whether the calendar exists for this connection (calendars.get): false
-    /// on 404.
+    /// Whether the calendar exists for this connection (calendars.get, asked
+    /// now, never cached): false on 404.
     fn calendar_exists(
         &self,
         target: &CalendarKey,
     ) -> impl Future<Output = Result<bool, CalendarError>> + Send;
+
+    /// The calendar's own id (`None` on 404): `primary` and the owner's
+    /// address are one calendar, so bindings, ordering and REBUILD_ALL key on
+    /// this id whichever name an item uses. May be cached per connection.
+    /// Default: every name is its own id.
+    fn resolve_calendar(
+        &self,
+        target: &CalendarKey,
+    ) -> impl Future<Output = Result<Option<ResolvedCalendar>, CalendarError>> + Send {
+        let id = target.calendar_id.clone();
+        async move {
+            Ok(Some(ResolvedCalendar {
+                id,
+                connection_version: None,
+            }))
+        }
+    }
 
     /// Lists the events whose private extended property `key` equals `value`
     /// (cancelled ones excluded), one page at a time.

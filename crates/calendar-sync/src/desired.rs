@@ -8,6 +8,7 @@
 //! (source_type, source_id), so a rebuild can walk it in bounded chunks and
 //! resume after a crash.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -98,6 +99,32 @@ impl Desired {
             Self::View => "sql_view",
             Self::Bindings => "bindings",
         }
+    }
+
+    /// The next page of desired sources after `after`, over every name of one
+    /// calendar (its own id first): the application may list a source under
+    /// `primary` or under the owner's address. The bindings are keyed by the
+    /// calendar's own id alone.
+    pub async fn page_of_names(
+        &self,
+        db: &Database,
+        names: &[CalendarKey],
+        after: Option<&SourceCursor>,
+        limit: usize,
+    ) -> Result<Vec<Wanted>, ApplyError> {
+        let (first, others) = names.split_first().expect("a calendar has a name");
+        if others.is_empty() || matches!(self, Self::Bindings) {
+            return self.page(db, first, after, limit).await;
+        }
+        // Each name's page holds its first `limit` sources, so the first
+        // `limit` of their union are exactly the union's first `limit`.
+        let mut union: BTreeMap<SourceCursor, Wanted> = BTreeMap::new();
+        for name in names {
+            for wanted in self.page(db, name, after, limit).await? {
+                union.entry(wanted.cursor.clone()).or_insert(wanted);
+            }
+        }
+        Ok(union.into_values().take(limit).collect())
     }
 
     /// The next page of desired sources after `after`.

@@ -20,12 +20,14 @@ use serde_json::Value;
 use crate::auth::{OAuthConfig, Tokens};
 use crate::backoff::parse_retry_after;
 use crate::budget::{self, Budget};
+use crate::calendar::ResolvedCalendar;
 use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventPage, EventTime, RemoteEvent,
 };
 use crate::crypto::TokenCipher;
 use crate::db::Database;
 use crate::error::Error;
+use crate::evict::IdleMap;
 use crate::fenced::FencedCall;
 use crate::limits::Breakers;
 use crate::operation::CalendarKey;
@@ -109,6 +111,9 @@ pub struct GoogleCalendar {
     db: Database,
     usage_pause: Duration,
     paused: Mutex<HashMap<String, Instant>>,
+    /// What each (workspace, calendar name) resolved to, and under which
+    /// connection version.
+    resolved: Mutex<IdleMap<Option<(i64, String)>>>,
 }
 
 impl GoogleCalendar {
@@ -137,7 +142,24 @@ impl GoogleCalendar {
             db: db.clone(),
             usage_pause: config.usage_limit_pause,
             paused: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(IdleMap::new()),
         })
+    }
+
+    /// calendars.get: the calendar's own id, `None` on 404.
+    async fn get_calendar(&self, target: &CalendarKey) -> Result<Option<String>, CalendarError> {
+        match self.call(target, &Request::GetCalendar).await {
+            // Google always answers with the id; an answer without one names
+            // the calendar as asked.
+            Ok(Reply::Calendar(id)) => Ok(Some(id.unwrap_or_else(|| target.calendar_id.clone()))),
+            Ok(_) => Err(CalendarError::new(
+                CalendarErrorKind::Transient,
+                "google_bad_reply",
+                "unexpected reply",
+            )),
+            Err(e) if e.kind == CalendarErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Token refresh requests sent so far.
@@ -315,7 +337,8 @@ impl Request<'_> {
 enum Reply {
     Event(Box<Event>),
     Deleted,
-    Calendar,
+    /// calendars.get: the calendar's own id.
+    Calendar(Option<String>),
     Page(Box<google_calendar3::api::Events>),
 }
 
@@ -350,7 +373,7 @@ async fn send(
             .delegate(capture)
             .doit()
             .await
-            .map(|_| Reply::Calendar),
+            .map(|(_, calendar)| Reply::Calendar(calendar.id)),
         Request::Insert(event) => events
             .insert(event.clone(), calendar_id)
             .delegate(capture)
@@ -627,11 +650,39 @@ impl Calendar for GoogleCalendar {
     }
 
     async fn calendar_exists(&self, target: &CalendarKey) -> Result<bool, CalendarError> {
-        match self.call(target, &Request::GetCalendar).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind == CalendarErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
+        Ok(self.get_calendar(target).await?.is_some())
+    }
+
+    /// Asked once per connection version and calendar name in this process
+    /// (concurrent askers wait for the first answer); a reconnect asks again.
+    async fn resolve_calendar(
+        &self,
+        target: &CalendarKey,
+    ) -> Result<Option<ResolvedCalendar>, CalendarError> {
+        let version = self.tokens.version(&target.workspace_id).await?;
+        let key = format!("{}\u{0}{}", target.workspace_id, target.calendar_id);
+        let entry = self
+            .resolved
+            .lock()
+            .expect("resolved calendars")
+            .get(&key, |known: &Option<(i64, String)>| known.is_some());
+        let mut known = entry.lock().await;
+        if let Some((v, id)) = known.as_ref()
+            && *v == version
+        {
+            return Ok(Some(ResolvedCalendar {
+                id: id.clone(),
+                connection_version: Some(version),
+            }));
         }
+        let Some(id) = self.get_calendar(target).await? else {
+            return Ok(None);
+        };
+        *known = Some((version, id.clone()));
+        Ok(Some(ResolvedCalendar {
+            id,
+            connection_version: Some(version),
+        }))
     }
 
     async fn list_events(

@@ -5,12 +5,12 @@ use std::time::Duration;
 use tokio::task::JoinError;
 
 use crate::backoff::retry_delay;
-use crate::calendar::{Calendar, CalendarError, ErrorClass};
+use crate::calendar::{Calendar, CalendarError, CalendarErrorKind, ErrorClass};
 use crate::drain::Shared;
 use crate::error::Error;
-use crate::operation::{DecodeError, Operation, OperationKind};
+use crate::operation::{CalendarKey, DecodeError, Operation, OperationKind};
 use crate::rebuild;
-use crate::store::{self, ClaimedItem, Completion, FailureStatus, Wait};
+use crate::store::{self, ClaimedItem, Completion, FailureStatus, Resolution, Wait};
 use crate::sync::{self, Applied, ApplyError};
 
 /// What became of an item, for the drain report.
@@ -59,6 +59,8 @@ enum Verdict {
     Database(String),
     Panicked(String),
     ClaimLost,
+    /// Back in line under its calendar's own id (already recorded).
+    SteppedBack,
 }
 
 /// A processed item: its outcome already recorded, or a success that the
@@ -162,10 +164,16 @@ fn note(item: &ClaimedItem, verdict: Option<&Verdict>, outcome: ItemOutcome) {
 }
 
 async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
-    let operation = match Operation::decode(&item.operation, &item.payload) {
+    let mut operation = match Operation::decode(&item.operation, &item.payload) {
         Ok(op) => op,
         Err(e) => return Verdict::Invalid(e),
     };
+    let named = operation.calendar().clone();
+    match resolve(shared, item, &named).await {
+        Ok(Some(id)) => operation.set_calendar_id(id),
+        Ok(None) => return Verdict::SteppedBack,
+        Err(verdict) => return verdict,
+    }
     let calendar = &shared.calendar;
     let db = &shared.db;
     let applied = match &operation {
@@ -173,7 +181,8 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
         Operation::CancelEvent(s) => sync::cancel(calendar, item, s).await,
         Operation::RebuildAll(c) => {
             let chunk = shared.config.rebuild_chunk;
-            rebuild::rebuild(calendar, db, shared.event_source.as_ref(), chunk, item, c).await
+            let source = shared.event_source.as_ref();
+            rebuild::rebuild(calendar, db, source, chunk, item, c, &named.calendar_id).await
         }
     };
     match applied {
@@ -184,6 +193,54 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
         },
         Err(ApplyError::Database(message)) => Verdict::Database(message),
         Err(ApplyError::ClaimLost) => Verdict::ClaimLost,
+    }
+}
+
+/// The calendar's own id, which every key uses whichever name the payload
+/// gives (`primary`, the owner's address): `Ok(None)` when the item's row was
+/// keyed by another name and went back in line under the right one, before
+/// any write (see `calendar_sync_resolve_item`).
+async fn resolve<C: Calendar>(
+    shared: &Shared<C>,
+    item: &ClaimedItem,
+    named: &CalendarKey,
+) -> Result<Option<String>, Verdict> {
+    let failed = |error| Verdict::Failed {
+        error,
+        workspace_id: named.workspace_id.clone(),
+    };
+    let resolved = match shared.calendar.resolve_calendar(named).await {
+        Ok(Some(resolved)) => resolved,
+        Ok(None) => return Err(failed(sync::calendar_not_found(named))),
+        Err(e) => return Err(failed(e)),
+    };
+    if resolved.id == named.calendar_id {
+        return Ok(Some(resolved.id));
+    }
+    let resolution = async {
+        let client = shared.db.client().await?;
+        let version = resolved.connection_version;
+        Ok::<_, Error>(store::resolve_item(&**client, item, named, &resolved.id, version).await?)
+    };
+    match resolution.await {
+        Ok(Resolution::Keyed) => Ok(Some(resolved.id)),
+        Ok(Resolution::Rekeyed { doubled }) => {
+            tracing::info!(outbox.id = %item.id, calendar.name = %named.calendar_id, calendar.id = %resolved.id, "calendar name resolved; its rows are keyed by the calendar's own id now");
+            if doubled > 0 {
+                tracing::warn!(calendar.name = %named.calendar_id, calendar.id = %resolved.id, sources = doubled, "sources had an event under each name of one calendar; the older stays until the next REBUILD_ALL of the calendar deletes it");
+            }
+            Ok(None)
+        }
+        Ok(Resolution::Stale) => Err(failed(
+            CalendarError::new(
+                CalendarErrorKind::HeldBack,
+                "connection_changed",
+                "the connection changed while its calendar was resolved; asking again",
+            )
+            .with_retry_after(Some(Duration::ZERO)),
+        )),
+        Ok(Resolution::ClaimLost) => Err(Verdict::ClaimLost),
+        Err(e) => Err(Verdict::Database(e.to_string())),
     }
 }
 
@@ -228,6 +285,7 @@ async fn record_once<C: Calendar>(
     let config = &shared.config;
     let outcome = match verdict {
         Verdict::ClaimLost => ItemOutcome::ClaimLost,
+        Verdict::SteppedBack => ItemOutcome::Deferred,
         Verdict::Done(applied) if applied.continue_later => {
             let progress = applied.result.clone().unwrap_or_default();
             match store::checkpoint(client, item, &progress).await? {
@@ -383,7 +441,7 @@ fn dead_or_lost(status: FailureStatus, others: u64) -> ItemOutcome {
 
 fn log_outcome(item: &ClaimedItem, verdict: &Verdict, outcome: ItemOutcome) {
     let reason = match verdict {
-        Verdict::Done(_) | Verdict::ClaimLost => None,
+        Verdict::Done(_) | Verdict::ClaimLost | Verdict::SteppedBack => None,
         Verdict::Invalid(e) => Some(format!("[invalid_payload] {e}")),
         Verdict::Failed { error, .. } => Some(error.to_string()),
         Verdict::Database(m) => Some(format!("[database] {m}")),
@@ -391,6 +449,7 @@ fn log_outcome(item: &ClaimedItem, verdict: &Verdict, outcome: ItemOutcome) {
     };
     match (outcome, reason) {
         (ItemOutcome::Completed { changed }, _) => tracing::debug!(changed, "item completed"),
+        (ItemOutcome::Deferred, None) => tracing::debug!("item back in line"),
         (outcome, Some(reason)) => {
             tracing::warn!(?outcome, attempts = item.attempts, error = %reason, "item failed")
         }

@@ -96,6 +96,7 @@ pub use budget::Budget;
 pub use calendar::{
     Calendar, CalendarError, CalendarErrorKind, ErrorClass, EventBody, EventPage, EventTime,
     PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
+    ResolvedCalendar,
 };
 pub use config::DrainerConfig;
 pub use connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};

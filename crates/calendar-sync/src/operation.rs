@@ -156,6 +156,24 @@ impl Operation {
         }
     }
 
+    /// The calendar the operation acts on, as its payload names it.
+    pub fn calendar(&self) -> &CalendarKey {
+        match self {
+            Self::UpsertEvent(u) => &u.source.calendar,
+            Self::CancelEvent(s) => &s.calendar,
+            Self::RebuildAll(c) => c,
+        }
+    }
+
+    /// Names the calendar by its own id (see `Calendar::resolve_calendar`).
+    pub(crate) fn set_calendar_id(&mut self, calendar_id: String) {
+        match self {
+            Self::UpsertEvent(u) => u.source.calendar.calendar_id = calendar_id,
+            Self::CancelEvent(s) => s.calendar.calendar_id = calendar_id,
+            Self::RebuildAll(c) => c.calendar_id = calendar_id,
+        }
+    }
+
     /// The workspace the operation belongs to.
     pub fn workspace_id(&self) -> &str {
         match self {

@@ -19,7 +19,10 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::{Calendar, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent};
+use crate::calendar::{
+    Calendar, CalendarError, CalendarErrorKind, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE,
+    RemoteEvent,
+};
 use crate::db::Database;
 use crate::desired::{Desired, EventSource, SourceCursor, Wanted};
 use crate::operation::{CalendarKey, SourceKey};
@@ -59,6 +62,9 @@ struct Pass<'a, C> {
     progress: Progress,
 }
 
+/// Rebuilds `target`, keyed by the calendar's own id; `named` is the name
+/// the REBUILD_ALL gave it (`primary`, say), under which the application may
+/// list its desired events.
 pub(crate) async fn rebuild<C: Calendar>(
     calendar: &C,
     db: &Database,
@@ -66,6 +72,7 @@ pub(crate) async fn rebuild<C: Calendar>(
     chunk: usize,
     item: &ClaimedItem,
     target: &CalendarKey,
+    named: &str,
 ) -> Result<Applied, ApplyError> {
     let desired = Desired::choose(source, db).await?;
     let mut progress: Progress = item
@@ -74,6 +81,10 @@ pub(crate) async fn rebuild<C: Calendar>(
         .and_then(|v| serde_json::from_value(v).ok())
         .unwrap_or_default();
     progress.source = desired.name().to_owned();
+    if progress.cursor.is_none() {
+        carry_over_other_names(calendar, db, target).await?;
+    }
+    let names = names(db, target, named).await?;
     let remote = list_ours(calendar, target).await?;
     let mut by_source: HashMap<SourceCursor, Vec<String>> = HashMap::new();
     for (id, event) in &remote {
@@ -97,7 +108,9 @@ pub(crate) async fn rebuild<C: Calendar>(
     };
 
     let after = pass.progress.cursor.clone();
-    let page = desired.page(db, target, after.as_ref(), chunk).await?;
+    let page = desired
+        .page_of_names(db, &names, after.as_ref(), chunk)
+        .await?;
     let upto = (page.len() >= chunk)
         .then(|| page.last().map(|w| w.cursor.clone()))
         .flatten();
@@ -313,6 +326,74 @@ impl<C: Calendar> Pass<'_, C> {
             Err(ApplyError::ClaimLost)
         }
     }
+}
+
+/// Bindings written under another name of this calendar (`primary` and the
+/// owner's address), by this release or one before calendars were resolved,
+/// move to its own id before anything can count as an orphan: a rebuild
+/// never deletes an event its source is bound to under another name. Names
+/// Google does not know, or refuses for good, are other calendars' business.
+async fn carry_over_other_names<C: Calendar>(
+    calendar: &C,
+    db: &Database,
+    target: &CalendarKey,
+) -> Result<(), ApplyError> {
+    let others = store::binding_calendar_names(
+        &**db.client().await?,
+        &target.workspace_id,
+        &target.calendar_id,
+    )
+    .await?;
+    for name in others {
+        let other = CalendarKey {
+            workspace_id: target.workspace_id.clone(),
+            calendar_id: name,
+        };
+        let resolved = match calendar.resolve_calendar(&other).await {
+            Ok(Some(resolved)) if resolved.id == target.calendar_id => resolved,
+            Ok(_) => continue,
+            Err(e) if e.class() == crate::calendar::ErrorClass::Permanent => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let client = db.client().await?;
+        let version = resolved.connection_version;
+        match store::record_alias(&**client, &other, &resolved.id, version).await? {
+            Some(doubled) if doubled > 0 => {
+                tracing::warn!(calendar.name = %other.calendar_id, calendar.id = %resolved.id, sources = doubled, "sources had an event under each name of one calendar; this rebuild deletes the older");
+            }
+            Some(_) => {}
+            None => {
+                return Err(CalendarError::new(
+                    CalendarErrorKind::HeldBack,
+                    "connection_changed",
+                    "the connection changed while its calendars were resolved; asking again",
+                )
+                .with_retry_after(Some(std::time::Duration::ZERO))
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Every name of the calendar its desired events may be listed under: its
+/// own id, the name the REBUILD_ALL used, and the names known to resolve to it.
+async fn names(
+    db: &Database,
+    target: &CalendarKey,
+    named: &str,
+) -> Result<Vec<CalendarKey>, ApplyError> {
+    let mut names = vec![target.clone()];
+    let aliases = store::calendar_aliases(&**db.client().await?, target).await?;
+    for name in std::iter::once(named.to_owned()).chain(aliases) {
+        if names.iter().all(|n| n.calendar_id != name) {
+            names.push(CalendarKey {
+                workspace_id: target.workspace_id.clone(),
+                calendar_id: name,
+            });
+        }
+    }
+    Ok(names)
 }
 
 /// Every live event of ours on the calendar, by id.

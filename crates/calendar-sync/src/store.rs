@@ -859,6 +859,113 @@ pub async fn connection(
 pub const CONNECTION_VERSION: &str =
     "SELECT connection_version FROM google_connections WHERE workspace_id = $1";
 
+/// What [`resolve_item`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// The row is keyed by the calendar's own id: go on.
+    Keyed,
+    /// It was keyed by another name: re-keyed (with its workspace's waiting
+    /// rows of that name) and back in line without using an attempt.
+    Rekeyed {
+        /// Sources that had a binding under both names with different events
+        /// (the older event may still be live; REBUILD_ALL removes it).
+        doubled: i32,
+    },
+    /// The connection changed since the calendar was resolved: ask again.
+    Stale,
+    /// Another worker owns the row now.
+    ClaimLost,
+}
+
+/// An item whose payload names its calendar `name` learnt that it is
+/// `resolved` (under connection `version`): see `calendar_sync_resolve_item`
+/// in migration V11.
+pub async fn resolve_item(
+    client: &impl GenericClient,
+    item: &ClaimedItem,
+    calendar: &CalendarKey,
+    resolved: &str,
+    version: Option<i64>,
+) -> Result<Resolution, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT verdict, doubled FROM calendar_sync_resolve_item($1, $2, $3, $4, $5, $6)",
+            &[
+                &item.id,
+                &item.claim_token,
+                &calendar.workspace_id,
+                &calendar.calendar_id,
+                &resolved,
+                &version,
+            ],
+        )
+        .await?;
+    Ok(match row.get::<_, &str>(0) {
+        "KEYED" => Resolution::Keyed,
+        "REKEYED" => Resolution::Rekeyed {
+            doubled: row.get(1),
+        },
+        "STALE" => Resolution::Stale,
+        _ => Resolution::ClaimLost,
+    })
+}
+
+/// Records that `calendar` names `resolved` and carries its bindings over
+/// (migration V11): `None` when the connection changed since `version`, else
+/// how many sources had a binding under both names with different events.
+pub async fn record_alias(
+    client: &impl GenericClient,
+    calendar: &CalendarKey,
+    resolved: &str,
+    version: Option<i64>,
+) -> Result<Option<i32>, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT calendar_sync_record_alias($1, $2, $3, $4)",
+            &[
+                &calendar.workspace_id,
+                &calendar.calendar_id,
+                &resolved,
+                &version,
+            ],
+        )
+        .await?;
+    let doubled: i32 = row.get(0);
+    Ok((doubled >= 0).then_some(doubled))
+}
+
+/// The calendar names a workspace's bindings use, other than `except`.
+pub async fn binding_calendar_names(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    except: &str,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT DISTINCT calendar_id FROM calendar_event_bindings
+              WHERE workspace_id = $1 AND calendar_id <> $2",
+            &[&workspace_id, &except],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The names known to resolve to `calendar`'s id, other than that id.
+pub async fn calendar_aliases(
+    client: &impl GenericClient,
+    calendar: &CalendarKey,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let rows = client
+        .query(
+            "SELECT calendar_id FROM calendar_aliases
+              WHERE workspace_id = $1 AND resolved_id = $2 AND calendar_id <> $2
+              ORDER BY 1",
+            &[&calendar.workspace_id, &calendar.calendar_id],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
 /// Stores (or replaces) a workspace's connection and marks it valid.
 pub async fn put_connection(
     client: &impl GenericClient,

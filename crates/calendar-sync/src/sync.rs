@@ -431,20 +431,26 @@ pub(crate) async fn look<C: Calendar>(
             if calendar.calendar_exists(target).await? {
                 Ok(Found::Gone)
             } else {
-                Err(CalendarError::new(
-                    CalendarErrorKind::Permanent,
-                    "calendar_not_found",
-                    format!(
-                        "calendar {} does not exist for this connection (or its access is lost); \
-                         requeue once it is back",
-                        target.calendar_id
-                    ),
-                )
-                .into())
+                Err(calendar_not_found(target).into())
             }
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// A calendar Google does not know (calendars.get: 404): dead-lettered
+/// without a new event id, since the old event is still there once access
+/// returns.
+pub(crate) fn calendar_not_found(target: &CalendarKey) -> CalendarError {
+    CalendarError::new(
+        CalendarErrorKind::Permanent,
+        "calendar_not_found",
+        format!(
+            "calendar {} does not exist for this connection (or its access is lost); \
+             requeue once it is back",
+            target.calendar_id
+        ),
+    )
 }
 
 /// A 404 that the read-back contradicts: retry later.
