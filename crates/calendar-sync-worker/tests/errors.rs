@@ -1,9 +1,11 @@
 //! Errors an operator sees name what was tried (host:port, database, user, the
 //! token endpoint) and the underlying cause, never a secret.
 
-use std::process::{Command, Output};
+use std::io::BufRead;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use calendar_sync_tests::{PASSWORD, PASSWORD_USER, TestDb, TlsCluster, upsert};
+use calendar_sync_tests::{PASSWORD, PASSWORD_USER, TestDb, TlsCluster, free_port, upsert};
 
 const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
 const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -37,6 +39,81 @@ fn connection_refused_names_host_port_and_the_os_error() {
         "{e}"
     );
     assert!(e.contains("Connection refused"), "{e}");
+}
+
+/// What `run` and `drain --once` need besides the database.
+fn drainer_env(url: &str, http_addr: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", url.to_owned()),
+        ("TOKEN_ENCRYPTION_KEY", KEY.to_owned()),
+        ("GOOGLE_CLIENT_ID", "client-1".to_owned()),
+        ("GOOGLE_CLIENT_SECRET", "secret-never-printed".to_owned()),
+        ("CALENDAR_SYNC_HTTP_ADDR", http_addr.to_owned()),
+    ]
+}
+
+#[test]
+fn drain_once_against_a_closed_port_names_host_port_and_the_os_error() {
+    let target = format!("127.0.0.1:{}", free_port());
+    let url = format!("postgres://postgres@{target}/postgres?sslmode=disable");
+    let env = drainer_env(&url, "127.0.0.1:0");
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let out = run(&["drain", "--once"], &env);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&target) && line.contains("Connection refused"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("never-printed"), "{stderr}");
+}
+
+/// `run` keeps trying a database that is not there, and says in its log what
+/// it tried and why that failed.
+#[test]
+fn run_against_a_closed_port_logs_host_port_and_the_os_error() {
+    let target = format!("127.0.0.1:{}", free_port());
+    let url = format!("postgres://postgres@{target}/postgres?sslmode=disable");
+    let http = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(drainer_env(&url, &http))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("start the worker");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            if tx.send(line.unwrap_or_default()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let found = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains("drainer lost the database") => break Some(line),
+            Ok(line) => seen.push(line),
+            Err(_) => break None,
+        }
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    let line = found.unwrap_or_else(|| panic!("no reconnect warning in:\n{}", seen.join("\n")));
+    println!("{line}");
+    assert!(line.contains(&target), "host:port: {line}");
+    assert!(line.contains("Connection refused"), "the cause: {line}");
+    assert!(!line.contains("never-printed"), "{line}");
 }
 
 #[test]

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
 use oauth2::basic::{BasicClient, BasicErrorResponseType};
 use oauth2::{
     AsyncHttpClient, AuthType, ClientId, ClientSecret, EndpointNotSet, EndpointSet,
@@ -23,7 +22,9 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
+use crate::connect::cause;
 use crate::crypto::{DecryptError, TokenCipher};
+use crate::db::Database;
 use crate::evict::IdleMap;
 use crate::store;
 
@@ -79,7 +80,7 @@ struct Slot {
 pub(crate) struct Tokens {
     oauth: OAuthClient,
     http: reqwest::Client,
-    pool: Pool,
+    db: Database,
     cipher: TokenCipher,
     /// Idle slots without a usable token are evicted (see `IdleMap`).
     slots: Mutex<IdleMap<Slot>>,
@@ -91,7 +92,7 @@ pub(crate) struct Tokens {
 impl Tokens {
     pub fn new(
         config: &OAuthConfig,
-        pool: Pool,
+        db: Database,
         cipher: TokenCipher,
         timeout: Duration,
     ) -> Result<Self, String> {
@@ -111,7 +112,7 @@ impl Tokens {
         Ok(Self {
             oauth,
             http,
-            pool,
+            db,
             cipher,
             slots: Mutex::new(IdleMap::new()),
             version_reads: tokio::sync::Mutex::new(()),
@@ -162,7 +163,7 @@ impl Tokens {
     /// per call in flight would grow every pool to its maximum.
     pub(crate) async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
         let _turn = self.version_reads.lock().await;
-        let client = self.pool.get().await.map_err(database)?;
+        let client = self.db.client().await.map_err(database)?;
         let statement = client
             .prepare_cached(store::CONNECTION_VERSION)
             .await
@@ -194,7 +195,7 @@ impl Tokens {
     }
 
     async fn refresh(&self, workspace_id: &str, slot: &mut Slot) -> Result<Cached, CalendarError> {
-        let client = self.pool.get().await.map_err(database)?;
+        let client = self.db.client().await.map_err(database)?;
         let connection = store::connection(&**client, workspace_id)
             .await
             .map_err(database)?
@@ -303,8 +304,10 @@ impl<'c> AsyncHttpClient<'c> for StatusRecorder {
     }
 }
 
-fn database(e: impl std::fmt::Display) -> CalendarError {
-    CalendarError::new(CalendarErrorKind::Transient, "database", e.to_string())
+/// A failed read or write of the stored connection: what was tried (a pooled
+/// session names host:port) and the cause, PostgreSQL's words included.
+fn database(e: impl std::error::Error + 'static) -> CalendarError {
+    CalendarError::new(CalendarErrorKind::Transient, "database", cause(&e))
 }
 
 /// An envelope under a key id that no configured key has is a deployment

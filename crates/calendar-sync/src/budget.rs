@@ -8,6 +8,8 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
+use crate::connect::cause;
+use crate::db::Database;
 use crate::store;
 
 /// Google's quotas as the drainer pays them: calls per `window` (Google
@@ -42,27 +44,30 @@ const MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Pays one call of `workspace`, waiting until both buckets can.
 pub(crate) async fn pay(
-    pool: &deadpool_postgres::Pool,
+    db: &Database,
     workspace: &str,
     budget: Budget,
 ) -> Result<(), CalendarError> {
     loop {
-        let wait = match pool.get().await {
+        let wait = match db.client().await {
             Ok(client) => store::take_budget(&**client, workspace, budget).await,
-            Err(e) => return Err(unavailable(&e.to_string())),
+            Err(e) => return Err(unavailable(&e)),
         };
         match wait {
             Ok(None) => return Ok(()),
             Ok(Some(wait)) => tokio::time::sleep(wait.min(MAX_WAIT)).await,
-            Err(e) => return Err(unavailable(&e.to_string())),
+            Err(e) => return Err(unavailable(&e)),
         }
     }
 }
 
-fn unavailable(error: &str) -> CalendarError {
+fn unavailable(error: &(dyn std::error::Error + 'static)) -> CalendarError {
     CalendarError::new(
         CalendarErrorKind::Transient,
         "budget_unavailable",
-        format!("could not pay for a call from the shared quota: {error}"),
+        format!(
+            "could not pay for a call from the shared quota: {}",
+            cause(error)
+        ),
     )
 }

@@ -13,11 +13,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::calendar::EventBody;
+use crate::db::Database;
 use crate::operation::{CalendarKey, EventDetails, Operation, SourceKey, UpsertEvent};
 use crate::store;
 use crate::sync::{ApplyError, event_body};
@@ -81,12 +81,12 @@ impl Desired {
     /// The first configured source.
     pub async fn choose(
         source: Option<&Arc<dyn EventSource>>,
-        pool: &Pool,
+        db: &Database,
     ) -> Result<Self, ApplyError> {
         if let Some(source) = source {
             return Ok(Self::Source(source.clone()));
         }
-        if store::desired_view_exists(&**pool.get().await?).await? {
+        if store::desired_view_exists(&**db.client().await?).await? {
             return Ok(Self::View);
         }
         Ok(Self::Bindings)
@@ -107,20 +107,20 @@ impl Desired {
     /// calendar's own id alone.
     pub async fn page_of_names(
         &self,
-        pool: &Pool,
+        db: &Database,
         names: &[CalendarKey],
         after: Option<&SourceCursor>,
         limit: usize,
     ) -> Result<Vec<Wanted>, ApplyError> {
         let (first, others) = names.split_first().expect("a calendar has a name");
         if others.is_empty() || matches!(self, Self::Bindings) {
-            return self.page(pool, first, after, limit).await;
+            return self.page(db, first, after, limit).await;
         }
         // Each name's page holds its first `limit` sources, so the first
         // `limit` of their union are exactly the union's first `limit`.
         let mut union: BTreeMap<SourceCursor, Wanted> = BTreeMap::new();
         for name in names {
-            for wanted in self.page(pool, name, after, limit).await? {
+            for wanted in self.page(db, name, after, limit).await? {
                 union.entry(wanted.cursor.clone()).or_insert(wanted);
             }
         }
@@ -130,7 +130,7 @@ impl Desired {
     /// The next page of desired sources after `after`.
     pub async fn page(
         &self,
-        pool: &Pool,
+        db: &Database,
         calendar: &CalendarKey,
         after: Option<&SourceCursor>,
         limit: usize,
@@ -152,7 +152,7 @@ impl Desired {
                 })
                 .collect(),
             Self::View => store::desired_view_page(
-                &**pool.get().await?,
+                &**db.client().await?,
                 calendar,
                 after,
                 limit as i64,
@@ -186,7 +186,7 @@ impl Desired {
             })
             .collect(),
             Self::Bindings => {
-                store::live_bindings_page(&**pool.get().await?, calendar, after, limit as i64)
+                store::live_bindings_page(&**db.client().await?, calendar, after, limit as i64)
                     .await?
                     .into_iter()
                     .map(|b| Wanted {
@@ -234,5 +234,26 @@ fn wanted(
         },
         event_type,
         body,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pooled session that cannot be had names the server and the cause
+    /// (the pool's own error says neither).
+    #[tokio::test]
+    async fn a_pool_failure_names_host_port_and_the_cause() {
+        let url = "postgres://postgres@127.0.0.1:1/app?sslmode=disable&connect_timeout=5";
+        let db = Database::connect(url, 1).unwrap();
+        let Err(ApplyError::Database(message)) = Desired::choose(None, &db).await else {
+            panic!("the pool cannot connect");
+        };
+        assert!(
+            message.contains("127.0.0.1:1, database \"app\""),
+            "{message}"
+        );
+        assert!(message.contains("Connection refused"), "{message}");
     }
 }

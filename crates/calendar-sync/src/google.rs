@@ -108,7 +108,7 @@ pub struct GoogleCalendar {
     tokens: Tokens,
     budget: Budget,
     breakers: Breakers,
-    pool: deadpool_postgres::Pool,
+    db: Database,
     usage_pause: Duration,
     paused: Mutex<HashMap<String, Instant>>,
     /// What each (workspace, calendar name) resolved to, and under which
@@ -130,13 +130,8 @@ impl GoogleCalendar {
         if !base_url.ends_with('/') {
             base_url.push('/');
         }
-        let tokens = Tokens::new(
-            &config.oauth,
-            db.pool().clone(),
-            cipher,
-            config.request_timeout,
-        )
-        .map_err(Error::Config)?;
+        let tokens = Tokens::new(&config.oauth, db.clone(), cipher, config.request_timeout)
+            .map_err(Error::Config)?;
         Ok(Self {
             http,
             base_url,
@@ -144,7 +139,7 @@ impl GoogleCalendar {
             tokens,
             budget: config.budget(),
             breakers: Breakers::new(config.breaker_threshold, config.breaker_cool_down),
-            pool: db.pool().clone(),
+            db: db.clone(),
             usage_pause: config.usage_limit_pause,
             paused: Mutex::new(HashMap::new()),
             resolved: Mutex::new(IdleMap::new()),
@@ -199,7 +194,7 @@ impl GoogleCalendar {
             paused.retain(|_, until| *until > now);
             paused.insert(workspace_id.to_owned(), now + self.usage_pause);
         }
-        if let Ok(client) = self.pool.get().await {
+        if let Ok(client) = self.db.client().await {
             let _ =
                 store::pause_connection(&**client, workspace_id, self.usage_pause.as_secs_f64())
                     .await;
@@ -238,7 +233,7 @@ impl GoogleCalendar {
             };
             // The claim paid the item's first call; any other pays now.
             if !budget::take_prepaid_call()
-                && let Err(e) = budget::pay(&self.pool, workspace, self.budget).await
+                && let Err(e) = budget::pay(&self.db, workspace, self.budget).await
             {
                 break Err(e);
             }

@@ -175,14 +175,14 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
         Err(verdict) => return verdict,
     }
     let calendar = &shared.calendar;
-    let pool = shared.db.pool();
+    let db = &shared.db;
     let applied = match &operation {
-        Operation::UpsertEvent(u) => sync::upsert(calendar, pool, item, u).await,
+        Operation::UpsertEvent(u) => sync::upsert(calendar, db, item, u).await,
         Operation::CancelEvent(s) => sync::cancel(calendar, item, s).await,
         Operation::RebuildAll(c) => {
             let chunk = shared.config.rebuild_chunk;
             let source = shared.event_source.as_ref();
-            rebuild::rebuild(calendar, pool, source, chunk, item, c, &named.calendar_id).await
+            rebuild::rebuild(calendar, db, source, chunk, item, c, &named.calendar_id).await
         }
     };
     match applied {

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::connect::cause;
 use crate::crypto::TokenCipher;
 use crate::db::Database;
 use crate::error::Error;
@@ -246,7 +247,7 @@ pub async fn readiness(db: &Database) -> Result<(), String> {
     let applied: i64 = client
         .query_one("SELECT count(*) FROM calendar_sync_migrations", &[])
         .await
-        .map_err(|e| format!("migrations not applied: {e}"))?
+        .map_err(|e| format!("migrations not applied: {}", cause(&e)))?
         .get(0);
     let known = known_migrations() as i64;
     if applied < known {

@@ -17,13 +17,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use deadpool_postgres::Pool;
 use serde::{Deserialize, Serialize};
 
 use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE,
     RemoteEvent,
 };
+use crate::db::Database;
 use crate::desired::{Desired, EventSource, SourceCursor, Wanted};
 use crate::operation::{CalendarKey, SourceKey};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem, StoredBinding};
@@ -54,7 +54,7 @@ struct Progress {
 /// What one attempt works with.
 struct Pass<'a, C> {
     calendar: &'a C,
-    pool: &'a Pool,
+    db: &'a Database,
     item: &'a ClaimedItem,
     target: &'a CalendarKey,
     remote: HashMap<String, RemoteEvent>,
@@ -67,14 +67,14 @@ struct Pass<'a, C> {
 /// list its desired events.
 pub(crate) async fn rebuild<C: Calendar>(
     calendar: &C,
-    pool: &Pool,
+    db: &Database,
     source: Option<&Arc<dyn EventSource>>,
     chunk: usize,
     item: &ClaimedItem,
     target: &CalendarKey,
     named: &str,
 ) -> Result<Applied, ApplyError> {
-    let desired = Desired::choose(source, pool).await?;
+    let desired = Desired::choose(source, db).await?;
     let mut progress: Progress = item
         .result
         .clone()
@@ -82,9 +82,9 @@ pub(crate) async fn rebuild<C: Calendar>(
         .unwrap_or_default();
     progress.source = desired.name().to_owned();
     if progress.cursor.is_none() {
-        carry_over_other_names(calendar, pool, target).await?;
+        carry_over_other_names(calendar, db, target).await?;
     }
-    let names = names(pool, target, named).await?;
+    let names = names(db, target, named).await?;
     let remote = list_ours(calendar, target).await?;
     let mut by_source: HashMap<SourceCursor, Vec<String>> = HashMap::new();
     for (id, event) in &remote {
@@ -99,7 +99,7 @@ pub(crate) async fn rebuild<C: Calendar>(
     }
     let mut pass = Pass {
         calendar,
-        pool,
+        db,
         item,
         target,
         remote,
@@ -109,13 +109,13 @@ pub(crate) async fn rebuild<C: Calendar>(
 
     let after = pass.progress.cursor.clone();
     let page = desired
-        .page_of_names(pool, &names, after.as_ref(), chunk)
+        .page_of_names(db, &names, after.as_ref(), chunk)
         .await?;
     let upto = (page.len() >= chunk)
         .then(|| page.last().map(|w| w.cursor.clone()))
         .flatten();
     let bindings =
-        store::bindings_in_range(&**pool.get().await?, target, after.as_ref(), upto.as_ref())
+        store::bindings_in_range(&**db.client().await?, target, after.as_ref(), upto.as_ref())
             .await?;
     let mut keys: BTreeMap<SourceCursor, (Option<&Wanted>, Option<&StoredBinding>)> =
         BTreeMap::new();
@@ -240,7 +240,7 @@ impl<C: Calendar> Pass<'_, C> {
         };
         let written = write_event(
             self.calendar,
-            self.pool,
+            self.db,
             self.item,
             &source,
             &wanted.event_type,
@@ -298,7 +298,7 @@ impl<C: Calendar> Pass<'_, C> {
     /// Deletes our events that no binding wants (after the last chunk, every
     /// desired source is bound to exactly one event).
     async fn delete_orphans(&mut self) -> Result<(), ApplyError> {
-        let keep = store::bound_event_ids(&**self.pool.get().await?, self.target).await?;
+        let keep = store::bound_event_ids(&**self.db.client().await?, self.target).await?;
         let orphans: BTreeSet<String> = self
             .remote
             .keys()
@@ -320,7 +320,7 @@ impl<C: Calendar> Pass<'_, C> {
     }
 
     async fn put(&self, binding: &BindingWrite) -> Result<(), ApplyError> {
-        if store::put_binding(&**self.pool.get().await?, self.item, binding).await? {
+        if store::put_binding(&**self.db.client().await?, self.item, binding).await? {
             Ok(())
         } else {
             Err(ApplyError::ClaimLost)
@@ -335,11 +335,11 @@ impl<C: Calendar> Pass<'_, C> {
 /// Google does not know, or refuses for good, are other calendars' business.
 async fn carry_over_other_names<C: Calendar>(
     calendar: &C,
-    pool: &Pool,
+    db: &Database,
     target: &CalendarKey,
 ) -> Result<(), ApplyError> {
     let others = store::binding_calendar_names(
-        &**pool.get().await?,
+        &**db.client().await?,
         &target.workspace_id,
         &target.calendar_id,
     )
@@ -355,7 +355,7 @@ async fn carry_over_other_names<C: Calendar>(
             Err(e) if e.class() == crate::calendar::ErrorClass::Permanent => continue,
             Err(e) => return Err(e.into()),
         };
-        let client = pool.get().await?;
+        let client = db.client().await?;
         let version = resolved.connection_version;
         match store::record_alias(&**client, &other, &resolved.id, version).await? {
             Some(doubled) if doubled > 0 => {
@@ -379,12 +379,12 @@ async fn carry_over_other_names<C: Calendar>(
 /// Every name of the calendar its desired events may be listed under: its
 /// own id, the name the REBUILD_ALL used, and the names known to resolve to it.
 async fn names(
-    pool: &Pool,
+    db: &Database,
     target: &CalendarKey,
     named: &str,
 ) -> Result<Vec<CalendarKey>, ApplyError> {
     let mut names = vec![target.clone()];
-    let aliases = store::calendar_aliases(&**pool.get().await?, target).await?;
+    let aliases = store::calendar_aliases(&**db.client().await?, target).await?;
     for name in std::iter::once(named.to_owned()).chain(aliases) {
         if names.iter().all(|n| n.calendar_id != name) {
             names.push(CalendarKey {

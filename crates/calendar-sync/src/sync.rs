@@ -11,7 +11,6 @@
 use std::collections::BTreeMap;
 
 use chrono::Days;
-use deadpool_postgres::Pool;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -19,6 +18,9 @@ use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventTime, PROP_EVENT_TYPE,
     PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE,
 };
+use crate::connect::cause;
+use crate::db::Database;
+use crate::error::Error;
 use crate::operation::{CalendarKey, EventTiming, SourceKey, UpsertEvent};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem};
 
@@ -57,7 +59,8 @@ impl Applied {
 pub(crate) enum ApplyError {
     /// The calendar refused or failed.
     Calendar(CalendarError),
-    /// Our own bookkeeping failed (retryable).
+    /// Our own bookkeeping failed (retryable): what was tried and the cause,
+    /// PostgreSQL's own words included.
     Database(String),
     /// Another worker took the row over; stop quietly.
     ClaimLost,
@@ -69,15 +72,18 @@ impl From<CalendarError> for ApplyError {
     }
 }
 
+// tokio-postgres' `to_string()` is only "db error": the server's message is
+// in the source chain. Pooled sessions come from `Database::client`, whose
+// error names host:port, database and user.
 impl From<tokio_postgres::Error> for ApplyError {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self::Database(e.to_string())
+        Self::Database(cause(&e))
     }
 }
 
-impl From<deadpool_postgres::PoolError> for ApplyError {
-    fn from(e: deadpool_postgres::PoolError) -> Self {
-        Self::Database(e.to_string())
+impl From<Error> for ApplyError {
+    fn from(e: Error) -> Self {
+        Self::Database(cause(&e))
     }
 }
 
@@ -180,7 +186,7 @@ pub(crate) struct Written {
 /// Creates or updates the source's event.
 pub(crate) async fn upsert<C: Calendar>(
     calendar: &C,
-    pool: &Pool,
+    db: &Database,
     item: &ClaimedItem,
     upsert: &UpsertEvent,
 ) -> Result<Applied, ApplyError> {
@@ -209,7 +215,7 @@ pub(crate) async fn upsert<C: Calendar>(
     };
     let written = write_event(
         calendar,
-        pool,
+        db,
         item,
         &upsert.source,
         &upsert.event_type,
@@ -270,7 +276,7 @@ enum Step {
 /// id; an insert persists its id first and adopts its own event on 409.
 pub(crate) async fn write_event<C: Calendar>(
     calendar: &C,
-    pool: &Pool,
+    db: &Database,
     item: &ClaimedItem,
     source: &SourceKey,
     event_type: &str,
@@ -305,7 +311,7 @@ pub(crate) async fn write_event<C: Calendar>(
                 }
             },
             Step::Insert => {
-                reserve(pool, item, source, event_type, &id, generation).await?;
+                reserve(db, item, source, event_type, &id, generation).await?;
                 match calendar.insert_event(target, &id, body).await {
                     Ok(event) => {
                         return Ok(Written {
@@ -333,7 +339,7 @@ pub(crate) async fn write_event<C: Calendar>(
 /// Persists the id an insert is about to use. The claim reserves the first id
 /// an insert needs (see `calendar_sync_claim`); only a later one is written here.
 async fn reserve(
-    pool: &Pool,
+    db: &Database,
     item: &ClaimedItem,
     source: &SourceKey,
     event_type: &str,
@@ -356,7 +362,7 @@ async fn reserve(
         content: None,
         event_type: Some(event_type.to_owned()),
     };
-    if store::put_binding(&**pool.get().await?, item, &reservation).await? {
+    if store::put_binding(&**db.client().await?, item, &reservation).await? {
         Ok(())
     } else {
         Err(ApplyError::ClaimLost)
