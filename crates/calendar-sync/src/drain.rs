@@ -411,6 +411,11 @@ impl<C: Calendar> Worker<C> {
         // Due rows left for want of budget: claim again when the next token
         // is due, not a poll interval later.
         let mut budget_wake: Option<Instant> = None;
+        // The budget, not the backlog, sets the pace: claim as soon as a slot
+        // and a token are free. Waiting for half the slots, as a backlog
+        // drain does to claim in batches, let tokens go unused (one drainer
+        // reached 87 % of the project quota at 100 ms a call).
+        let mut paced = false;
         loop {
             let mut progressed = false;
             let mut contended = false;
@@ -424,7 +429,7 @@ impl<C: Calendar> Worker<C> {
             while stopping.is_none()
                 && !cancel.is_cancelled()
                 && self.backoff.ready()
-                && (self.busy() == 0 || self.room() >= threshold)
+                && (self.busy() == 0 || self.room() >= if paced { 1 } else { threshold })
             {
                 let room = self.room().min(config.batch_size);
                 let batch = match self.claim(room).await {
@@ -437,6 +442,12 @@ impl<C: Calendar> Worker<C> {
                     }
                 };
                 let claimed = batch.items.len();
+                if batch.budget_wait.is_some() {
+                    paced = true;
+                } else if claimed >= room || (claimed == 0 && batch.superseded == 0) {
+                    // A full claim, or nothing due: the backlog sets the pace.
+                    paced = false;
+                }
                 budget_wake = batch
                     .budget_wait
                     .map(|wait| Instant::now() + wait.clamp(MIN_BUDGET_WAIT, config.poll_interval));
