@@ -1,16 +1,19 @@
 //! The instant wake-up of a real `calendar-sync-worker run` (issue 12, §4):
 //! rows written inside a released savepoint (Django's nested `atomic()`,
 //! SQLAlchemy's `begin_nested()`, Rails' `requires_new`, pgjdbc's `autosave`),
-//! and rows written while another source's due row is blocked behind its
-//! in-flight item. The poll interval is the default 5 s, so a lost wake-up
-//! shows as seconds. Pickup = commit acknowledged -> row COMPLETED (seen by
-//! polling the row every 2 ms), with the fake Google answering at once.
+//! and rows written while another source's due rows are blocked, behind its
+//! in-flight item or behind a REBUILD_ALL's fence. The poll interval is the
+//! default 5 s, so a lost wake-up shows as seconds. Pickup = commit
+//! acknowledged -> row COMPLETED (seen by polling the row every 2 ms), with
+//! the fake Google answering at once.
 
 use std::time::{Duration, Instant};
 
 use calendar_sync_tests::{
-    GoogleWorld, TestDb, WorkerProcess, count_in, set_env, source_payload_upsert, wait_until,
+    GoogleWorld, TestDb, WorkerProcess, count_in, rebuild, set_env, source_payload_upsert,
+    wait_until,
 };
+use fake_google::{Fault, FaultKind};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
@@ -163,4 +166,48 @@ async fn a_blocked_row_does_not_suppress_the_wake_up() {
     assert_eq!(pending, 1, "the blocked row stayed blocked throughout");
     let _ = first;
     check("wakeup_blocked", took);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_fenced_behind_a_rebuild_do_not_suppress_the_wake_up() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let (t, world, mut worker) = start("wakeup-fenced").await;
+    let mut producer = t.client().await;
+    let ws = &world.workspaces[1];
+    let calendar = GoogleWorld::calendar_of(ws);
+    // A REBUILD_ALL of ws1 whose list call hangs in Google: ws1's rows
+    // written after it are due, and fenced for as long as it is in flight.
+    world.google.inject(
+        Fault::new(FaultKind::Hang)
+            .method("GET")
+            .path(&format!("{calendar}/events"))
+            .times(1_000),
+    );
+    let fence = t.insert("REBUILD_ALL", rebuild(ws, &calendar)).await;
+    wait_until(
+        &t.config,
+        Duration::from_secs(20),
+        "the REBUILD_ALL in flight",
+        |c| async move { count_in(&c, &["PROCESSING"]).await == 1 },
+    )
+    .await;
+    for source in ["fenced-a", "fenced-b", "fenced-c"] {
+        insert(
+            &mut producer,
+            &source_payload_upsert(ws, source, "v1"),
+            false,
+        )
+        .await;
+    }
+    // Let the worker claim, find them fenced, and go to sleep.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = pickups(&t, &world.workspaces[0], false).await;
+    let (pending, rebuilding) = {
+        let c = t.client().await;
+        (count_in(&c, &["PENDING"]).await, t.row(fence).await.status)
+    };
+    worker.terminate(Duration::from_secs(15)).await;
+    assert_eq!(pending, 3, "the fenced rows stayed fenced throughout");
+    assert_eq!(rebuilding, "PROCESSING", "the REBUILD_ALL stayed in flight");
+    check("wakeup_fenced", took);
 }

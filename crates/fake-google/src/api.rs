@@ -72,7 +72,8 @@ fn events(
             Ok(json_response(200, &Value::Object(ev.body.clone())))
         }
         ApiMethod::List => {
-            let q = ListQuery::parse(&req.query_pairs())?;
+            let mut q = ListQuery::parse(&req.query_pairs())?;
+            q.cap_page(st.settings.max_page_size);
             let out = list(
                 &st.store,
                 &cal,

@@ -303,6 +303,11 @@ impl FakeGoogle {
     pub fn set_paging(&self, p: PagingMode) {
         self.st().settings.paging = p;
     }
+    /// Most items per events.list page, whatever `maxResults` asks (default `None`: as asked,
+    /// up to 2,500).
+    pub fn set_max_page_size(&self, max: Option<usize>) {
+        self.st().settings.max_page_size = max;
+    }
     /// See [`ErrorShape`] (default `Legacy`).
     pub fn set_error_shape(&self, s: ErrorShape) {
         self.st().settings.error_shape = s;

@@ -101,6 +101,8 @@
 //! - [`CancelledWritePolicy`] (PUT/PATCH on a cancelled event; Google UNCONFIRMED): `Restore`.
 //! - [`ExtPropMatch`] (several constraints of one kind): `All` (discovery doc); `Any` (guide).
 //! - [`PagingMode`]: `Exact`; `Erratic` gives empty/short pages that still carry `nextPageToken`.
+//! - `max_page_size`: `None`; `Some(n)` holds every list page to `n` items whatever `maxResults`
+//!   asks, so a client asking for 2,500 still pages.
 //! - [`ErrorShape`]: `Legacy`; `WithStatus` adds `error.status`. A [`Fault`] may set its own.
 //! - `delete_status`: 204. `access_token_lifetime`: 3599 s. `latency`: 0 (per method too).
 //! - [`QuotaConfig`]: off; when on, sliding windows per user (token's email) and per project

@@ -42,6 +42,13 @@ fn parse_constraint(v: &str) -> Result<(String, String), ApiError> {
 }
 
 impl ListQuery {
+    /// Holds pages to at most `cap` items (at least 1), whatever `maxResults` asked.
+    pub(crate) fn cap_page(&mut self, cap: Option<usize>) {
+        if let Some(cap) = cap {
+            self.max_results = self.max_results.min(cap.max(1));
+        }
+    }
+
     pub(crate) fn parse(pairs: &[(String, String)]) -> Result<Self, ApiError> {
         let mut q = ListQuery {
             max_results: DEFAULT_MAX_RESULTS,

@@ -74,6 +74,9 @@ pub struct Settings {
     pub method_latency: HashMap<String, Duration>,
     /// Quota enforcement; `None` (default) = no quota.
     pub quota: Option<QuotaConfig>,
+    /// Most items an events.list page holds, whatever `maxResults` asks (Google may answer
+    /// fewer than `maxResults`): a client that asks for 2,500 still pages. Default `None`.
+    pub max_page_size: Option<usize>,
 }
 
 impl Default for Settings {
@@ -88,6 +91,7 @@ impl Default for Settings {
             latency: Duration::ZERO,
             method_latency: HashMap::new(),
             quota: None,
+            max_page_size: None,
         }
     }
 }

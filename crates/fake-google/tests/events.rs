@@ -441,6 +441,13 @@ async fn list_filters_and_pages() {
     assert!(sizes.len() > 3 && *sizes.last().unwrap() == 0, "{sizes:?}");
     g.set_paging(PagingMode::Exact);
 
+    // A page size cap holds pages short whatever maxResults asks.
+    g.set_max_page_size(Some(2));
+    let (ids, sizes) = list_all(&hub, 2500, &[], true).await;
+    assert_eq!(ids.len(), 7);
+    assert_eq!(sizes, [2, 2, 2, 1]);
+    g.set_max_page_size(None);
+
     // updatedMin includes cancelled events updated since then.
     let since = g.event(ALICE, "listevent00").unwrap()["updated"]
         .as_str()
