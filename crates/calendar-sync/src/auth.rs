@@ -27,6 +27,7 @@ use crate::crypto::{DecryptError, TokenCipher};
 use crate::db::Database;
 use crate::evict::IdleMap;
 use crate::store;
+use crate::versions::VersionReader;
 
 /// Refresh this long before Google says the token expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
@@ -84,8 +85,8 @@ pub(crate) struct Tokens {
     cipher: TokenCipher,
     /// Idle slots without a usable token are evicted (see `IdleMap`).
     slots: Mutex<IdleMap<Slot>>,
-    /// Serialises the connection-version reads (see `version`).
-    version_reads: tokio::sync::Mutex<()>,
+    /// Connection versions, read in batched rounds (see `versions`).
+    versions: VersionReader,
     refreshes: AtomicU64,
 }
 
@@ -115,7 +116,7 @@ impl Tokens {
             db,
             cipher,
             slots: Mutex::new(IdleMap::new()),
-            version_reads: tokio::sync::Mutex::new(()),
+            versions: VersionReader::new(),
             refreshes: AtomicU64::new(0),
         })
     }
@@ -156,23 +157,14 @@ impl Tokens {
         Ok(token)
     }
 
-    /// The stored connection's version (0 when there is none), read by
-    /// primary key before every call, so that a reconnect committed before the
-    /// call is always seen, whatever the number of connections. One read at a
-    /// time per process (a fraction of a millisecond each): a pooled session
-    /// per call in flight would grow every pool to its maximum.
+    /// The stored connection's version (0 when there is none), from a read
+    /// that started after this call asked, so that a reconnect committed
+    /// before the call is always seen.
     pub(crate) async fn version(&self, workspace_id: &str) -> Result<i64, CalendarError> {
-        let _turn = self.version_reads.lock().await;
-        let client = self.db.client().await.map_err(database)?;
-        let statement = client
-            .prepare_cached(store::CONNECTION_VERSION)
+        self.versions
+            .version(&self.db, workspace_id)
             .await
-            .map_err(database)?;
-        let row = client
-            .query_opt(&statement, &[&workspace_id])
-            .await
-            .map_err(database)?;
-        Ok(row.map_or(0, |r| r.get(0)))
+            .map_err(database)
     }
 
     /// Drops `stale` from the cache (after Google answered 401 to it), unless

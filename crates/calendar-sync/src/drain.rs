@@ -411,11 +411,9 @@ impl<C: Calendar> Worker<C> {
         // Due rows left for want of budget: claim again when the next token
         // is due, not a poll interval later.
         let mut budget_wake: Option<Instant> = None;
-        // The budget, not the backlog, sets the pace: claim as soon as a slot
-        // and a token are free. Waiting for half the slots, as a backlog
-        // drain does to claim in batches, let tokens go unused (one drainer
-        // reached 87 % of the project quota at 100 ms a call).
-        let mut paced = false;
+        // Whether the last claim came back with fewer rows than it asked for.
+        let mut came_up_short = false;
+        let budgeted = self.shared.calendar.budget().is_some();
         loop {
             let mut progressed = false;
             let mut contended = false;
@@ -423,13 +421,23 @@ impl<C: Calendar> Worker<C> {
             let mut short = None;
             self.unlock_deferred().await?;
             // Claim in batches: when idle, or once enough room has freed up.
-            let threshold = config.batch_size.min(config.concurrency.div_ceil(2));
+            // While the budget sets the pace (claims come back short of
+            // tokens), as soon as a slot is free: waiting for half the slots
+            // let tokens go unused (one drainer at 100 ms a call used 88 % of
+            // the project quota), and the quota keeps such claims as rare as
+            // calls. A backlog the budget does not hold back is claimed in
+            // batches (4,546 items/s against 2,817 claiming one at a time).
+            let threshold = if budgeted && came_up_short {
+                1
+            } else {
+                config.batch_size.min(config.concurrency.div_ceil(2))
+            };
             // A stop is noticed before claiming more, even while items keep
             // finishing (the select below handles those first).
             while stopping.is_none()
                 && !cancel.is_cancelled()
                 && self.backoff.ready()
-                && (self.busy() == 0 || self.room() >= if paced { 1 } else { threshold })
+                && (self.busy() == 0 || self.room() >= threshold)
             {
                 let room = self.room().min(config.batch_size);
                 let batch = match self.claim(room).await {
@@ -442,12 +450,7 @@ impl<C: Calendar> Worker<C> {
                     }
                 };
                 let claimed = batch.items.len();
-                if batch.budget_wait.is_some() {
-                    paced = true;
-                } else if claimed >= room || (claimed == 0 && batch.superseded == 0) {
-                    // A full claim, or nothing due: the backlog sets the pace.
-                    paced = false;
-                }
+                came_up_short = !batch.more;
                 budget_wake = batch
                     .budget_wait
                     .map(|wait| Instant::now() + wait.clamp(MIN_BUDGET_WAIT, config.poll_interval));

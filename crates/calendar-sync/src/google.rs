@@ -227,16 +227,18 @@ impl GoogleCalendar {
         }
         let mut refreshed = false;
         let result = loop {
-            let token = match self.tokens.access_token(workspace).await {
-                Ok(token) => token,
-                Err(e) => break Err(e),
-            };
-            // The claim paid the item's first call; any other pays now.
+            // The claim paid the item's first call; any other pays now, before
+            // the token is fetched: a wait for budget can be long, and a token
+            // held through it could expire before it is used.
             if !budget::take_prepaid_call()
                 && let Err(e) = budget::pay(&self.db, workspace, self.budget).await
             {
                 break Err(e);
             }
+            let token = match self.tokens.access_token(workspace).await {
+                Ok(token) => token,
+                Err(e) => break Err(e),
+            };
             let mut capture = Capture::default();
             let hub = self.hub(&token);
             let sent = tokio::time::timeout(

@@ -89,6 +89,7 @@ mod stall;
 pub mod store;
 mod sync;
 mod tls;
+mod versions;
 
 pub use auth::OAuthConfig;
 pub use backoff::retry_delay;

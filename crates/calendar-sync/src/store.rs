@@ -854,10 +854,10 @@ pub async fn connection(
     }))
 }
 
-/// A connection's version, read by primary key before each Google call so
-/// that a reconnect is never missed.
-pub const CONNECTION_VERSION: &str =
-    "SELECT connection_version FROM google_connections WHERE workspace_id = $1";
+/// Connections' versions, read by primary key before each Google call so
+/// that a reconnect is never missed (see `versions`).
+pub const CONNECTION_VERSIONS: &str =
+    "SELECT workspace_id, connection_version FROM google_connections WHERE workspace_id = ANY ($1)";
 
 /// What [`resolve_item`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
