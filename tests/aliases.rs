@@ -283,3 +283,40 @@ async fn a_reconnect_to_another_account_resolves_primary_anew() {
         "{bindings:?}"
     );
 }
+
+#[tokio::test]
+async fn a_rebuild_reads_the_desired_state_under_every_name_of_its_calendar() {
+    let e = env().await;
+    let d = e.drainer();
+    for (calendar, source) in [("primary", "s1"), (ALICE, "s2")] {
+        e.t.insert("UPSERT_EVENT", upsert("w1", calendar, source, source))
+            .await;
+    }
+    e.drain(&d).await;
+    // The application lists s1 under "primary" and s2 under the address.
+    e.t.client()
+        .await
+        .batch_execute(
+            "CREATE TABLE app_tasks (calendar text, id text, title text);
+             INSERT INTO app_tasks VALUES ('primary', 's1', 's1 desired'), ('alice@example.com', 's2', 's2 desired');
+             CREATE VIEW calendar_sync_desired_events AS
+             SELECT 'w1'::text AS workspace_id, calendar AS calendar_id, 'task'::text AS source_type,
+                    id AS source_id, 'BLOCKER_DEADLINE'::text AS event_type, title,
+                    'P1 blocking task'::text AS description,
+                    '2025-01-15T14:00:00Z'::timestamptz AS start_at,
+                    '2025-01-15T15:00:00Z'::timestamptz AS end_at,
+                    false AS is_all_day, NULL::text AS time_zone
+               FROM app_tasks;",
+        )
+        .await
+        .unwrap();
+    let id = e.t.insert("REBUILD_ALL", rebuild("w1", ALICE)).await;
+    e.drain(&d).await;
+    let result = e.rebuild_result(id).await;
+    assert_eq!(result["source"], "sql_view", "{result}");
+    assert_eq!(result["deleted"], 0, "{result}");
+    assert_eq!(
+        e.live(ALICE),
+        pairs(&[("s1", "s1 desired"), ("s2", "s2 desired")])
+    );
+}

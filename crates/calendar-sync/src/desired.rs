@@ -104,7 +104,7 @@ impl Desired {
     /// The next page of desired sources after `after`, over every name of one
     /// calendar (its own id first): the application may list a source under
     /// `primary` or under the owner's address. The bindings are keyed by the
-    /// calendar's own id alone.
+    /// calendar's own id alone: they read the first name only.
     pub async fn page_of_names(
         &self,
         db: &Database,

@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio::task::JoinError;
 
 use crate::backoff::retry_delay;
-use crate::calendar::{Calendar, CalendarError, CalendarErrorKind, ErrorClass};
+use crate::calendar::{Calendar, CalendarError, ErrorClass};
 use crate::drain::Shared;
 use crate::error::Error;
 use crate::operation::{CalendarKey, DecodeError, Operation, OperationKind};
@@ -231,14 +231,7 @@ async fn resolve<C: Calendar>(
             }
             Ok(None)
         }
-        Ok(Resolution::Stale) => Err(failed(
-            CalendarError::new(
-                CalendarErrorKind::HeldBack,
-                "connection_changed",
-                "the connection changed while its calendar was resolved; asking again",
-            )
-            .with_retry_after(Some(Duration::ZERO)),
-        )),
+        Ok(Resolution::Stale) => Err(failed(sync::connection_changed())),
         Ok(Resolution::ClaimLost) => Err(Verdict::ClaimLost),
         Err(e) => Err(Verdict::Database(e.to_string())),
     }

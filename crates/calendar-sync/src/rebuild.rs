@@ -19,17 +19,14 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::{
-    Calendar, CalendarError, CalendarErrorKind, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE,
-    RemoteEvent,
-};
+use crate::calendar::{Calendar, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent};
 use crate::db::Database;
 use crate::desired::{Desired, EventSource, SourceCursor, Wanted};
 use crate::operation::{CalendarKey, SourceKey};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem, StoredBinding};
 use crate::sync::{
-    Applied, ApplyError, Start, content_hash, delete_event, event_id, fresh, live_binding,
-    write_event,
+    Applied, ApplyError, Start, connection_changed, content_hash, delete_event, event_id, fresh,
+    live_binding, write_event,
 };
 
 /// Progress of a rebuild, stored in the row's `result` between chunks and as
@@ -84,7 +81,11 @@ pub(crate) async fn rebuild<C: Calendar>(
     if progress.cursor.is_none() {
         carry_over_other_names(calendar, db, target).await?;
     }
-    let names = names(db, target, named).await?;
+    // The bindings are keyed by the calendar's own id alone.
+    let names = match desired {
+        Desired::Bindings => vec![target.clone()],
+        _ => names(db, target, named).await?,
+    };
     let remote = list_ours(calendar, target).await?;
     let mut by_source: HashMap<SourceCursor, Vec<String>> = HashMap::new();
     for (id, event) in &remote {
@@ -362,15 +363,7 @@ async fn carry_over_other_names<C: Calendar>(
                 tracing::warn!(calendar.name = %other.calendar_id, calendar.id = %resolved.id, sources = doubled, "sources had an event under each name of one calendar; this rebuild deletes the older");
             }
             Some(_) => {}
-            None => {
-                return Err(CalendarError::new(
-                    CalendarErrorKind::HeldBack,
-                    "connection_changed",
-                    "the connection changed while its calendars were resolved; asking again",
-                )
-                .with_retry_after(Some(std::time::Duration::ZERO))
-                .into());
-            }
+            None => return Err(connection_changed().into()),
         }
     }
     Ok(())

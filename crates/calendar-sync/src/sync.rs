@@ -453,6 +453,17 @@ pub(crate) fn calendar_not_found(target: &CalendarKey) -> CalendarError {
     )
 }
 
+/// The connection changed while a calendar name was being resolved: ask
+/// again at once, without using an attempt.
+pub(crate) fn connection_changed() -> CalendarError {
+    CalendarError::new(
+        CalendarErrorKind::HeldBack,
+        "connection_changed",
+        "the connection changed while its calendar was resolved; asking again",
+    )
+    .with_retry_after(Some(std::time::Duration::ZERO))
+}
+
 /// A 404 that the read-back contradicts: retry later.
 fn unconfirmed(error: &CalendarError) -> CalendarError {
     CalendarError::new(
