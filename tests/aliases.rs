@@ -41,7 +41,7 @@ async fn env() -> Env {
 
 impl Env {
     async fn connect(&self, token: &str, email: &str) {
-        calendar_sync::put_connection(
+        calendar_sync::ops::put_connection(
             &self.t.db,
             &self.cipher,
             "w1",

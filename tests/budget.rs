@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use calendar_sync::{Budget, store};
+use calendar_sync::Budget;
+use calendar_sync::testing as store;
 use calendar_sync_tests::{TestDb, rebuild, upsert};
 
 /// 60 calls a minute per connection, the project unbounded.

@@ -30,7 +30,7 @@ async fn env() -> Env {
     let cipher = TokenCipher::from_keys([7; 32], vec![]);
     g.add_refresh_token("rt-w1", CLIENT_ID, CAL1);
     g.add_calendar(CAL1);
-    calendar_sync::put_connection(&t.db, &cipher, "w1", CAL1, &SecretString::from("rt-w1"))
+    calendar_sync::ops::put_connection(&t.db, &cipher, "w1", CAL1, &SecretString::from("rt-w1"))
         .await
         .unwrap();
     Env { t, g, cipher }
@@ -129,7 +129,9 @@ async fn a_calendar_gone_for_a_while_dead_letters_without_reserving_a_new_id() {
     assert_eq!(e.binding("s1").await, ("LIVE".to_owned(), first_id.clone()));
     // Access is back; the operator requeues.
     e.g.clear_faults();
-    calendar_sync::requeue(&e.t.db, None, None).await.unwrap();
+    calendar_sync::ops::requeue(&e.t.db, None, None)
+        .await
+        .unwrap();
     d.drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
     let live = e.live("s1");

@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use calendar_sync::{
-    DrainerConfig, EventTime, GoogleCalendar, Operation, OperationKind, OutboxDrainer,
-    operation::DecodeError,
+    DecodeError, DrainerConfig, EventTime, GoogleCalendar, Operation, OperationKind, OutboxDrainer,
 };
 use calendar_sync_tests::{GoogleWorld, TestDb, upsert};
 use proptest::prelude::*;
@@ -237,7 +236,7 @@ proptest! {
         }
         if let Ok(Operation::UpsertEvent(u)) = &result {
             // What reaches Google is well formed: the end after the start.
-            let body = calendar_sync::event_body(u);
+            let body = calendar_sync::testing::event_body(u);
             let ordered = match (&body.start, &body.end) {
                 (EventTime::Date(a), EventTime::Date(b)) => b > a,
                 (EventTime::DateTime { date_time: a, .. }, EventTime::DateTime { date_time: b, .. }) => b > a,
@@ -606,7 +605,7 @@ async fn a_payload_full_of_quotes_and_sql_is_stored_and_synced_verbatim() {
         .google
         .add_refresh_token(refresh, calendar_sync_tests::WORKER_CLIENT_ID, calendar);
     world.google.add_calendar(calendar);
-    calendar_sync::put_connection(
+    calendar_sync::ops::put_connection(
         &t.db,
         &GoogleWorld::cipher(),
         workspace,
@@ -683,9 +682,10 @@ async fn a_payload_full_of_quotes_and_sql_is_stored_and_synced_verbatim() {
 #[test]
 fn every_sql_statement_is_parameterised() {
     let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/calendar-sync/src");
+    let files = rust_files(&src);
+    assert!(files.len() > 20, "the library's sources: {files:?}");
     let mut built = Vec::new();
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let path = entry.unwrap().path();
+    for path in files {
         let text = std::fs::read_to_string(&path).unwrap();
         let mut rest = text.as_str();
         while let Some(at) = rest.find("format!(") {
@@ -700,20 +700,32 @@ fn every_sql_statement_is_parameterised() {
             .iter()
             .any(|k| literal.contains(k));
             if sql {
-                built.push((
-                    path.file_name().unwrap().to_string_lossy().into_owned(),
-                    literal,
-                ));
+                let file = path.strip_prefix(&src).unwrap().to_string_lossy();
+                built.push((file.into_owned(), literal));
             }
         }
     }
     assert_eq!(built.len(), 1, "SQL built with format!: {built:#?}");
     let (file, literal) = &built[0];
-    assert_eq!(file, "db.rs");
+    assert_eq!(file, "db/mod.rs");
     let placeholders: Vec<&str> = literal
         .split('{')
         .skip(1)
         .map(|p| p.split('}').next().unwrap())
         .collect();
     assert_eq!(placeholders, ["NOTIFY_CHANNEL"], "{literal}");
+}
+
+/// Every `.rs` file under `dir`, in its folders too.
+fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(rust_files(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -321,7 +321,7 @@ async fn a_dead_letter_never_blocks_newer_items_and_requeue_respects_newest_inte
 
     // Requeued, the stale item is superseded by the newer completed one.
     assert_eq!(
-        calendar_sync::requeue(&t.db, Some(&[dead]), None)
+        calendar_sync::ops::requeue(&t.db, Some(&[dead]), None)
             .await
             .unwrap(),
         1
@@ -363,7 +363,7 @@ async fn requeue_brings_dead_letters_back_by_id_and_by_workspace() {
     d.drain_once().await.unwrap();
     assert_eq!(t.count("DEAD_LETTER").await, 3);
     assert_eq!(
-        calendar_sync::requeue(&t.db, None, Some("w2"))
+        calendar_sync::ops::requeue(&t.db, None, Some("w2"))
             .await
             .unwrap(),
         2
@@ -688,7 +688,7 @@ async fn an_item_that_keeps_killing_its_worker_reaches_dead_letter() {
         .insert("UPSERT_EVENT", upsert("w1", "c1", "poison", "v1"))
         .await;
     let config = DrainerConfig {
-        max_retries: 3,
+        max_attempts: 3,
         ..fast_config()
     };
     for attempt in 1..=3 {

@@ -79,7 +79,7 @@ async fn a_failing_connection_read_keeps_postgresqls_message() {
     let t = TestDb::new().await;
     let cipher = TokenCipher::from_keys([0x5a; 32], vec![]);
     let token = SecretString::from("1//0g-refresh-never-printed");
-    calendar_sync::put_connection(&t.db, &cipher, "w1", "w1@example.com", &token)
+    calendar_sync::ops::put_connection(&t.db, &cipher, "w1", "w1@example.com", &token)
         .await
         .unwrap();
     // The version read before every call, and the connection read, now fail.

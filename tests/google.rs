@@ -31,7 +31,7 @@ async fn env() -> Env {
         let email = format!("{ws}@example.com");
         g.add_refresh_token(&format!("rt-{ws}"), CLIENT_ID, &email);
         g.add_calendar(&email);
-        calendar_sync::put_connection(
+        calendar_sync::ops::put_connection(
             &t.db,
             &cipher,
             ws,
@@ -291,7 +291,7 @@ async fn revoked_grant_invalidates_the_connection_and_spares_other_workspaces() 
         e.g.token_refresh_count("rt-w1") == 1,
         "the token endpoint is not hammered"
     );
-    let connections = calendar_sync::list_connections(&e.t.db).await.unwrap();
+    let connections = calendar_sync::ops::list_connections(&e.t.db).await.unwrap();
     let w1 = connections.iter().find(|c| c.workspace_id == "w1").unwrap();
     assert!(!w1.is_valid);
     assert!(
@@ -312,7 +312,7 @@ async fn revoked_grant_invalidates_the_connection_and_spares_other_workspaces() 
 
     // ...until the connection is re-authorised; requeue brings them back.
     e.g.add_refresh_token("rt-w1-new", CLIENT_ID, "w1@example.com");
-    calendar_sync::put_connection(
+    calendar_sync::ops::put_connection(
         &e.t.db,
         &e.cipher,
         "w1",
@@ -321,7 +321,7 @@ async fn revoked_grant_invalidates_the_connection_and_spares_other_workspaces() 
     )
     .await
     .unwrap();
-    calendar_sync::requeue(&e.t.db, None, Some("w1"))
+    calendar_sync::ops::requeue(&e.t.db, None, Some("w1"))
         .await
         .unwrap();
     e.drainer().drain_once().await.unwrap();
@@ -368,7 +368,7 @@ async fn missing_scope_invalidates_the_connection() {
             .unwrap()
             .starts_with("[google_403_insufficientPermissions]")
     );
-    assert!(!calendar_sync::list_connections(&e.t.db).await.unwrap()[0].is_valid);
+    assert!(!calendar_sync::ops::list_connections(&e.t.db).await.unwrap()[0].is_valid);
 }
 
 #[tokio::test]
@@ -524,7 +524,7 @@ async fn other_permissions_errors_dead_letter_without_retry() {
             .unwrap()
             .starts_with("[google_403_requiredAccessLevel]")
     );
-    assert!(calendar_sync::list_connections(&e.t.db).await.unwrap()[0].is_valid);
+    assert!(calendar_sync::ops::list_connections(&e.t.db).await.unwrap()[0].is_valid);
 }
 
 #[tokio::test]
@@ -752,7 +752,7 @@ async fn a_token_under_an_unconfigured_key_waits_and_resumes_once_the_key_is_bac
     assert!(error.starts_with("[token_key_unknown]"), "{error}");
     assert!(error.contains(e.cipher.current_key_id()), "{error}");
     assert!(
-        calendar_sync::list_connections(&e.t.db)
+        calendar_sync::ops::list_connections(&e.t.db)
             .await
             .unwrap()
             .iter()
@@ -815,7 +815,7 @@ async fn a_tampered_token_under_a_known_key_invalidates_only_its_connection() {
     );
     assert!(error.contains("failed authentication"), "{error}");
     assert_eq!(e.t.row(other).await.status, "COMPLETED");
-    let connections = calendar_sync::list_connections(&e.t.db).await.unwrap();
+    let connections = calendar_sync::ops::list_connections(&e.t.db).await.unwrap();
     assert_eq!(
         connections
             .iter()
@@ -868,5 +868,5 @@ async fn token_endpoint_failures_are_retried() {
     }
     d.drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
-    assert!(calendar_sync::list_connections(&e.t.db).await.unwrap()[0].is_valid);
+    assert!(calendar_sync::ops::list_connections(&e.t.db).await.unwrap()[0].is_valid);
 }

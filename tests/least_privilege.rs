@@ -232,7 +232,7 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
     )
     .await;
     drainer(&db).drain_once().await.unwrap();
-    let connections = calendar_sync::list_connections(&db).await.unwrap();
+    let connections = calendar_sync::ops::list_connections(&db).await.unwrap();
     assert!(
         !connections
             .iter()
@@ -261,7 +261,7 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
     assert_eq!(status.counts["DEAD_LETTER"], 2);
     calendar_sync::ops::readiness(&db).await.expect("readiness");
     assert_eq!(
-        calendar_sync::requeue(&db, None, Some("ws0"))
+        calendar_sync::ops::requeue(&db, None, Some("ws0"))
             .await
             .unwrap(),
         2
@@ -271,7 +271,7 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
         .batch_execute("UPDATE sync_outbox SET updated_at = now() - interval '40 days' WHERE status = 'COMPLETED'")
         .await
         .unwrap();
-    assert!(calendar_sync::cleanup(&db, 30).await.unwrap() >= 30);
+    assert!(calendar_sync::ops::cleanup(&db, 30).await.unwrap() >= 30);
 
     // And nothing more.
     let (worker, conn) = worker_config.connect(NoTls).await.unwrap();
@@ -342,8 +342,8 @@ async fn unwrapped_errors_print_no_secret_in_their_panic_message() {
     let Operation::UpsertEvent(u) = &op else {
         unreachable!()
     };
-    let body = calendar_sync::event_body(u);
-    let id = calendar_sync::event_id(&u.source, 0);
+    let body = calendar_sync::testing::event_body(u);
+    let id = calendar_sync::testing::event_id(&u.source, 0);
     calendar
         .insert_event(&target, &id, &body)
         .await
@@ -387,7 +387,9 @@ async fn unwrapped_errors_print_no_secret_in_their_panic_message() {
     )
     .unwrap();
     messages.push(panic_message_of(calendar_sync::migrate(&db).await));
-    messages.push(panic_message_of(calendar_sync::list_connections(&db).await));
+    messages.push(panic_message_of(
+        calendar_sync::ops::list_connections(&db).await,
+    ));
     let drained = OutboxDrainer::new(db.clone(), MemoryCalendar::new(), DrainerConfig::default())
         .unwrap()
         .drain_once()

@@ -402,9 +402,9 @@ async fn a_claim_stays_cheap_with_a_backlog_on_fresh_statistics() {
     // row locks; they end with it).
     let claim = |client| async move {
         let started = Instant::now();
-        let batch = calendar_sync::store::claim(
+        let batch = calendar_sync::testing::claim(
             client,
-            calendar_sync::store::CLAIM,
+            calendar_sync::testing::CLAIM,
             10,
             1000,
             std::time::Duration::ZERO,

@@ -1,6 +1,7 @@
 //! The schema and the operator functions, in plain SQL.
 
-use calendar_sync::{CalendarKey, Operation, SourceKey, enqueue, store};
+use calendar_sync::testing as store;
+use calendar_sync::{CalendarKey, Operation, SourceKey, enqueue};
 use calendar_sync_tests::{TestDb, cancel, upsert};
 
 #[tokio::test]
@@ -19,7 +20,7 @@ async fn migrations_rerun_cleanly_and_concurrently() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied as usize, calendar_sync::known_migrations());
+    assert_eq!(applied as usize, calendar_sync::testing::known_migrations());
 }
 
 #[tokio::test]
@@ -126,7 +127,7 @@ async fn cleanup_deletes_only_old_finished_rows() {
     assert_eq!(counts["PENDING"], 2, "never PENDING");
     assert_eq!(counts["PROCESSING"], 2, "never PROCESSING");
     assert_eq!(counts["COMPLETED"], 1);
-    assert_eq!(calendar_sync::cleanup(&t.db, 0).await.unwrap(), 3);
+    assert_eq!(calendar_sync::ops::cleanup(&t.db, 0).await.unwrap(), 3);
     let err = client
         .query_one("SELECT cleanup_old_outbox_items(-1)", &[])
         .await;
@@ -304,7 +305,7 @@ async fn sql_event_ids_equal_the_librarys() {
                     .get(0);
                 assert_eq!(
                     sql,
-                    calendar_sync::event_id(&source, generation),
+                    calendar_sync::testing::event_id(&source, generation),
                     "{source:?} generation {generation}"
                 );
                 checked += 1;
@@ -437,7 +438,10 @@ async fn claims_and_outcomes_never_scan_a_whole_table() {
                 source_type: "task".to_owned(),
                 source_id: item.payload["sourceId"].as_str().unwrap().to_owned(),
             };
-            assert_eq!(binding.google_event_id, calendar_sync::event_id(&source, 0));
+            assert_eq!(
+                binding.google_event_id,
+                calendar_sync::testing::event_id(&source, 0)
+            );
         }
         let done: Vec<store::Completion<'_>> = batch
             .items

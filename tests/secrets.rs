@@ -48,7 +48,7 @@ async fn a_trace_level_drain_leaks_no_secret() {
     g.rotate_on_next_refresh(REFRESH_TOKEN);
     let t = TestDb::new().await;
     let cipher = TokenCipher::from_keys(KEY, vec![]);
-    calendar_sync::put_connection(
+    calendar_sync::ops::put_connection(
         &t.db,
         &cipher,
         "w1",
@@ -109,7 +109,7 @@ async fn a_trace_level_drain_leaks_no_secret() {
         .collect();
     let connections = format!(
         "{:?}",
-        calendar_sync::list_connections(&t.db).await.unwrap()
+        calendar_sync::ops::list_connections(&t.db).await.unwrap()
     );
     let log = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     assert!(log.contains("TRACE"), "trace level was on");

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use calendar_sync::store::LOCK_NAMESPACE;
+use calendar_sync::testing::LOCK_NAMESPACE;
 use calendar_sync::{CalendarError, CalendarErrorKind, OutboxDrainer};
 use calendar_sync_tests::{Fault, MemoryCalendar, TestDb, fast_config, upsert};
 use uuid::Uuid;

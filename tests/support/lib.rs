@@ -8,7 +8,8 @@ mod processes;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use calendar_sync::{Database, DrainerConfig, store::LOCK_NAMESPACE};
+use calendar_sync::testing::LOCK_NAMESPACE;
+use calendar_sync::{Database, DrainerConfig};
 use serde_json::Value;
 use tokio_postgres::NoTls;
 use uuid::Uuid;

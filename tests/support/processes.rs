@@ -190,7 +190,7 @@ impl GoogleWorld {
             let email = Self::calendar_of(&ws);
             google.add_refresh_token(&Self::refresh_token_of(&ws), WORKER_CLIENT_ID, &email);
             google.add_calendar(&email);
-            calendar_sync::put_connection(
+            calendar_sync::ops::put_connection(
                 db,
                 &cipher,
                 &ws,
@@ -396,7 +396,7 @@ pub async fn namespace_locks(client: &Client) -> i64 {
             "SELECT count(*) FROM pg_locks
               WHERE locktype = 'advisory' AND classid = $1::int4::oid
                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
-            &[&calendar_sync::store::LOCK_NAMESPACE],
+            &[&calendar_sync::testing::LOCK_NAMESPACE],
         )
         .await
         .expect("pg_locks")

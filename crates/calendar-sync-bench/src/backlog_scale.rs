@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use calendar_sync::DrainerConfig;
-use calendar_sync::store;
+use calendar_sync::testing as store;
 use calendar_sync_tests::{MemoryCalendar, TestDb};
 use serde_json::json;
 use tokio_postgres::Client;

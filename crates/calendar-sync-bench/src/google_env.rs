@@ -42,7 +42,7 @@ pub async fn store_connections(t: &TestDb, workspaces: usize) {
     let cipher = cipher();
     for i in 0..workspaces {
         let ws = workspace(i);
-        calendar_sync::put_connection(
+        calendar_sync::ops::put_connection(
             &t.db,
             &cipher,
             &ws,

@@ -201,7 +201,7 @@ async fn story(
         let token = format!("1//demo-{}", uuid::Uuid::new_v4().simple());
         google.add_refresh_token(&token, CLIENT_ID, email);
         google.add_calendar(email);
-        calendar_sync::put_connection(
+        calendar_sync::ops::put_connection(
             db,
             &cipher,
             workspace,

@@ -182,9 +182,13 @@ pub struct DrainerArgs {
     /// commits to one source within it collapse into one Google call (0: at once).
     #[arg(long, env = "CALENDAR_SYNC_SETTLE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub settle_ms: u64,
-    /// Attempts before an item is dead-lettered.
-    #[arg(long, env = "CALENDAR_SYNC_MAX_RETRIES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub max_retries: u32,
+    /// Attempts an item may use before it is dead-lettered.
+    #[arg(long, env = "CALENDAR_SYNC_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_attempts: u32,
+    /// The first design's name for --max-attempts (it always counted
+    /// attempts), still read so that existing deployments keep their setting.
+    #[arg(long, env = "CALENDAR_SYNC_MAX_RETRIES", hide = true, conflicts_with = "max_attempts", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub max_retries: Option<u32>,
     /// Items in flight at once.
     #[arg(long, env = "CALENDAR_SYNC_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrency: u32,
@@ -243,7 +247,7 @@ impl DrainerArgs {
         DrainerConfig {
             batch_size: self.batch_size as usize,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
-            max_retries: self.max_retries,
+            max_attempts: self.max_retries.unwrap_or(self.max_attempts),
             concurrency: self.concurrency as usize,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             settle: Duration::from_millis(self.settle_ms),

@@ -191,7 +191,7 @@ pub async fn requeue(args: &RequeueArgs, out: &mut impl Write) -> Outcome {
     let db = database(&args.database, 1)?;
     let n = match args.id {
         Some(id) => {
-            let n = calendar_sync::requeue(&db, Some(&[id]), None).await?;
+            let n = calendar_sync::ops::requeue(&db, Some(&[id]), None).await?;
             if n == 0 {
                 return Err(Failure::Runtime(format!(
                     "no DEAD_LETTER item with id {id}"
@@ -199,7 +199,7 @@ pub async fn requeue(args: &RequeueArgs, out: &mut impl Write) -> Outcome {
             }
             n
         }
-        None => calendar_sync::requeue(&db, None, args.workspace.as_deref()).await?,
+        None => calendar_sync::ops::requeue(&db, None, args.workspace.as_deref()).await?,
     };
     writeln!(out, "requeued {n} item(s)")?;
     Ok(())
@@ -210,7 +210,7 @@ pub async fn cleanup(settings: &DatabaseArgs, days: u32, out: &mut impl Write) -
     let db = database(settings, 1)?;
     let days = i32::try_from(days)
         .map_err(|_| Failure::Config("--older-than-days is too large".into()))?;
-    let n = calendar_sync::cleanup(&db, days).await?;
+    let n = calendar_sync::ops::cleanup(&db, days).await?;
     writeln!(out, "deleted {n} finished item(s) older than {days} day(s)")?;
     Ok(())
 }
@@ -232,7 +232,7 @@ pub async fn connections(command: ConnectionsCommand, out: &mut impl Write) -> O
             if secrecy::ExposeSecret::expose_secret(&token).is_empty() {
                 return Err(Failure::Config("no refresh token on standard input".into()));
             }
-            calendar_sync::put_connection(&db, &cipher, &workspace, &email, &token).await?;
+            calendar_sync::ops::put_connection(&db, &cipher, &workspace, &email, &token).await?;
             writeln!(
                 out,
                 "stored the connection of workspace {workspace} ({email}); it is valid"
@@ -240,7 +240,7 @@ pub async fn connections(command: ConnectionsCommand, out: &mut impl Write) -> O
         }
         ConnectionsCommand::List(settings) => {
             let db = database(&settings, 1)?;
-            let connections = calendar_sync::list_connections(&db).await?;
+            let connections = calendar_sync::ops::list_connections(&db).await?;
             writeln!(
                 out,
                 "{:<36} {:<32} {:<6} {:<7} REASON",

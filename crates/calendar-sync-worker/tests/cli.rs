@@ -104,6 +104,21 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
             "DATABASE_URL",
         ),
         (vec!["drain"], vec![db], "--once"),
+        (
+            vec!["run"],
+            vec![db, ("CALENDAR_SYNC_MAX_ATTEMPTS", "0")],
+            "CALENDAR_SYNC_MAX_ATTEMPTS",
+        ),
+        // The first design's name is read too, but never beside the new one.
+        (
+            vec!["run"],
+            vec![
+                db,
+                ("CALENDAR_SYNC_MAX_ATTEMPTS", "3"),
+                ("CALENDAR_SYNC_MAX_RETRIES", "4"),
+            ],
+            "max-attempts",
+        ),
     ];
     for (args, env, expected) in cases {
         let out = output(&args, &env);
@@ -128,7 +143,7 @@ fn help_documents_each_variable_with_its_default() {
         ("CALENDAR_SYNC_CONCURRENCY", "32"),
         ("CALENDAR_SYNC_POLL_INTERVAL_MS", "5000"),
         ("CALENDAR_SYNC_SETTLE_MS", "0"),
-        ("CALENDAR_SYNC_MAX_RETRIES", "5"),
+        ("CALENDAR_SYNC_MAX_ATTEMPTS", "5"),
         ("CALENDAR_SYNC_HTTP_ADDR", "127.0.0.1:9464"),
         ("LOG_FORMAT", "text"),
     ] {
@@ -158,7 +173,7 @@ async fn migrate_twice_is_harmless() {
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
     assert!(text(&first.stdout).contains(&format!(
         "applied {} migration(s)",
-        calendar_sync::known_migrations()
+        calendar_sync::testing::known_migrations()
     )));
     let second = output(&["migrate"], &[("DATABASE_URL", &url)]);
     assert_eq!(second.status.code(), Some(0));
@@ -319,7 +334,7 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
     g.set_latency(Duration::from_millis(30));
     let t = TestDb::new().await;
     let cipher = calendar_sync::TokenCipher::new(KEY, "").unwrap();
-    calendar_sync::put_connection(
+    calendar_sync::ops::put_connection(
         &t.db,
         &cipher,
         "w1",
@@ -419,7 +434,7 @@ async fn a_forgotten_old_key_is_one_line_at_start_up_in_readyz_and_in_status() {
     const NEW_KEY: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
     let t = TestDb::new().await;
     let old = calendar_sync::TokenCipher::new(KEY, "").unwrap();
-    calendar_sync::put_connection(
+    calendar_sync::ops::put_connection(
         &t.db,
         &old,
         "w1",
@@ -483,7 +498,7 @@ async fn a_forgotten_old_key_is_one_line_at_start_up_in_readyz_and_in_status() {
     assert_eq!(lines.len(), 1, "{stderr}");
     assert!(lines[0].contains(&kid), "{stderr}");
     assert!(
-        calendar_sync::list_connections(&t.db).await.unwrap()[0].is_valid,
+        calendar_sync::ops::list_connections(&t.db).await.unwrap()[0].is_valid,
         "nothing marked invalid"
     );
 }

@@ -171,7 +171,7 @@ async fn an_unreachable_token_endpoint_names_its_host_and_the_cause() {
     let t = TestDb::new().await;
     let cipher = calendar_sync::TokenCipher::new(KEY, "").unwrap();
     let token = secrecy::SecretString::from("rt-never-printed");
-    calendar_sync::put_connection(&t.db, &cipher, "w1", "w1@example.com", &token)
+    calendar_sync::ops::put_connection(&t.db, &cipher, "w1", "w1@example.com", &token)
         .await
         .unwrap();
     let id = t

@@ -67,7 +67,7 @@ async fn a_reconnect_to_another_account_takes_effect_in_every_worker_at_once() {
     assert_eq!(sources_on(&world, &old_account).len(), 40);
 
     let cipher = GoogleWorld::cipher();
-    calendar_sync::put_connection(
+    calendar_sync::ops::put_connection(
         &t.db,
         &cipher,
         "ws0",

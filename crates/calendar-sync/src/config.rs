@@ -16,7 +16,7 @@ pub struct DrainerConfig {
     pub poll_interval: Duration,
     /// Attempts an item may use; the attempt that reaches it and fails sends the
     /// item to DEAD_LETTER. Default: 5.
-    pub max_retries: u32,
+    pub max_attempts: u32,
     /// Items being applied at once in one worker (calls to Google in flight).
     /// Reaching Google's project quota (10,000/min) at ~100 ms per call takes
     /// about 17; the default leaves room for slower answers. Default: 32.
@@ -48,7 +48,7 @@ impl Default for DrainerConfig {
         Self {
             batch_size: 32,
             poll_interval: Duration::from_secs(5),
-            max_retries: 5,
+            max_attempts: 5,
             concurrency: 32,
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(3600),
@@ -74,8 +74,8 @@ impl DrainerConfig {
         if self.concurrency == 0 {
             return fail("concurrency must be at least 1");
         }
-        if self.max_retries == 0 || self.max_retries > i32::MAX as u32 {
-            return fail("max_retries must be at least 1");
+        if self.max_attempts == 0 || self.max_attempts > i32::MAX as u32 {
+            return fail("max_attempts must be at least 1");
         }
         if self.poll_interval.is_zero() {
             return fail("poll_interval must be positive");

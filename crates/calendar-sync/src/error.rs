@@ -2,7 +2,7 @@
 //! puts PostgreSQL's own message and the OS error in `source()`, so the
 //! variants print the whole chain.
 
-use crate::connect::cause;
+use crate::db::connect::cause;
 
 /// Errors of the drainer and its operator functions.
 #[derive(Debug, thiserror::Error)]

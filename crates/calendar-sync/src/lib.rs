@@ -26,7 +26,7 @@
 //!   advisory lock on the worker's connection. A PROCESSING row whose lock is
 //!   gone belongs to a dead worker and is taken back by the next poll.
 //! - **No poison loops.** Attempts are counted at claim time; a row that keeps
-//!   killing its worker reaches DEAD_LETTER after `max_retries`.
+//!   killing its worker reaches DEAD_LETTER after `max_attempts`.
 //!
 //! ## Payloads (camelCase JSON)
 //! - `UPSERT_EVENT`: `workspaceId`, `calendarId`, `sourceType`, `sourceId`,
@@ -43,7 +43,7 @@
 //! ## Outcomes
 //! Success: COMPLETED. Retryable failure (rate limit, 5xx, timeout): PENDING
 //! again after 1 s, 2 s, 4 s … (±20 % jitter, capped at 1 h; Google's
-//! Retry-After wins); the attempt that reaches `max_retries` dead-letters.
+//! Retry-After wins); the attempt that reaches `max_attempts` dead-letters.
 //! Permanent failure (400, 404 calendar, most 403s): DEAD_LETTER at once. A
 //! revoked or unusable OAuth grant: DEAD_LETTER, the connection marked invalid,
 //! and the workspace's other waiting items dead-lettered. `last_error` is
@@ -62,91 +62,83 @@
 //! let report = handle.stop().await;
 //! # let _ = report; Ok(()) }
 //! ```
+//!
+//! ## The public API
+//! - **Running the engine:** [`OutboxDrainer`] (with [`OutboxDrainer::start`]
+//!   returning a [`DrainerHandle`], or [`OutboxDrainer::drain_once`] returning a
+//!   [`DrainReport`]), configured by [`DrainerConfig`]; [`Error`].
+//! - **The database:** [`Database`] (a pool plus the dedicated sessions the
+//!   engine needs), [`ConnectOptions`], [`TlsOptions`], [`SslMode`],
+//!   [`RootCerts`]; [`migrate`] creates or updates the schema.
+//! - **Producing work:** [`enqueue`] writes an [`Operation`] inside the
+//!   caller's transaction; [`Operation::decode`] is the decoder the drainer
+//!   uses, with [`DecodeError`] naming the field; the payload types
+//!   [`OperationKind`], [`UpsertEvent`], [`EventDetails`], [`EventTiming`],
+//!   [`CalendarKey`], [`SourceKey`], [`SourceCursor`].
+//! - **The calendar side:** the [`Calendar`] trait and its vocabulary
+//!   ([`EventBody`], [`EventTime`], [`EventPage`], [`RemoteEvent`],
+//!   [`ResolvedCalendar`], the `PROP_*` property names), its error
+//!   [`CalendarError`] with [`CalendarErrorKind`] and [`ErrorClass`];
+//!   [`GoogleCalendar`] with [`GoogleConfig`], [`OAuthConfig`], [`Budget`] and
+//!   the default endpoints.
+//! - **REBUILD_ALL from the application's data:** [`EventSource`],
+//!   [`DesiredEvent`], [`SourceFuture`].
+//! - **Secrets:** [`TokenCipher`] seals refresh tokens; [`crypto`] holds its
+//!   key and envelope errors.
+//! - **Operators:** [`ops`]: `put_connection`, `list_connections`, `requeue`,
+//!   `cleanup`, `status`, `readiness`, `unknown_key_ids`.
+//!
+//! Nothing else is public. (`testing` is hidden: it opens the claim statement
+//! and event ids to this workspace's own tests and benchmarks, and may change
+//! in any release.)
+//!
+//! ## Words
+//! - **drain**: the engine's loop: claim due rows, apply each, record its
+//!   outcome, release its lock ([`OutboxDrainer`]).
+//! - **item**: one claimed outbox row, from decode to recorded outcome.
+//! - **apply**: make the calendar match one operation (an upsert, a cancel,
+//!   a REBUILD_ALL), idempotently, through the bindings.
+//! - **settle**: the time a due row waits before it is claimed, so that quick
+//!   successive writes to one source collapse into one call
+//!   ([`DrainerConfig::settle`]). Taking in finished tasks is *reaping*.
+//! - **attempt**: one claim of an item that counts; an item that reaches
+//!   [`DrainerConfig::max_attempts`] and fails is dead-lettered. Waits for
+//!   quota, pauses and shutdown use no attempt.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-mod auth;
-mod backoff;
-mod budget;
+mod apply;
 mod calendar;
 mod config;
-pub mod connect;
 pub mod crypto;
 mod db;
-mod desired;
-mod drain;
+mod engine;
 mod error;
-mod evict;
-mod fenced;
 mod google;
-mod item;
-mod limits;
-mod migrate;
-pub mod operation;
+mod operation;
 pub mod ops;
-mod rebuild;
-mod stall;
-pub mod store;
-mod sync;
-mod tls;
-mod versions;
+mod store;
+#[doc(hidden)]
+pub mod testing;
 
-pub use auth::OAuthConfig;
-pub use backoff::retry_delay;
-pub use budget::Budget;
+pub use apply::desired::{DesiredEvent, EventSource, SourceFuture};
 pub use calendar::{
     Calendar, CalendarError, CalendarErrorKind, ErrorClass, EventBody, EventPage, EventTime,
     PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
     ResolvedCalendar,
 };
 pub use config::DrainerConfig;
-pub use connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};
 pub use crypto::TokenCipher;
 pub use db::Database;
-pub use desired::{DesiredEvent, EventSource, SourceCursor, SourceFuture};
-pub use drain::{DrainReport, DrainerHandle, OutboxDrainer};
+pub use db::connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};
+pub use db::migrate::migrate;
+pub use engine::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
+pub use google::auth::OAuthConfig;
+pub use google::budget::Budget;
 pub use google::{DEFAULT_CALENDAR_API_URL, DEFAULT_TOKEN_URL, GoogleCalendar, GoogleConfig};
-pub use migrate::{MIGRATION_TABLE, known_migrations, migrate};
 pub use operation::{
-    CalendarKey, EventDetails, EventTiming, Operation, OperationKind, SourceKey, UpsertEvent,
+    CalendarKey, DecodeError, EventDetails, EventTiming, Operation, OperationKind, SourceCursor,
+    SourceKey, UpsertEvent,
 };
-pub use store::{ConnectionInfo, enqueue, row_lock_key};
-pub use sync::{content_hash, event_body, event_id};
-
-/// Moves DEAD_LETTER rows back to PENDING with attempts reset: the given ids,
-/// or every dead letter (optionally of one workspace) when `ids` is `None`. A
-/// dead letter that a newer item of its source has overtaken (completed since)
-/// becomes SUPERSEDED instead: it is never sent again. Returns how many rows
-/// left DEAD_LETTER.
-pub async fn requeue(
-    db: &Database,
-    ids: Option<&[uuid::Uuid]>,
-    workspace_id: Option<&str>,
-) -> Result<u64, Error> {
-    Ok(store::requeue_dead_letters(&**db.client().await?, ids, workspace_id).await?)
-}
-
-/// Deletes finished rows (COMPLETED, DEAD_LETTER, SUPERSEDED) older than
-/// `days` days; returns how many were deleted.
-pub async fn cleanup(db: &Database, days: i32) -> Result<u64, Error> {
-    Ok(store::cleanup_old_items(&**db.client().await?, days).await?)
-}
-
-/// Stores a workspace's Google connection: encrypts the refresh token, upserts
-/// the row, and marks it valid (re-authorising an invalid connection).
-pub async fn put_connection(
-    db: &Database,
-    cipher: &TokenCipher,
-    workspace_id: &str,
-    google_email: &str,
-    refresh_token: &secrecy::SecretString,
-) -> Result<(), Error> {
-    let sealed = cipher.encrypt(workspace_id, refresh_token);
-    Ok(store::put_connection(&**db.client().await?, workspace_id, google_email, &sealed).await?)
-}
-
-/// Every stored connection and its validity; never a token.
-pub async fn list_connections(db: &Database) -> Result<Vec<ConnectionInfo>, Error> {
-    Ok(store::list_connections(&**db.client().await?).await?)
-}
+pub use store::enqueue;

@@ -91,6 +91,19 @@ pub struct SourceKey {
     pub source_id: String,
 }
 
+/// A source within its calendar, and its position in the (source_type,
+/// source_id) order that a REBUILD_ALL walks.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceCursor {
+    /// The application's kind of object.
+    pub source_type: String,
+    /// The application's id of the object.
+    pub source_id: String,
+}
+
 /// When an event happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventTiming {

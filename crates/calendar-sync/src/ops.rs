@@ -7,12 +7,13 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::connect::cause;
 use crate::crypto::TokenCipher;
 use crate::db::Database;
+use crate::db::connect::cause;
+use crate::db::migrate::known_migrations;
 use crate::error::Error;
-use crate::migrate::known_migrations;
-use crate::store::{self, ConnectionInfo};
+use crate::store;
+pub use crate::store::ConnectionInfo;
 
 /// Every status an outbox row can have, in display order.
 pub const STATUSES: [&str; 5] = [
@@ -274,4 +275,78 @@ fn human_duration(secs: f64) -> String {
         60..3600 => format!("{} min {} s", s / 60, s % 60),
         _ => format!("{} h {} min", s / 3600, (s % 3600) / 60),
     }
+}
+
+/// Moves DEAD_LETTER rows back to PENDING with attempts reset: the given ids,
+/// or every dead letter (optionally of one workspace) when `ids` is `None`. A
+/// dead letter that a newer item of its source has overtaken (completed since)
+/// becomes SUPERSEDED instead: it is never sent again. Returns how many rows
+/// left DEAD_LETTER.
+///
+/// ```no_run
+/// # async fn example(db: &calendar_sync::Database) -> Result<(), calendar_sync::Error> {
+/// // Every dead letter of one workspace, after its owner reconnected:
+/// let requeued = calendar_sync::ops::requeue(db, None, Some("acme")).await?;
+/// # let _ = requeued; Ok(()) }
+/// ```
+pub async fn requeue(
+    db: &Database,
+    ids: Option<&[uuid::Uuid]>,
+    workspace_id: Option<&str>,
+) -> Result<u64, Error> {
+    Ok(store::requeue_dead_letters(&**db.client().await?, ids, workspace_id).await?)
+}
+
+/// Deletes finished rows (COMPLETED, DEAD_LETTER, SUPERSEDED) older than
+/// `days` days; returns how many were deleted.
+///
+/// ```no_run
+/// # async fn example(db: &calendar_sync::Database) -> Result<(), calendar_sync::Error> {
+/// let deleted = calendar_sync::ops::cleanup(db, 30).await?;
+/// # let _ = deleted; Ok(()) }
+/// ```
+pub async fn cleanup(db: &Database, days: i32) -> Result<u64, Error> {
+    Ok(store::cleanup_old_items(&**db.client().await?, days).await?)
+}
+
+/// Stores a workspace's Google connection: encrypts the refresh token, upserts
+/// the row, and marks it valid (re-authorising an invalid connection). A
+/// connection to another Google account starts a new connection version: calls
+/// begun under the old grant can no longer write.
+///
+/// ```no_run
+/// # async fn example(db: &calendar_sync::Database) -> Result<(), Box<dyn std::error::Error>> {
+/// use calendar_sync::TokenCipher;
+/// use secrecy::SecretString;
+///
+/// let cipher = TokenCipher::new(&std::env::var("TOKEN_ENCRYPTION_KEY")?, "")?;
+/// let refresh_token = SecretString::from("1//0g-refresh-token-from-the-oauth-callback");
+/// calendar_sync::ops::put_connection(db, &cipher, "acme", "owner@acme.example", &refresh_token)
+///     .await?;
+/// # Ok(()) }
+/// ```
+pub async fn put_connection(
+    db: &Database,
+    cipher: &TokenCipher,
+    workspace_id: &str,
+    google_email: &str,
+    refresh_token: &secrecy::SecretString,
+) -> Result<(), Error> {
+    let sealed = cipher.encrypt(workspace_id, refresh_token);
+    Ok(store::put_connection(&**db.client().await?, workspace_id, google_email, &sealed).await?)
+}
+
+/// Every stored connection and its validity; never a token.
+///
+/// ```no_run
+/// # async fn example(db: &calendar_sync::Database) -> Result<(), calendar_sync::Error> {
+/// for connection in calendar_sync::ops::list_connections(db).await? {
+///     if !connection.is_valid {
+///         println!("{} must reconnect: {:?}", connection.workspace_id, connection.invalid_reason);
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn list_connections(db: &Database) -> Result<Vec<ConnectionInfo>, Error> {
+    Ok(store::list_connections(&**db.client().await?).await?)
 }

@@ -13,24 +13,14 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use crate::operation::SourceCursor;
 use serde_json::json;
 
+use crate::apply::{ApplyError, event_body};
 use crate::calendar::EventBody;
 use crate::db::Database;
 use crate::operation::{CalendarKey, EventDetails, Operation, SourceKey, UpsertEvent};
 use crate::store;
-use crate::sync::{ApplyError, event_body};
-
-/// The position of a source in the (source_type, source_id) order.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SourceCursor {
-    /// The application's kind of object.
-    pub source_type: String,
-    /// The application's id of the object.
-    pub source_id: String,
-}
 
 /// One event the application wants on the calendar.
 #[derive(Debug, Clone, PartialEq, Eq)]

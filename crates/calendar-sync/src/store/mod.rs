@@ -12,7 +12,7 @@ use serde_json::Value;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use crate::budget::Budget;
+use crate::google::budget::Budget;
 use crate::operation::{CalendarKey, Operation, SourceKey};
 
 /// First key of every advisory lock we take (`"csyn"`), so our locks cannot
@@ -1103,7 +1103,7 @@ pub struct DesiredRow {
 pub async fn desired_view_page(
     client: &impl GenericClient,
     calendar: &CalendarKey,
-    after: Option<&crate::desired::SourceCursor>,
+    after: Option<&crate::operation::SourceCursor>,
     limit: i64,
 ) -> Result<Vec<DesiredRow>, tokio_postgres::Error> {
     let (after_type, after_id) = split_cursor(after);
@@ -1139,7 +1139,7 @@ SELECT source_type::text, source_id::text, event_type::text, title::text, descri
         .collect())
 }
 
-fn split_cursor(cursor: Option<&crate::desired::SourceCursor>) -> (Option<&str>, Option<&str>) {
+fn split_cursor(cursor: Option<&crate::operation::SourceCursor>) -> (Option<&str>, Option<&str>) {
     (
         cursor.map(|c| c.source_type.as_str()),
         cursor.map(|c| c.source_id.as_str()),
@@ -1150,7 +1150,7 @@ fn split_cursor(cursor: Option<&crate::desired::SourceCursor>) -> (Option<&str>,
 pub async fn live_bindings_page(
     client: &impl GenericClient,
     calendar: &CalendarKey,
-    after: Option<&crate::desired::SourceCursor>,
+    after: Option<&crate::operation::SourceCursor>,
     limit: i64,
 ) -> Result<Vec<StoredBinding>, tokio_postgres::Error> {
     bindings_query(client, calendar, after, None, true, limit).await
@@ -1160,8 +1160,8 @@ pub async fn live_bindings_page(
 pub async fn bindings_in_range(
     client: &impl GenericClient,
     calendar: &CalendarKey,
-    after: Option<&crate::desired::SourceCursor>,
-    upto: Option<&crate::desired::SourceCursor>,
+    after: Option<&crate::operation::SourceCursor>,
+    upto: Option<&crate::operation::SourceCursor>,
 ) -> Result<Vec<StoredBinding>, tokio_postgres::Error> {
     bindings_query(client, calendar, after, upto, false, i64::MAX).await
 }
@@ -1169,8 +1169,8 @@ pub async fn bindings_in_range(
 async fn bindings_query(
     client: &impl GenericClient,
     calendar: &CalendarKey,
-    after: Option<&crate::desired::SourceCursor>,
-    upto: Option<&crate::desired::SourceCursor>,
+    after: Option<&crate::operation::SourceCursor>,
+    upto: Option<&crate::operation::SourceCursor>,
     live_only: bool,
     limit: i64,
 ) -> Result<Vec<StoredBinding>, tokio_postgres::Error> {

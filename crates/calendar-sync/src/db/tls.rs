@@ -16,7 +16,7 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::connect::{RootCerts, SslMode, TlsOptions};
+use crate::db::connect::{RootCerts, SslMode, TlsOptions};
 use crate::error::Error;
 
 /// The rustls connector for `options`, or `None` for `sslmode=disable`.

@@ -3,7 +3,7 @@
 //! empty calendar for a while, and cost two calls per event).
 //!
 //! Desired state comes from the first configured source (see
-//! [`crate::desired`]). Actual state is every event on the calendar carrying
+//! [`crate::apply::desired`]). Actual state is every event on the calendar carrying
 //! this workspace's private extended property (all pages, events whose binding
 //! was lost included) together with the bindings. The difference is applied:
 //! missing events are created, drifted ones updated, ours that nothing wants
@@ -19,15 +19,16 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::calendar::{Calendar, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent};
-use crate::db::Database;
-use crate::desired::{Desired, EventSource, SourceCursor, Wanted};
-use crate::operation::{CalendarKey, SourceKey};
-use crate::store::{self, BindingState, BindingWrite, ClaimedItem, StoredBinding};
-use crate::sync::{
+use crate::apply::desired::{Desired, EventSource, Wanted};
+use crate::apply::{
     Applied, ApplyError, Start, connection_changed, content_hash, delete_event, event_id, fresh,
     live_binding, write_event,
 };
+use crate::calendar::{Calendar, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent};
+use crate::db::Database;
+use crate::operation::SourceCursor;
+use crate::operation::{CalendarKey, SourceKey};
+use crate::store::{self, BindingState, BindingWrite, ClaimedItem, StoredBinding};
 
 /// Progress of a rebuild, stored in the row's `result` between chunks and as
 /// the final report.
@@ -209,7 +210,7 @@ impl<C: Calendar> Pass<'_, C> {
                         && b.binding.etag == event.etag
                 });
                 if !in_step {
-                    let written = crate::sync::Written {
+                    let written = crate::apply::Written {
                         id: event.id.clone(),
                         generation,
                         etag: event.etag.clone(),

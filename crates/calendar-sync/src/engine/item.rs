@@ -4,14 +4,14 @@ use std::time::Duration;
 
 use tokio::task::JoinError;
 
-use crate::backoff::retry_delay;
+use crate::apply::rebuild;
+use crate::apply::{self, Applied, ApplyError};
 use crate::calendar::{Calendar, CalendarError, ErrorClass};
-use crate::drain::Shared;
+use crate::engine::Shared;
+use crate::engine::backoff::retry_delay;
 use crate::error::Error;
 use crate::operation::{CalendarKey, DecodeError, Operation, OperationKind};
-use crate::rebuild;
 use crate::store::{self, ClaimedItem, Completion, FailureStatus, Resolution, Wait};
-use crate::sync::{self, Applied, ApplyError};
 
 /// What became of an item, for the drain report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -177,8 +177,8 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
     let calendar = &shared.calendar;
     let db = &shared.db;
     let applied = match &operation {
-        Operation::UpsertEvent(u) => sync::upsert(calendar, db, item, u).await,
-        Operation::CancelEvent(s) => sync::cancel(calendar, item, s).await,
+        Operation::UpsertEvent(u) => apply::upsert(calendar, db, item, u).await,
+        Operation::CancelEvent(s) => apply::cancel(calendar, item, s).await,
         Operation::RebuildAll(c) => {
             let chunk = shared.config.rebuild_chunk;
             let source = shared.event_source.as_ref();
@@ -211,7 +211,7 @@ async fn resolve<C: Calendar>(
     };
     let resolved = match shared.calendar.resolve_calendar(named).await {
         Ok(Some(resolved)) => resolved,
-        Ok(None) => return Err(failed(sync::calendar_not_found(named))),
+        Ok(None) => return Err(failed(apply::calendar_not_found(named))),
         Err(e) => return Err(failed(e)),
     };
     if resolved.id == named.calendar_id {
@@ -231,7 +231,7 @@ async fn resolve<C: Calendar>(
             }
             Ok(None)
         }
-        Ok(Resolution::Stale) => Err(failed(sync::connection_changed())),
+        Ok(Resolution::Stale) => Err(failed(apply::connection_changed())),
         Ok(Resolution::ClaimLost) => Err(Verdict::ClaimLost),
         Err(e) => Err(Verdict::Database(e.to_string())),
     }
@@ -268,6 +268,9 @@ async fn record<C: Calendar>(
     ItemOutcome::Abandoned
 }
 
+/// One try at recording the verdict, in the order the README's "How draining
+/// works" tells it: success (or a checkpoint), a malformed payload, a failure
+/// of ours, then Google's answer by class.
 async fn record_once<C: Calendar>(
     shared: &Shared<C>,
     item: &ClaimedItem,
@@ -275,34 +278,10 @@ async fn record_once<C: Calendar>(
 ) -> Result<ItemOutcome, Error> {
     let mut pooled = shared.db.client().await?;
     let client: &tokio_postgres::Client = &pooled;
-    let config = &shared.config;
-    let outcome = match verdict {
+    Ok(match verdict {
         Verdict::ClaimLost => ItemOutcome::ClaimLost,
         Verdict::SteppedBack => ItemOutcome::Deferred,
-        Verdict::Done(applied) if applied.continue_later => {
-            let progress = applied.result.clone().unwrap_or_default();
-            match store::checkpoint(client, item, &progress).await? {
-                FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
-                _ => ItemOutcome::Continued,
-            }
-        }
-        Verdict::Done(applied) => {
-            let done = Completion {
-                item,
-                binding: applied.binding.as_ref(),
-                result: applied.result.as_ref(),
-            };
-            if !store::complete_many(client, store::COMPLETE_MANY, &[done])
-                .await?
-                .is_empty()
-            {
-                ItemOutcome::Completed {
-                    changed: applied.changed,
-                }
-            } else {
-                ItemOutcome::ClaimLost
-            }
-        }
+        Verdict::Done(applied) => record_done(client, item, applied).await?,
         Verdict::Invalid(e) => {
             let status =
                 store::dead_letter(client, item, &format!("[invalid_payload] {e}")).await?;
@@ -312,60 +291,92 @@ async fn record_once<C: Calendar>(
             retry(shared, client, item, None, &format!("[database] {message}")).await?
         }
         Verdict::Panicked(message) => {
-            retry(
-                shared,
-                client,
-                item,
-                None,
-                &format!("[handler_panicked] {message}"),
-            )
-            .await?
+            let error = format!("[handler_panicked] {message}");
+            retry(shared, client, item, None, &error).await?
         }
         Verdict::Failed {
             error,
             workspace_id,
-        } => match error.class() {
-            ErrorClass::Retryable { retry_after } => {
-                retry(shared, client, item, retry_after, &error.to_string()).await?
-            }
-            ErrorClass::RateLimited { retry_after } => {
-                let delay = backoff_for(config, item, retry_after);
-                match store::defer(
-                    client,
-                    item,
-                    delay.as_secs_f64(),
-                    &error.to_string(),
-                    Wait::RateLimited,
-                )
-                .await?
-                {
-                    FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
-                    _ => ItemOutcome::Deferred,
-                }
-            }
-            ErrorClass::Permanent => dead_or_lost(
-                store::dead_letter(client, item, &error.to_string()).await?,
-                0,
-            ),
-            ErrorClass::Paused => {
-                let pause = error
-                    .retry_after
-                    .unwrap_or(config.usage_limit_pause)
-                    .as_secs_f64();
-                match store::defer(client, item, pause, &error.to_string(), Wait::Other).await? {
-                    FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
-                    _ => ItemOutcome::Deferred,
-                }
-            }
-            ErrorClass::ConnectionInvalid => {
-                let (status, others) =
-                    invalidate_connection(&mut pooled, item, workspace_id, &error.to_string())
-                        .await?;
-                dead_or_lost(status, others)
-            }
-        },
+        } => record_failure(shared, &mut pooled, item, error, workspace_id).await?,
+    })
+}
+
+/// A success recorded on its own (the worker groups the others), or a long
+/// item's checkpoint.
+async fn record_done(
+    client: &tokio_postgres::Client,
+    item: &ClaimedItem,
+    applied: &Applied,
+) -> Result<ItemOutcome, Error> {
+    if applied.continue_later {
+        let progress = applied.result.clone().unwrap_or_default();
+        return Ok(match store::checkpoint(client, item, &progress).await? {
+            FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
+            _ => ItemOutcome::Continued,
+        });
+    }
+    let done = Completion {
+        item,
+        binding: applied.binding.as_ref(),
+        result: applied.result.as_ref(),
     };
-    Ok(outcome)
+    let completed = store::complete_many(client, store::COMPLETE_MANY, &[done]).await?;
+    Ok(if completed.is_empty() {
+        ItemOutcome::ClaimLost
+    } else {
+        ItemOutcome::Completed {
+            changed: applied.changed,
+        }
+    })
+}
+
+/// Google's (or the token endpoint's) refusal, recorded by its class.
+async fn record_failure<C: Calendar>(
+    shared: &Shared<C>,
+    pooled: &mut tokio_postgres::Client,
+    item: &ClaimedItem,
+    error: &CalendarError,
+    workspace_id: &str,
+) -> Result<ItemOutcome, Error> {
+    let config = &shared.config;
+    let message = error.to_string();
+    Ok(match error.class() {
+        ErrorClass::Retryable { retry_after } => {
+            retry(shared, &*pooled, item, retry_after, &message).await?
+        }
+        ErrorClass::RateLimited { retry_after } => {
+            let delay = backoff_for(config, item, retry_after);
+            defer(&*pooled, item, delay, &message, Wait::RateLimited).await?
+        }
+        ErrorClass::Permanent => {
+            dead_or_lost(store::dead_letter(&*pooled, item, &message).await?, 0)
+        }
+        ErrorClass::Paused => {
+            let pause = error.retry_after.unwrap_or(config.usage_limit_pause);
+            defer(&*pooled, item, pause, &message, Wait::Other).await?
+        }
+        ErrorClass::ConnectionInvalid => {
+            let (status, others) =
+                invalidate_connection(pooled, item, workspace_id, &message).await?;
+            dead_or_lost(status, others)
+        }
+    })
+}
+
+/// Back in line after `delay`, without using an attempt.
+async fn defer(
+    client: &tokio_postgres::Client,
+    item: &ClaimedItem,
+    delay: Duration,
+    error: &str,
+    wait: Wait,
+) -> Result<ItemOutcome, Error> {
+    Ok(
+        match store::defer(client, item, delay.as_secs_f64(), error, wait).await? {
+            FailureStatus::ClaimLost => ItemOutcome::ClaimLost,
+            _ => ItemOutcome::Deferred,
+        },
+    )
 }
 
 /// Dead-letters the workspace's waiting rows while holding the claim mutex: a
@@ -397,7 +408,7 @@ async fn retry<C: Calendar>(
     let status = store::fail_retryable(
         client,
         item,
-        config.max_retries as i32,
+        config.max_attempts as i32,
         delay.as_secs_f64(),
         error,
     )
@@ -453,7 +464,7 @@ fn log_outcome(item: &ClaimedItem, verdict: &Verdict, outcome: ItemOutcome) {
 /// Records an item whose task panicked (a retryable failure: the attempt
 /// counts) or was aborted at the end of the shutdown grace period (released
 /// back to PENDING without using the attempt).
-pub(crate) async fn settle_interrupted<C: Calendar>(
+pub(crate) async fn record_interrupted<C: Calendar>(
     shared: &Shared<C>,
     item: &ClaimedItem,
     error: JoinError,

@@ -22,12 +22,12 @@ use oauth2::{
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
-use crate::connect::cause;
 use crate::crypto::{DecryptError, TokenCipher};
 use crate::db::Database;
-use crate::evict::IdleMap;
+use crate::db::connect::cause;
+use crate::google::evict::IdleMap;
+use crate::google::versions::VersionReader;
 use crate::store;
-use crate::versions::VersionReader;
 
 /// Refresh this long before Google says the token expires.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(60);
@@ -360,7 +360,10 @@ fn classify_token_error<RE: std::error::Error + 'static>(
         RequestTokenError::Request(e) => CalendarError::new(
             CalendarErrorKind::Transient,
             "oauth_network",
-            format!("token endpoint unreachable: {}", crate::connect::cause(&e)),
+            format!(
+                "token endpoint unreachable: {}",
+                crate::db::connect::cause(&e)
+            ),
         ),
         // Deliberately not the body: a success body holds tokens.
         RequestTokenError::Parse(..) | RequestTokenError::Other(_) => CalendarError::new(

@@ -8,8 +8,8 @@ use std::cell::Cell;
 use std::time::Duration;
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
-use crate::connect::cause;
 use crate::db::Database;
+use crate::db::connect::cause;
 use crate::store;
 
 /// Google's quotas as the drainer pays them: calls per `window` (Google

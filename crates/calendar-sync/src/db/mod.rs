@@ -1,6 +1,10 @@
 //! Database access: a connection pool for ordinary statements, and dedicated
 //! connections for what must stay on one session (row locks, LISTEN, migrations).
 
+pub(crate) mod connect;
+pub(crate) mod migrate;
+mod tls;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -13,7 +17,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{AsyncMessage, Client, Config, Connection, NoTls, Socket, Statement};
 use tokio_util::sync::CancellationToken;
 
-use crate::connect::{ConnectOptions, SslMode, cause};
+use crate::db::connect::{ConnectOptions, SslMode, cause};
 use crate::error::Error;
 use crate::store::NOTIFY_CHANNEL;
 
@@ -223,7 +227,7 @@ impl Libpq {
     fn new(options: &ConnectOptions) -> Result<Self, Error> {
         Ok(Self {
             mode: options.tls.mode,
-            tls: crate::tls::connector(&options.tls)?,
+            tls: crate::db::tls::connector(&options.tls)?,
         })
     }
 }

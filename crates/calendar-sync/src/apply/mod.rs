@@ -8,6 +8,9 @@
 //! Google keeps a deleted event's id taken, so the generation advances whenever
 //! the source's event was cancelled (by us or by hand).
 
+pub(crate) mod desired;
+pub(crate) mod rebuild;
+
 use std::collections::BTreeMap;
 
 use chrono::Days;
@@ -18,8 +21,8 @@ use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventTime, PROP_EVENT_TYPE,
     PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE,
 };
-use crate::connect::cause;
 use crate::db::Database;
+use crate::db::connect::cause;
 use crate::error::Error;
 use crate::operation::{CalendarKey, EventTiming, SourceKey, UpsertEvent};
 use crate::store::{self, BindingState, BindingWrite, ClaimedItem};

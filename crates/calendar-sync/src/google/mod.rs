@@ -3,6 +3,13 @@
 //! breaker per connection, and Google's errors classified by HTTP status and
 //! `errors[0].reason` (never message text).
 
+pub(crate) mod auth;
+mod breaker;
+pub(crate) mod budget;
+pub(crate) mod evict;
+mod fenced;
+pub(crate) mod versions;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -17,21 +24,21 @@ use hyper_util::rt::TokioExecutor;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
-use crate::auth::{OAuthConfig, Tokens};
-use crate::backoff::parse_retry_after;
-use crate::budget::{self, Budget};
 use crate::calendar::ResolvedCalendar;
 use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventPage, EventTime, RemoteEvent,
 };
 use crate::crypto::TokenCipher;
 use crate::db::Database;
+use crate::engine::backoff::parse_retry_after;
 use crate::error::Error;
-use crate::evict::IdleMap;
-use crate::fenced::FencedCall;
-use crate::limits::Breakers;
+use crate::google::auth::{OAuthConfig, Tokens};
+use crate::google::breaker::Breakers;
+use crate::google::evict::IdleMap;
+use crate::google::fenced::FencedCall;
 use crate::operation::CalendarKey;
 use crate::store;
+use budget::Budget;
 
 /// Default `GOOGLE_CALENDAR_API_URL`.
 pub const DEFAULT_CALENDAR_API_URL: &str = "https://www.googleapis.com/calendar/v3/";

@@ -1,0 +1,279 @@
+//! The engine: [`OutboxDrainer`] claims due rows, applies them, and records
+//! each outcome.
+//!
+//! A worker owns one dedicated *lock connection*. Claims happen on it, inside a
+//! transaction serialised by a claim mutex (so ordering checks see every other
+//! worker's claims), and each claimed row's session advisory lock is taken on
+//! it *before* the row is marked PROCESSING. The lock is released only after the
+//! row's outcome has committed. Hence a PROCESSING row whose lock nobody holds
+//! belongs to a worker that died or lost its connection, and any worker's next
+//! poll takes it back. Outcomes are written through the pool and are
+//! conditional on the claim token, so a worker that lost its claim can never
+//! overwrite a newer outcome.
+
+pub(crate) mod backoff;
+pub(crate) mod item;
+mod stall;
+mod worker;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::apply::desired::EventSource;
+use crate::calendar::Calendar;
+use crate::config::DrainerConfig;
+use crate::db::Database;
+use crate::error::Error;
+use item::ItemOutcome;
+use worker::{Mode, Worker};
+
+/// Counts of what a drain did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Rows claimed for processing.
+    pub claimed: u64,
+    /// Rows completed (including those that needed no call).
+    pub completed: u64,
+    /// Of the completed, those whose desired state already held (no write call).
+    pub unchanged: u64,
+    /// Rows sent back to PENDING for a later attempt.
+    pub retried: u64,
+    /// Rows moved to DEAD_LETTER (including a workspace's others on an invalid connection).
+    pub dead_lettered: u64,
+    /// Rows superseded by a newer item of their source.
+    pub superseded: u64,
+    /// Rows put back to wait without using an attempt (usage-limit pause, shutdown).
+    pub deferred: u64,
+    /// Long items (REBUILD_ALL chunks) that stored a checkpoint to resume from.
+    pub continued: u64,
+    /// Rows of dead workers taken back.
+    pub recovered: u64,
+    /// Rows whose claim another worker had taken over when we finished.
+    pub claim_lost: u64,
+}
+
+impl DrainReport {
+    fn add(&mut self, outcome: ItemOutcome) {
+        match outcome {
+            ItemOutcome::Completed { changed } => {
+                self.completed += 1;
+                self.unchanged += u64::from(!changed);
+            }
+            ItemOutcome::Retried => self.retried += 1,
+            ItemOutcome::DeadLettered { others } => self.dead_lettered += 1 + others,
+            ItemOutcome::Deferred => self.deferred += 1,
+            ItemOutcome::Continued => self.continued += 1,
+            ItemOutcome::ClaimLost | ItemOutcome::Abandoned => self.claim_lost += 1,
+        }
+    }
+}
+
+/// What a running drainer has done, and when its loop last went round.
+#[derive(Debug, Clone, Copy)]
+struct Progress {
+    report: DrainReport,
+    last_beat: Instant,
+}
+
+type SharedProgress = Arc<Mutex<Progress>>;
+
+/// Drains `sync_outbox` into a [`Calendar`]. Cheap to clone; clones share the
+/// database and calendar.
+pub struct OutboxDrainer<C: Calendar> {
+    shared: Arc<Shared<C>>,
+}
+
+impl<C: Calendar> Clone for OutboxDrainer<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+pub(crate) struct Shared<C> {
+    pub db: Database,
+    pub calendar: C,
+    pub config: DrainerConfig,
+    pub event_source: Option<Arc<dyn EventSource>>,
+}
+
+impl<C: Calendar> OutboxDrainer<C> {
+    /// A drainer over `db` writing to `calendar`.
+    pub fn new(db: Database, calendar: C, config: DrainerConfig) -> Result<Self, Error> {
+        Self::build(db, calendar, config, None)
+    }
+
+    /// A drainer whose REBUILD_ALL takes the desired state from `source` (the
+    /// application's own data) instead of the SQL view or the bindings.
+    pub fn with_event_source(
+        db: Database,
+        calendar: C,
+        config: DrainerConfig,
+        source: Arc<dyn EventSource>,
+    ) -> Result<Self, Error> {
+        Self::build(db, calendar, config, Some(source))
+    }
+
+    fn build(
+        db: Database,
+        calendar: C,
+        config: DrainerConfig,
+        event_source: Option<Arc<dyn EventSource>>,
+    ) -> Result<Self, Error> {
+        config.validate()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                calendar,
+                config,
+                event_source,
+            }),
+        })
+    }
+
+    /// The calendar this drainer writes to.
+    pub fn calendar(&self) -> &C {
+        &self.shared.calendar
+    }
+
+    /// Processes everything due now (including what becomes due because an
+    /// earlier item of its source finished) and returns what happened. Items
+    /// scheduled for a later retry are left for later. For tests and cron-style runs.
+    pub async fn drain_once(&self) -> Result<DrainReport, Error> {
+        let lock = self.shared.db.lock_connection().await?;
+        let mut worker = Worker::new(self.shared.clone(), lock);
+        worker.run(Mode::Once, &CancellationToken::new()).await?;
+        Ok(worker.report)
+    }
+
+    /// Starts draining in the background until [`DrainerHandle::stop`]. A lost
+    /// database connection is survived: the worker reconnects with backoff.
+    pub fn start(&self) -> DrainerHandle {
+        let cancel = CancellationToken::new();
+        let progress = Arc::new(Mutex::new(Progress {
+            report: DrainReport::default(),
+            last_beat: Instant::now(),
+        }));
+        let task = tokio::spawn(run_until_stopped(
+            self.shared.clone(),
+            cancel.clone(),
+            progress.clone(),
+        ));
+        DrainerHandle {
+            cancel,
+            task,
+            progress,
+        }
+    }
+}
+
+/// A running drainer.
+pub struct DrainerHandle {
+    cancel: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    progress: SharedProgress,
+}
+
+impl DrainerHandle {
+    /// What the drainer has done so far.
+    pub fn report(&self) -> DrainReport {
+        self.progress.lock().expect("progress lock").report
+    }
+
+    /// How long ago the drain loop last went round. An idle loop goes round at
+    /// least once per `poll_interval`, and while it waits to reconnect after
+    /// losing the database; much longer means it is stuck.
+    pub fn since_heartbeat(&self) -> Duration {
+        self.progress
+            .lock()
+            .expect("progress lock")
+            .last_beat
+            .elapsed()
+    }
+
+    /// Whether the drain loop has ended (it only ends after `stop`, or on a panic).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Stops gracefully: no new claims; in-flight items may finish within the
+    /// configured grace period, then the rest are released back to PENDING;
+    /// every lock is released. Returns the final report.
+    pub async fn stop(self) -> DrainReport {
+        self.cancel.cancel();
+        let _ = self.task.await;
+        self.progress.lock().expect("progress lock").report
+    }
+}
+
+async fn run_until_stopped<C: Calendar>(
+    shared: Arc<Shared<C>>,
+    cancel: CancellationToken,
+    progress: SharedProgress,
+) {
+    let mut failures = 0u32;
+    while !cancel.is_cancelled() {
+        let lock = tokio::select! {
+            _ = cancel.cancelled() => return,
+            lock = shared.db.lock_connection() => lock,
+        };
+        let outcome = match lock {
+            Ok(lock) => {
+                let began = Instant::now();
+                let mut worker = Worker::new(shared.clone(), lock).with_progress(progress.clone());
+                let outcome = worker.run(Mode::UntilStopped, &cancel).await;
+                if outcome.is_ok() {
+                    return;
+                }
+                // A connection that served a while starts the backoff afresh:
+                // today's blip should not wait as long as last week's outage.
+                if began.elapsed() >= MAX_RECONNECT_DELAY {
+                    failures = 0;
+                }
+                outcome
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = outcome {
+            failures += 1;
+            let delay = reconnect_delay(failures);
+            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "drainer lost the database; reconnecting");
+            progress.lock().expect("progress lock").last_beat = Instant::now();
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+    }
+}
+
+/// The longest wait between reconnection attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// 0.5 s, 1 s, 2 s … up to 30 s between reconnection attempts.
+fn reconnect_delay(failures: u32) -> Duration {
+    let delay =
+        Duration::from_millis(500u64.saturating_mul(1 << failures.saturating_sub(1).min(6)));
+    delay.min(MAX_RECONNECT_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delays_double_up_to_the_cap() {
+        let delays: Vec<u64> = (1..=9)
+            .map(|f| reconnect_delay(f).as_millis() as u64)
+            .collect();
+        assert_eq!(
+            delays,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]
+        );
+        assert_eq!(reconnect_delay(u32::MAX), MAX_RECONNECT_DELAY);
+    }
+}
