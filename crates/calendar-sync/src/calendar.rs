@@ -22,6 +22,23 @@ pub const PROP_SOURCE_ID: &str = "calendarSyncSourceId";
 pub const PROP_EVENT_TYPE: &str = "calendarSyncEventType";
 
 /// The start or end of an event, as Google's `EventDateTime`.
+///
+/// ```
+/// use calendar_sync::EventTime;
+/// use chrono::DateTime;
+///
+/// let start = EventTime::DateTime {
+///     date_time: DateTime::parse_from_rfc3339("2025-01-15T14:00:00+01:00")?,
+///     time_zone: Some("Europe/Paris".into()),
+/// };
+/// // What a calendar implementation sends for it:
+/// let sent = match &start {
+///     EventTime::Date(day) => day.to_string(),
+///     EventTime::DateTime { date_time, .. } => date_time.to_rfc3339(),
+/// };
+/// assert_eq!(sent, "2025-01-15T14:00:00+01:00");
+/// # Ok::<(), chrono::ParseError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum EventTime {
@@ -38,6 +55,25 @@ pub enum EventTime {
 
 /// The event content the drainer writes. Its serialisation is hashed to skip
 /// unchanged upserts, so field order and map order are stable.
+///
+/// The drainer builds it from an [`UpsertEvent`](crate::UpsertEvent); a
+/// [`Calendar`] implementation sends it, and reads it back in [`RemoteEvent`]s.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use calendar_sync::{EventBody, EventTime, PROP_SOURCE_ID};
+/// use chrono::NaiveDate;
+///
+/// // All day on 15 January: the end date is exclusive, as in Google.
+/// let body = EventBody {
+///     summary: "Ship it".into(),
+///     description: None,
+///     start: EventTime::Date(NaiveDate::from_ymd_opt(2025, 1, 15).unwrap()),
+///     end: EventTime::Date(NaiveDate::from_ymd_opt(2025, 1, 16).unwrap()),
+///     private_properties: BTreeMap::from([(PROP_SOURCE_ID.to_owned(), "42".to_owned())]),
+/// };
+/// assert_eq!(body.private_properties[PROP_SOURCE_ID], "42");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EventBody {
@@ -88,6 +124,15 @@ pub struct ResolvedCalendar {
 }
 
 /// What went wrong with a calendar call, in terms the engine acts on.
+///
+/// ```
+/// use calendar_sync::{CalendarError, CalendarErrorKind, ErrorClass};
+///
+/// let gone = CalendarError::new(CalendarErrorKind::Gone, "google_410_deleted", "Resource has been deleted");
+/// assert!(gone.means_absent());
+/// let revoked = CalendarError::new(CalendarErrorKind::ConnectionInvalid, "oauth_invalid_grant", "Token has been revoked.");
+/// assert_eq!(revoked.class(), ErrorClass::ConnectionInvalid);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum CalendarErrorKind {
@@ -117,6 +162,18 @@ pub enum CalendarErrorKind {
 
 /// A failed calendar call. `code` is stable (for grouping in `status`); the
 /// message is for humans and never contains a secret.
+///
+/// ```
+/// use std::time::Duration;
+/// use calendar_sync::{CalendarError, CalendarErrorKind, ErrorClass};
+///
+/// // A calendar implementation reports a rate limit, with the service's hint:
+/// let error = CalendarError::new(CalendarErrorKind::RateLimited, "crm_429", "Too many requests")
+///     .with_retry_after(Some(Duration::from_secs(30)));
+/// assert_eq!(error.to_string(), "[crm_429] Too many requests"); // as `last_error` reads
+/// let retry_after = Some(Duration::from_secs(30));
+/// assert_eq!(error.class(), ErrorClass::RateLimited { retry_after });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("[{code}] {message}")]
 pub struct CalendarError {
@@ -181,6 +238,16 @@ impl CalendarError {
 }
 
 /// The engine's decision for a failed item.
+///
+/// ```
+/// use calendar_sync::{CalendarError, CalendarErrorKind, ErrorClass};
+///
+/// let error = CalendarError::new(CalendarErrorKind::Transient, "google_503", "Backend Error");
+/// // Back to PENDING, to be tried again after the backoff delay:
+/// assert!(matches!(error.class(), ErrorClass::Retryable { retry_after: None }));
+/// let bad = CalendarError::new(CalendarErrorKind::Permanent, "google_400_invalid", "Bad Request");
+/// assert_eq!(bad.class(), ErrorClass::Permanent); // DEAD_LETTER at once
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorClass {
     /// Back to PENDING with backoff (the service's retry-after wins when longer).
@@ -210,6 +277,97 @@ pub enum ErrorClass {
 ///
 /// Implementations must be idempotent-friendly: `insert_event` uses the given
 /// id and reports [`CalendarErrorKind::Duplicate`] when it is taken.
+///
+/// [`GoogleCalendar`](crate::GoogleCalendar) is the implementation for
+/// Google. A complete in-memory one, with Google's semantics and fault
+/// injection, is `tests/support/memory_calendar.rs` in the repository. The
+/// smallest useful implementation wraps another calendar and delegates every
+/// call, including the two with defaults, here counting the writes it lets
+/// through (it could as well log, meter or refuse them):
+///
+/// ```
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// use calendar_sync::{
+///     Budget, Calendar, CalendarError, CalendarKey, EventBody, EventPage, RemoteEvent,
+///     ResolvedCalendar,
+/// };
+///
+/// struct Counted<C> {
+///     inner: C,
+///     writes: AtomicU64,
+/// }
+///
+/// impl<C: Calendar> Counted<C> {
+///     fn count(&self) {
+///         self.writes.fetch_add(1, Ordering::Relaxed);
+///     }
+/// }
+///
+/// impl<C: Calendar> Calendar for Counted<C> {
+///     fn budget(&self) -> Option<Budget> {
+///         self.inner.budget()
+///     }
+///
+///     async fn insert_event(
+///         &self,
+///         target: &CalendarKey,
+///         event_id: &str,
+///         body: &EventBody,
+///     ) -> Result<RemoteEvent, CalendarError> {
+///         self.count();
+///         self.inner.insert_event(target, event_id, body).await
+///     }
+///
+///     async fn update_event(
+///         &self,
+///         target: &CalendarKey,
+///         event_id: &str,
+///         body: &EventBody,
+///         if_match: Option<&str>,
+///     ) -> Result<RemoteEvent, CalendarError> {
+///         self.count();
+///         self.inner.update_event(target, event_id, body, if_match).await
+///     }
+///
+///     async fn delete_event(
+///         &self,
+///         target: &CalendarKey,
+///         event_id: &str,
+///         if_match: Option<&str>,
+///     ) -> Result<(), CalendarError> {
+///         self.count();
+///         self.inner.delete_event(target, event_id, if_match).await
+///     }
+///
+///     async fn get_event(
+///         &self,
+///         target: &CalendarKey,
+///         event_id: &str,
+///     ) -> Result<RemoteEvent, CalendarError> {
+///         self.inner.get_event(target, event_id).await
+///     }
+///
+///     async fn calendar_exists(&self, target: &CalendarKey) -> Result<bool, CalendarError> {
+///         self.inner.calendar_exists(target).await
+///     }
+///
+///     async fn resolve_calendar(
+///         &self,
+///         target: &CalendarKey,
+///     ) -> Result<Option<ResolvedCalendar>, CalendarError> {
+///         self.inner.resolve_calendar(target).await
+///     }
+///
+///     async fn list_events(
+///         &self,
+///         target: &CalendarKey,
+///         property: (&str, &str),
+///         page_token: Option<&str>,
+///     ) -> Result<EventPage, CalendarError> {
+///         self.inner.list_events(target, property, page_token).await
+///     }
+/// }
+/// ```
 pub trait Calendar: Send + Sync + 'static {
     /// The quotas this service's calls are paid from, shared by every worker
     /// through the database; `None` (the default): unlimited.

@@ -6,6 +6,24 @@ use crate::error::Error;
 
 /// How an [`OutboxDrainer`](crate::OutboxDrainer) claims, retries and stops.
 /// Every default matches the worker's environment variables in the README.
+///
+/// Set what you need and take the rest from [`Default`]:
+///
+/// ```
+/// use std::time::Duration;
+/// use calendar_sync::DrainerConfig;
+///
+/// let config = DrainerConfig {
+///     concurrency: 8,
+///     settle: Duration::from_millis(200),
+///     ..DrainerConfig::default()
+/// };
+/// assert!(config.validate().is_ok());
+/// assert_eq!(config.max_attempts, 5);
+///
+/// let broken = DrainerConfig { batch_size: 0, ..config };
+/// assert!(broken.validate().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct DrainerConfig {
     /// Rows claimed at most per claim statement. Larger claims cost less per

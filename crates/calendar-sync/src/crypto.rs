@@ -62,6 +62,17 @@ const KEY_B64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// Identifies which configured key a [`KeyError`] is about.
+///
+/// ```
+/// use calendar_sync::TokenCipher;
+/// use calendar_sync::crypto::{KeyError, KeySource};
+///
+/// let current = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+/// // Empty entries count: the bad key is the second entry.
+/// let error = TokenCipher::new(current, " , not-base64!").unwrap_err();
+/// assert_eq!(error, KeyError::NotBase64 { which: KeySource::Old { entry: 2 } });
+/// assert_eq!(KeySource::Old { entry: 2 }.to_string(), "TOKEN_ENCRYPTION_OLD_KEYS entry 2");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum KeySource {
@@ -86,6 +97,20 @@ impl fmt::Display for KeySource {
 
 /// Invalid key configuration. Messages are single lines and never contain
 /// key material or the raw configured value.
+///
+/// ```
+/// use calendar_sync::TokenCipher;
+/// use calendar_sync::crypto::{KeyError, KeySource};
+///
+/// // Base64 of 16 bytes, not 32:
+/// let error = TokenCipher::new("MDEyMzQ1Njc4OWFiY2RlZg==", "").unwrap_err();
+/// assert_eq!(error, KeyError::WrongLength { which: KeySource::Current, len: 16 });
+/// assert_eq!(
+///     error.to_string(),
+///     "TOKEN_ENCRYPTION_KEY must be base64 of 32 bytes (got 16 bytes)"
+/// );
+/// assert_eq!(TokenCipher::new("  ", "").unwrap_err(), KeyError::Missing);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum KeyError {
@@ -109,6 +134,16 @@ pub enum KeyError {
 }
 
 /// Which part of an envelope is malformed (see [`DecryptError::Malformed`]).
+///
+/// ```
+/// use calendar_sync::TokenCipher;
+/// use calendar_sync::crypto::{DecryptError, EnvelopePart};
+///
+/// let cipher = TokenCipher::from_keys([7; 32], Vec::new());
+/// // A token stored in the clear, not sealed:
+/// let error = cipher.decrypt("acme", "1//0g-refresh-token").unwrap_err();
+/// assert_eq!(error, DecryptError::Malformed { part: EnvelopePart::Layout });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum EnvelopePart {
@@ -137,6 +172,24 @@ impl fmt::Display for EnvelopePart {
 }
 
 /// Failure to decrypt an envelope. Messages never contain token or key material.
+///
+/// ```
+/// use calendar_sync::TokenCipher;
+/// use calendar_sync::crypto::DecryptError;
+/// use secrecy::SecretString;
+///
+/// let old = TokenCipher::from_keys([7; 32], Vec::new());
+/// let sealed = old.encrypt("acme", &SecretString::from("1//0g-refresh-token"));
+/// // A new key without the old one in TOKEN_ENCRYPTION_OLD_KEYS:
+/// let new = TokenCipher::from_keys([8; 32], Vec::new());
+/// let error = new.decrypt("acme", &sealed).unwrap_err();
+/// let kid = old.current_key_id().to_owned();
+/// assert_eq!(error, DecryptError::UnknownKeyId { kid });
+/// // With it, the token opens, and should be sealed again under the new key:
+/// let rotated = TokenCipher::from_keys([8; 32], vec![[7; 32]]);
+/// assert!(rotated.decrypt("acme", &sealed).is_ok());
+/// assert!(rotated.needs_reencryption(&sealed));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecryptError {
@@ -195,6 +248,19 @@ impl Clone for KeySlot {
 }
 
 /// Encrypts and decrypts refresh tokens. `Debug` shows key ids only.
+///
+/// ```
+/// use calendar_sync::TokenCipher;
+/// use secrecy::{ExposeSecret, SecretString};
+///
+/// // In production the key comes from TOKEN_ENCRYPTION_KEY (`openssl rand -base64 32`).
+/// let cipher = TokenCipher::new("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=", "")?;
+/// let sealed = cipher.encrypt("acme", &SecretString::from("1//0g-refresh-token"));
+/// assert!(sealed.starts_with(&format!("v1:{}:", cipher.current_key_id())));
+/// let opened = cipher.decrypt("acme", &sealed)?;
+/// assert_eq!(opened.expose_secret(), "1//0g-refresh-token");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct TokenCipher {
     current: KeySlot,
@@ -218,6 +284,17 @@ impl TokenCipher {
     /// Values are standard base64 (padding optional) of exactly 32 bytes;
     /// surrounding whitespace is ignored, as are empty old-key entries. Old
     /// keys equal to the current key or to each other are dropped.
+    ///
+    /// ```no_run
+    /// use calendar_sync::TokenCipher;
+    ///
+    /// let cipher = TokenCipher::new(
+    ///     &std::env::var("TOKEN_ENCRYPTION_KEY")?,
+    ///     &std::env::var("TOKEN_ENCRYPTION_OLD_KEYS").unwrap_or_default(),
+    /// )?;
+    /// println!("sealing with key id {}", cipher.current_key_id());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn new(current_key_b64: &str, old_keys_b64: &str) -> Result<Self, KeyError> {
         let current = current_key_b64.trim();
         if current.is_empty() {
@@ -266,6 +343,18 @@ impl TokenCipher {
 
     /// Encrypts `plaintext` for `workspace_id` with the current key and a
     /// fresh random nonce, returning a `v1:` envelope.
+    ///
+    /// ```
+    /// use calendar_sync::TokenCipher;
+    /// use calendar_sync::crypto::DecryptError;
+    /// use secrecy::SecretString;
+    ///
+    /// let cipher = TokenCipher::from_keys([7; 32], Vec::new());
+    /// let sealed = cipher.encrypt("acme", &SecretString::from("1//0g-refresh-token"));
+    /// // Sealed for one workspace: copied into another's row, it does not open.
+    /// let error = cipher.decrypt("globex", &sealed).unwrap_err();
+    /// assert_eq!(error, DecryptError::AuthenticationFailed);
+    /// ```
     ///
     /// # Panics
     /// If the operating system's random number generator fails.

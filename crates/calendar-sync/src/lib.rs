@@ -64,6 +64,9 @@
 //! ```
 //!
 //! ## The public API
+//! Every public item, by what it is for; their methods and fields aside,
+//! nothing else is public. `.ci/public-api` checks this list against what
+//! `cargo doc` shows (through `crates/calendar-sync/public-api.txt`).
 //! - **Running the engine:** [`OutboxDrainer`] (with [`OutboxDrainer::start`]
 //!   returning a [`DrainerHandle`], or [`OutboxDrainer::drain_once`] returning a
 //!   [`DrainReport`]), configured by [`DrainerConfig`]; [`Error`].
@@ -77,20 +80,30 @@
 //!   [`CalendarKey`], [`SourceKey`], [`SourceCursor`].
 //! - **The calendar side:** the [`Calendar`] trait and its vocabulary
 //!   ([`EventBody`], [`EventTime`], [`EventPage`], [`RemoteEvent`],
-//!   [`ResolvedCalendar`], the `PROP_*` property names), its error
-//!   [`CalendarError`] with [`CalendarErrorKind`] and [`ErrorClass`];
-//!   [`GoogleCalendar`] with [`GoogleConfig`], [`OAuthConfig`], [`Budget`] and
-//!   the default endpoints.
+//!   [`ResolvedCalendar`], and the names of the private extended properties
+//!   that mark our events: [`PROP_WORKSPACE`], [`PROP_SOURCE_TYPE`],
+//!   [`PROP_SOURCE_ID`], [`PROP_EVENT_TYPE`]), its error [`CalendarError`]
+//!   with [`CalendarErrorKind`] and [`ErrorClass`]; [`GoogleCalendar`] with
+//!   [`GoogleConfig`], [`OAuthConfig`], [`Budget`] and the default endpoints
+//!   [`DEFAULT_CALENDAR_API_URL`] and [`DEFAULT_TOKEN_URL`].
 //! - **REBUILD_ALL from the application's data:** [`EventSource`],
 //!   [`DesiredEvent`], [`SourceFuture`].
-//! - **Secrets:** [`TokenCipher`] seals refresh tokens; [`crypto`] holds its
-//!   key and envelope errors.
-//! - **Operators:** [`ops`]: `put_connection`, `list_connections`, `requeue`,
-//!   `cleanup`, `status`, `readiness`, `unknown_key_ids`.
+//! - **Secrets:** [`TokenCipher`] seals refresh tokens. It lives in
+//!   [`crypto`] (as [`crypto::TokenCipher`]), with its key errors
+//!   ([`crypto::KeyError`], [`crypto::KeySource`]), its envelope errors
+//!   ([`crypto::DecryptError`], [`crypto::EnvelopePart`]) and the envelope
+//!   format's constants ([`crypto::KEY_LEN`], [`crypto::NONCE_LEN`],
+//!   [`crypto::TAG_LEN`], [`crypto::ENVELOPE_VERSION`],
+//!   [`crypto::AAD_PREFIX`]).
+//! - **Operators:** [`ops`]: [`ops::put_connection`],
+//!   [`ops::list_connections`] (of [`ops::ConnectionInfo`]), [`ops::requeue`],
+//!   [`ops::cleanup`], [`ops::status`] (a [`ops::StatusReport`], with
+//!   [`ops::DeadLetterGroup`] and [`ops::UnknownKeyId`], counting each of
+//!   [`ops::STATUSES`]), [`ops::readiness`], [`ops::unknown_key_ids`] and the
+//!   line that reports them, [`ops::unknown_key_ids_line`].
 //!
-//! Nothing else is public. (`testing` is hidden: it opens the claim statement
-//! and event ids to this workspace's own tests and benchmarks, and may change
-//! in any release.)
+//! (`testing` is hidden: it opens the claim statement and event ids to this
+//! workspace's own tests and benchmarks, and may change in any release.)
 //!
 //! ## Words
 //! - **drain**: the engine's loop: claim due rows, apply each, record its

@@ -24,7 +24,18 @@ pub const MAX_TITLE_LEN: usize = 1024;
 /// REBUILD_ALL.
 pub const MAX_DESCRIPTION_LEN: usize = 8192;
 
-/// The three operations a producer can enqueue.
+/// The three operations a producer can enqueue: the values of the
+/// `operation` column.
+///
+/// ```
+/// use calendar_sync::OperationKind;
+///
+/// let kind: OperationKind = "CANCEL_EVENT".parse()?;
+/// assert_eq!(kind, OperationKind::CancelEvent);
+/// assert_eq!(kind.as_str(), "CANCEL_EVENT");
+/// assert!("DELETE_EVENT".parse::<OperationKind>().is_err());
+/// # Ok::<(), calendar_sync::DecodeError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum OperationKind {
     /// Create or update the event of one source.
@@ -72,6 +83,17 @@ impl fmt::Display for OperationKind {
 }
 
 /// A (workspace, calendar) pair: the scope of a REBUILD_ALL.
+///
+/// ```
+/// use calendar_sync::{CalendarKey, Operation};
+///
+/// let calendar = CalendarKey {
+///     workspace_id: "acme".into(),
+///     calendar_id: "team@acme.example".into(),
+/// };
+/// let rebuild = Operation::RebuildAll(calendar.clone());
+/// assert_eq!(rebuild.calendar(), &calendar);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct CalendarKey {
     /// The application's workspace (tenant) id; selects the Google connection.
@@ -81,6 +103,19 @@ pub struct CalendarKey {
 }
 
 /// One application object synced to one calendar: the unit of ordering.
+///
+/// ```
+/// use calendar_sync::{CalendarKey, Operation, SourceKey};
+///
+/// let task = SourceKey {
+///     calendar: CalendarKey { workspace_id: "acme".into(), calendar_id: "primary".into() },
+///     source_type: "task".into(),
+///     source_id: "42".into(),
+/// };
+/// // Delete the event of task 42 (after every earlier item of task 42).
+/// let cancel = Operation::CancelEvent(task);
+/// assert_eq!(cancel.workspace_id(), "acme");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SourceKey {
     /// Where the event lives.
@@ -92,7 +127,20 @@ pub struct SourceKey {
 }
 
 /// A source within its calendar, and its position in the (source_type,
-/// source_id) order that a REBUILD_ALL walks.
+/// source_id) order that a REBUILD_ALL walks: byte by byte, source type
+/// first, as SQL's `COLLATE "C"` (see [`EventSource`](crate::EventSource)).
+///
+/// ```
+/// use calendar_sync::SourceCursor;
+///
+/// let at = |source_type: &str, source_id: &str| SourceCursor {
+///     source_type: source_type.into(),
+///     source_id: source_id.into(),
+/// };
+/// assert!(at("meeting", "9") < at("task", "10"));
+/// assert!(at("task", "10") < at("task", "9"));
+/// assert!(at("task", "Z") < at("task", "a"));
+/// ```
 #[derive(
     Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
@@ -105,6 +153,24 @@ pub struct SourceCursor {
 }
 
 /// When an event happens.
+///
+/// ```
+/// use calendar_sync::EventTiming;
+/// use chrono::{DateTime, NaiveDate};
+///
+/// // The offsite, 3 and 4 March: both days inclusive.
+/// let offsite = EventTiming::AllDay {
+///     first_day: NaiveDate::from_ymd_opt(2025, 3, 3).unwrap(),
+///     last_day: NaiveDate::from_ymd_opt(2025, 3, 4).unwrap(),
+/// };
+/// // The review, 14:00 to 15:00 in Paris (winter time).
+/// let review = EventTiming::Timed {
+///     start: DateTime::parse_from_rfc3339("2025-01-15T14:00:00+01:00")?,
+///     end: DateTime::parse_from_rfc3339("2025-01-15T15:00:00+01:00")?,
+/// };
+/// assert_ne!(offsite, review);
+/// # Ok::<(), chrono::ParseError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EventTiming {
     /// Whole days, both inclusive (Google's exclusive end is computed when sending).
@@ -124,6 +190,20 @@ pub enum EventTiming {
 }
 
 /// The event content of an UPSERT_EVENT.
+///
+/// ```
+/// use calendar_sync::{EventDetails, EventTiming};
+/// use chrono::NaiveDate;
+///
+/// let day = NaiveDate::from_ymd_opt(2025, 1, 15).unwrap();
+/// let release = EventDetails {
+///     title: "Release 2.0".into(),
+///     description: Some("Freeze at noon".into()),
+///     timing: EventTiming::AllDay { first_day: day, last_day: day },
+///     time_zone: None,
+/// };
+/// assert_eq!(release.title, "Release 2.0");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventDetails {
     /// Event title (Google's `summary`).
@@ -137,6 +217,32 @@ pub struct EventDetails {
 }
 
 /// UPSERT_EVENT: make the source's event exist with this content.
+///
+/// ```
+/// use calendar_sync::{CalendarKey, EventDetails, EventTiming, Operation, SourceKey, UpsertEvent};
+/// use chrono::{DateTime, Duration};
+///
+/// let due = DateTime::parse_from_rfc3339("2025-01-15T14:00:00Z")?;
+/// let upsert = Operation::UpsertEvent(UpsertEvent {
+///     source: SourceKey {
+///         calendar: CalendarKey { workspace_id: "acme".into(), calendar_id: "primary".into() },
+///         source_type: "task".into(),
+///         source_id: "42".into(),
+///     },
+///     event_type: "BLOCKER_DEADLINE".into(),
+///     event: EventDetails {
+///         title: "Complete user interviews".into(),
+///         description: None,
+///         timing: EventTiming::Timed { start: due, end: due + Duration::hours(1) },
+///         time_zone: Some("Europe/Paris".into()),
+///     },
+/// });
+/// // The payload `enqueue` writes, and the drainer decodes again:
+/// let payload = upsert.to_payload();
+/// assert_eq!(payload["event"]["title"], "Complete user interviews");
+/// assert_eq!(Operation::decode("UPSERT_EVENT", &payload), Ok(upsert));
+/// # Ok::<(), chrono::ParseError>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpsertEvent {
     /// The source whose event this is.
@@ -198,6 +304,26 @@ impl Operation {
 
     /// Decodes and validates a payload. `operation_column` is the row's
     /// `operation` column; the payload's own `operation`, when present, must agree.
+    ///
+    /// ```
+    /// use calendar_sync::{Operation, OperationKind};
+    /// use serde_json::json;
+    ///
+    /// let mut payload = json!({
+    ///     "workspaceId": "acme", "calendarId": "primary",
+    ///     "sourceType": "task", "sourceId": "42", "eventType": "DEADLINE",
+    ///     "event": { "title": "Ship it", "start": "2025-01-15", "end": "2025-01-15", "isAllDay": true },
+    /// });
+    /// let operation = Operation::decode("UPSERT_EVENT", &payload)?;
+    /// assert_eq!(operation.kind(), OperationKind::UpsertEvent);
+    /// assert_eq!(operation.workspace_id(), "acme");
+    ///
+    /// // A payload that does not decode names its field (the row dead-letters at once).
+    /// payload["event"]["end"] = json!("2025-01-14");
+    /// let error = Operation::decode("UPSERT_EVENT", &payload).unwrap_err();
+    /// assert_eq!(error.field, "payload.event.end");
+    /// # Ok::<(), calendar_sync::DecodeError>(())
+    /// ```
     pub fn decode(operation_column: &str, payload: &Value) -> Result<Self, DecodeError> {
         let kind: OperationKind = operation_column.parse()?;
         let obj = payload
@@ -240,6 +366,18 @@ impl Operation {
     }
 
     /// Encodes the operation as the camelCase payload producers write.
+    ///
+    /// ```
+    /// use calendar_sync::{CalendarKey, Operation};
+    /// use serde_json::json;
+    ///
+    /// let calendar = CalendarKey { workspace_id: "acme".into(), calendar_id: "primary".into() };
+    /// let rebuild = Operation::RebuildAll(calendar);
+    /// assert_eq!(
+    ///     rebuild.to_payload(),
+    ///     json!({ "operation": "REBUILD_ALL", "workspaceId": "acme", "calendarId": "primary" }),
+    /// );
+    /// ```
     pub fn to_payload(&self) -> Value {
         match self {
             Self::RebuildAll(c) => json!({
@@ -289,6 +427,14 @@ impl Operation {
 }
 
 /// Why a payload was rejected: the field (a JSON path) and what is wrong with it.
+///
+/// ```
+/// use calendar_sync::Operation;
+///
+/// let error = Operation::decode("REBUILD_ALL", &serde_json::json!({ "calendarId": "primary" }))
+///     .unwrap_err();
+/// assert_eq!(error.to_string(), "payload.workspaceId: is missing");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
 pub struct DecodeError {

@@ -54,6 +54,18 @@ pub struct StatusReport {
 }
 
 /// Reads the status report.
+///
+/// ```no_run
+/// # async fn example(
+/// #     db: &calendar_sync::Database,
+/// #     cipher: &calendar_sync::TokenCipher,
+/// # ) -> Result<(), calendar_sync::Error> {
+/// let mut report = calendar_sync::ops::status(db).await?;
+/// report.check_keys(db, cipher).await?; // optional: key ids no configured key has
+/// print!("{}", report.render_table());
+/// println!("{} waiting", report.counts["PENDING"]);
+/// # Ok(()) }
+/// ```
 pub async fn status(db: &Database) -> Result<StatusReport, Error> {
     let client = db.client().await?;
     let mut counts: BTreeMap<String, i64> = STATUSES.iter().map(|s| ((*s).to_owned(), 0)).collect();
@@ -203,6 +215,21 @@ pub struct UnknownKeyId {
 /// The stored key ids that `cipher` cannot open: a configuration mistake
 /// (a new `TOKEN_ENCRYPTION_KEY` without the old one in
 /// `TOKEN_ENCRYPTION_OLD_KEYS`). Their workspaces' items wait, unharmed.
+///
+/// ```no_run
+/// # async fn example(
+/// #     db: &calendar_sync::Database,
+/// #     cipher: &calendar_sync::TokenCipher,
+/// # ) -> Result<(), calendar_sync::Error> {
+/// use calendar_sync::ops;
+///
+/// // At start-up: say so at once rather than let items wait unexplained.
+/// let unknown = ops::unknown_key_ids(db, cipher).await?;
+/// if let Some(line) = ops::unknown_key_ids_line(&unknown) {
+///     eprintln!("{line}");
+/// }
+/// # Ok(()) }
+/// ```
 pub async fn unknown_key_ids(
     db: &Database,
     cipher: &TokenCipher,
@@ -243,6 +270,16 @@ pub fn unknown_key_ids_line(unknown: &[UnknownKeyId]) -> Option<String> {
 }
 
 /// Whether the database answers and has every migration this build knows.
+///
+/// ```no_run
+/// # async fn example(db: &calendar_sync::Database) {
+/// // A readiness probe: ready once the schema is in place, else the reason.
+/// match calendar_sync::ops::readiness(db).await {
+///     Ok(()) => println!("ready"),
+///     Err(why) => println!("not ready: {why}"),
+/// }
+/// # }
+/// ```
 pub async fn readiness(db: &Database) -> Result<(), String> {
     let client = db.client().await.map_err(|e| e.to_string())?;
     let applied: i64 = client

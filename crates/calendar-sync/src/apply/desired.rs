@@ -22,7 +22,8 @@ use crate::db::Database;
 use crate::operation::{CalendarKey, EventDetails, Operation, SourceKey, UpsertEvent};
 use crate::store;
 
-/// One event the application wants on the calendar.
+/// One event the application wants on the calendar: what an [`EventSource`]
+/// returns (see its example).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesiredEvent {
     /// The application's kind of object.
@@ -35,11 +36,75 @@ pub struct DesiredEvent {
     pub event: EventDetails,
 }
 
-/// A boxed future, so that [`EventSource`] can be used as a trait object.
+/// A boxed future, so that [`EventSource`] can be used as a trait object:
+/// `Box::pin(async move { ... })` (see [`EventSource`]'s example).
 pub type SourceFuture<'a> =
     Pin<Box<dyn Future<Output = Result<Vec<DesiredEvent>, String>> + Send + 'a>>;
 
-/// The application's current state, for REBUILD_ALL.
+/// The application's current state, for REBUILD_ALL. Give it to
+/// [`OutboxDrainer::with_event_source`](crate::OutboxDrainer::with_event_source).
+///
+/// Here every open task with a due date is an all-day event, read from the
+/// application's own table (it syncs one calendar per workspace):
+///
+/// ```no_run
+/// use calendar_sync::{
+///     CalendarKey, DesiredEvent, EventDetails, EventSource, EventTiming, SourceCursor,
+///     SourceFuture,
+/// };
+/// use chrono::NaiveDate;
+///
+/// struct TaskDeadlines {
+///     pool: deadpool_postgres::Pool,
+/// }
+///
+/// impl EventSource for TaskDeadlines {
+///     fn desired_events<'a>(
+///         &'a self,
+///         calendar: &'a CalendarKey,
+///         after: Option<&'a SourceCursor>,
+///         limit: usize,
+///     ) -> SourceFuture<'a> {
+///         Box::pin(async move {
+///             // One source type ("task"), so the order is the ids' byte order.
+///             let after_id = match after {
+///                 None => "",
+///                 Some(cursor) if cursor.source_type.as_str() < "task" => "",
+///                 Some(cursor) if cursor.source_type == "task" => cursor.source_id.as_str(),
+///                 Some(_) => return Ok(Vec::new()), // past every task
+///             };
+///             let client = self.pool.get().await.map_err(|e| e.to_string())?;
+///             let rows = client
+///                 .query(
+///                     r#"SELECT id::text, title, due FROM tasks
+///                         WHERE workspace_id = $1 AND due IS NOT NULL AND NOT done
+///                           AND id::text COLLATE "C" > $2
+///                         ORDER BY id::text COLLATE "C" LIMIT $3"#,
+///                     &[&calendar.workspace_id, &after_id, &(limit as i64)],
+///                 )
+///                 .await
+///                 .map_err(|e| e.to_string())?;
+///             Ok(rows
+///                 .iter()
+///                 .map(|row| {
+///                     let due: NaiveDate = row.get(2);
+///                     DesiredEvent {
+///                         source_type: "task".into(),
+///                         source_id: row.get(0),
+///                         event_type: "DEADLINE".into(),
+///                         event: EventDetails {
+///                             title: row.get(1),
+///                             description: None,
+///                             timing: EventTiming::AllDay { first_day: due, last_day: due },
+///                             time_zone: None,
+///                         },
+///                     }
+///                 })
+///                 .collect())
+///         })
+///     }
+/// }
+/// ```
 pub trait EventSource: Send + Sync + 'static {
     /// Up to `limit` desired events of `calendar` whose (source_type,
     /// source_id) comes after `after` (all from the start when `None`), in

@@ -10,6 +10,17 @@ use std::time::Duration;
 use crate::error::Error;
 
 /// libpq's `sslmode`.
+///
+/// ```
+/// use calendar_sync::{ConnectOptions, SslMode};
+///
+/// let url = "postgres://worker@db.internal/app";
+/// let env = |name: &str| (name == "PGSSLMODE").then(|| "require".to_owned());
+/// // PGSSLMODE fills what the URL does not say; nothing said is `prefer`.
+/// assert_eq!(ConnectOptions::parse_with_env(url, env)?.tls.mode, SslMode::Require);
+/// assert_eq!(ConnectOptions::parse_with_env(url, |_| None)?.tls.mode, SslMode::Prefer);
+/// # Ok::<(), calendar_sync::Error>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SslMode {
     /// Plaintext only.
@@ -47,6 +58,15 @@ impl SslMode {
 }
 
 /// Where trusted root certificates come from.
+///
+/// ```
+/// use calendar_sync::{ConnectOptions, RootCerts};
+///
+/// let url = "postgres://worker@db.example.com/app?sslmode=verify-full&sslrootcert=system";
+/// let options = ConnectOptions::parse(url)?;
+/// assert_eq!(options.tls.root_certs, Some(RootCerts::System));
+/// # Ok::<(), calendar_sync::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RootCerts {
     /// A PEM file (`sslrootcert=PATH`).
@@ -56,6 +76,22 @@ pub enum RootCerts {
 }
 
 /// The TLS half of the connection options.
+///
+/// ```
+/// use calendar_sync::{ConnectOptions, RootCerts, SslMode, TlsOptions};
+///
+/// let url = "host=db.internal user=worker dbname=app sslmode=verify-full \
+///            sslrootcert=/etc/ssl/db-ca.pem sslcert=/etc/ssl/worker.crt sslkey=/etc/ssl/worker.key";
+/// let options = ConnectOptions::parse_with_env(url, |_| None)?;
+/// let expected = TlsOptions {
+///     mode: SslMode::VerifyFull,
+///     root_certs: Some(RootCerts::File("/etc/ssl/db-ca.pem".into())),
+///     client_cert: Some("/etc/ssl/worker.crt".into()),
+///     client_key: Some("/etc/ssl/worker.key".into()),
+/// };
+/// assert_eq!(options.tls, expected);
+/// # Ok::<(), calendar_sync::Error>(())
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsOptions {
     /// libpq's `sslmode`.
@@ -69,6 +105,21 @@ pub struct TlsOptions {
 }
 
 /// Everything needed to open a session: tokio-postgres' settings plus TLS.
+/// Give it to [`Database::with_options`](crate::Database::with_options).
+///
+/// ```
+/// use std::path::PathBuf;
+/// use calendar_sync::{ConnectOptions, RootCerts, SslMode};
+///
+/// let options = ConnectOptions::parse(
+///     "postgres://worker@db.internal:5432/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+/// )?;
+/// assert_eq!(options.tls.mode, SslMode::VerifyFull);
+/// let ca = PathBuf::from("/etc/ssl/db-ca.pem");
+/// assert_eq!(options.tls.root_certs, Some(RootCerts::File(ca)));
+/// assert_eq!(options.config.get_dbname(), Some("app"));
+/// # Ok::<(), calendar_sync::Error>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// Host, port, user, database, timeouts… (the password is redacted in Debug).

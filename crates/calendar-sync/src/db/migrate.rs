@@ -16,6 +16,14 @@ const MIGRATION_LOCK_KEY: i32 = -1;
 
 /// Applies every migration not yet applied; returns how many it applied.
 /// Safe to run concurrently and repeatedly.
+///
+/// ```no_run
+/// # async fn example(db: &calendar_sync::Database) -> Result<(), calendar_sync::Error> {
+/// // At start-up, before the drainer: every process may run it.
+/// let applied = calendar_sync::migrate(db).await?;
+/// println!("{applied} migrations applied");
+/// # Ok(()) }
+/// ```
 pub async fn migrate(db: &Database) -> Result<usize, Error> {
     let mut client = db.dedicated().await?;
     client

@@ -49,6 +49,18 @@ impl Database {
     /// Connects lazily to `url` (a libpq-style URL or key=value string, with
     /// libpq's `sslmode`, `sslrootcert`, `sslcert`, `sslkey` and `PGSSL*`
     /// variables) with a pool of `pool_size` connections.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), calendar_sync::Error> {
+    /// use calendar_sync::Database;
+    ///
+    /// // Nothing is dialled until the first statement.
+    /// let db = Database::connect(
+    ///     "postgres://worker@db.internal:5432/app?sslmode=verify-full&sslrootcert=/etc/ssl/db-ca.pem",
+    ///     8,
+    /// )?;
+    /// # let _ = db; Ok(()) }
+    /// ```
     pub fn connect(url: &str, pool_size: usize) -> Result<Self, Error> {
         Self::with_options(ConnectOptions::parse(url)?, pool_size)
     }
@@ -60,6 +72,17 @@ impl Database {
     }
 
     /// Connects lazily with `options` and a pool of `pool_size` connections.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use calendar_sync::{ConnectOptions, Database};
+    ///
+    /// let mut options = ConnectOptions::parse(&std::env::var("DATABASE_URL")?)?;
+    /// // The session name in pg_stat_activity, unless the URL sets one.
+    /// options.default_application_name("billing-calendar-sync");
+    /// let db = Database::with_options(options, 16)?;
+    /// # let _ = db; Ok(()) }
+    /// ```
     pub fn with_options(options: ConnectOptions, pool_size: usize) -> Result<Self, Error> {
         let dialer = Dialer(Arc::new(Libpq::new(&options)?));
         let manager = Manager::from_connect(
@@ -79,6 +102,21 @@ impl Database {
     /// Uses the host application's pool; `config` opens the dedicated
     /// connections, with `config`'s own sslmode, unverified. Prefer
     /// [`Database::from_pool_with_tls`] to pass the connector the pool uses.
+    ///
+    /// ```no_run
+    /// # fn example() -> Result<(), Box<dyn std::error::Error>> {
+    /// use calendar_sync::Database;
+    /// use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    /// use tokio_postgres::NoTls;
+    ///
+    /// let config: tokio_postgres::Config = "host=db.internal user=app dbname=app".parse()?;
+    /// let recycling_method = RecyclingMethod::Fast;
+    /// let manager = Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method });
+    /// let pool = Pool::builder(manager).max_size(16).build()?;
+    /// // The application keeps using `pool`; the drainer borrows it.
+    /// let db = Database::from_pool(pool.clone(), config);
+    /// # let _ = db; Ok(()) }
+    /// ```
     pub fn from_pool(pool: Pool, config: Config) -> Self {
         let options = ConnectOptions::from_config(config);
         match Libpq::new(&options) {

@@ -30,7 +30,18 @@ use crate::error::Error;
 use item::ItemOutcome;
 use worker::{Mode, Worker};
 
-/// Counts of what a drain did.
+/// Counts of what a drain did: returned by [`OutboxDrainer::drain_once`] and
+/// [`DrainerHandle::stop`], read while running with [`DrainerHandle::report`].
+///
+/// ```no_run
+/// # async fn example<C: calendar_sync::Calendar>(
+/// #     drainer: calendar_sync::OutboxDrainer<C>,
+/// # ) -> Result<(), calendar_sync::Error> {
+/// // In a test, after the producer wrote three rows:
+/// let report = drainer.drain_once().await?;
+/// assert_eq!((report.completed, report.dead_lettered), (3, 0), "{report:?}");
+/// # Ok(()) }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct DrainReport {
     /// Rows claimed for processing.
@@ -82,6 +93,20 @@ type SharedProgress = Arc<Mutex<Progress>>;
 
 /// Drains `sync_outbox` into a [`Calendar`]. Cheap to clone; clones share the
 /// database and calendar.
+///
+/// ```no_run
+/// use calendar_sync::{Calendar, Database, DrainerConfig, OutboxDrainer};
+///
+/// # async fn example<C: Calendar>(calendar: C) -> Result<(), calendar_sync::Error> {
+/// let db = Database::connect("postgres://worker@db.internal:5432/app", 8)?;
+/// calendar_sync::migrate(&db).await?;
+/// let drainer = OutboxDrainer::new(db, calendar, DrainerConfig::default())?;
+/// let handle = drainer.start(); // drains in the background
+/// tokio::signal::ctrl_c().await.ok();
+/// let report = handle.stop().await; // in-flight items finish, the rest wait
+/// println!("completed {} items", report.completed);
+/// # Ok(()) }
+/// ```
 pub struct OutboxDrainer<C: Calendar> {
     shared: Arc<Shared<C>>,
 }
@@ -102,13 +127,49 @@ pub(crate) struct Shared<C> {
 }
 
 impl<C: Calendar> OutboxDrainer<C> {
-    /// A drainer over `db` writing to `calendar`.
+    /// A drainer over `db` writing to `calendar`; fails if `config` does not
+    /// [validate](DrainerConfig::validate).
+    ///
+    /// ```no_run
+    /// # fn example(db: calendar_sync::Database) -> Result<(), Box<dyn std::error::Error>> {
+    /// use calendar_sync::{DrainerConfig, GoogleCalendar, GoogleConfig, OutboxDrainer, TokenCipher};
+    /// use secrecy::SecretString;
+    ///
+    /// let env = std::env::var;
+    /// let cipher = TokenCipher::new(&env("TOKEN_ENCRYPTION_KEY")?, "")?;
+    /// let google = GoogleConfig::new(
+    ///     env("GOOGLE_CLIENT_ID")?,
+    ///     SecretString::from(env("GOOGLE_CLIENT_SECRET")?),
+    /// );
+    /// let calendar = GoogleCalendar::new(&db, cipher, google)?;
+    /// let drainer = OutboxDrainer::new(db, calendar, DrainerConfig::default())?;
+    /// # let _ = drainer; Ok(()) }
+    /// ```
     pub fn new(db: Database, calendar: C, config: DrainerConfig) -> Result<Self, Error> {
         Self::build(db, calendar, config, None)
     }
 
     /// A drainer whose REBUILD_ALL takes the desired state from `source` (the
     /// application's own data) instead of the SQL view or the bindings.
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use calendar_sync::{Calendar, Database, DrainerConfig, EventSource, OutboxDrainer};
+    ///
+    /// # fn example<C: Calendar>(
+    /// #     db: Database,
+    /// #     calendar: C,
+    /// #     deadlines: impl EventSource,
+    /// # ) -> Result<(), calendar_sync::Error> {
+    /// // `deadlines` reads the application's tables: see `EventSource`.
+    /// let drainer = OutboxDrainer::with_event_source(
+    ///     db,
+    ///     calendar,
+    ///     DrainerConfig::default(),
+    ///     Arc::new(deadlines),
+    /// )?;
+    /// # let _ = drainer; Ok(()) }
+    /// ```
     pub fn with_event_source(
         db: Database,
         calendar: C,
@@ -143,6 +204,19 @@ impl<C: Calendar> OutboxDrainer<C> {
     /// Processes everything due now (including what becomes due because an
     /// earlier item of its source finished) and returns what happened. Items
     /// scheduled for a later retry are left for later. For tests and cron-style runs.
+    ///
+    /// ```no_run
+    /// # async fn example<C: calendar_sync::Calendar>(
+    /// #     drainer: calendar_sync::OutboxDrainer<C>,
+    /// # ) -> Result<(), calendar_sync::Error> {
+    /// // A cron job: everything due now, then exit.
+    /// let report = drainer.drain_once().await?;
+    /// println!(
+    ///     "{} claimed, {} completed, {} retried later, {} dead-lettered",
+    ///     report.claimed, report.completed, report.retried, report.dead_lettered
+    /// );
+    /// # Ok(()) }
+    /// ```
     pub async fn drain_once(&self) -> Result<DrainReport, Error> {
         let lock = self.shared.db.lock_connection().await?;
         let mut worker = Worker::new(self.shared.clone(), lock);
@@ -152,6 +226,15 @@ impl<C: Calendar> OutboxDrainer<C> {
 
     /// Starts draining in the background until [`DrainerHandle::stop`]. A lost
     /// database connection is survived: the worker reconnects with backoff.
+    /// Call it inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn example<C: calendar_sync::Calendar>(drainer: calendar_sync::OutboxDrainer<C>) {
+    /// let handle = drainer.start();
+    /// // ... the service runs; on shutdown:
+    /// let report = handle.stop().await;
+    /// # let _ = report; }
+    /// ```
     pub fn start(&self) -> DrainerHandle {
         let cancel = CancellationToken::new();
         let progress = Arc::new(Mutex::new(Progress {
@@ -171,7 +254,20 @@ impl<C: Calendar> OutboxDrainer<C> {
     }
 }
 
-/// A running drainer.
+/// A running drainer, from [`OutboxDrainer::start`]. Dropping it leaves the
+/// drainer running; [`DrainerHandle::stop`] stops it gracefully.
+///
+/// ```no_run
+/// use std::time::Duration;
+///
+/// # async fn example<C: calendar_sync::Calendar>(drainer: calendar_sync::OutboxDrainer<C>) {
+/// let handle = drainer.start();
+/// // A liveness probe: an idle loop still goes round once per poll_interval (5 s).
+/// let alive = !handle.is_finished() && handle.since_heartbeat() < Duration::from_secs(60);
+/// println!("alive: {alive}; so far: {:?}", handle.report());
+/// let report = handle.stop().await;
+/// # let _ = report; }
+/// ```
 pub struct DrainerHandle {
     cancel: CancellationToken,
     task: tokio::task::JoinHandle<()>,

@@ -40,7 +40,22 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3599);
 type OAuthClient =
     BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
-/// The application's OAuth client, as registered with Google.
+/// The application's OAuth client, as registered with Google. Part of
+/// [`GoogleConfig`](crate::GoogleConfig).
+///
+/// ```
+/// use calendar_sync::{GoogleConfig, OAuthConfig};
+/// use secrecy::SecretString;
+///
+/// // Against fake-google on port 8089 (README: "Testing your application with fake-google").
+/// let mut google = GoogleConfig::new("my-client.apps.example.com", SecretString::from("my-secret"));
+/// google.oauth.token_url = "http://127.0.0.1:8089/token".into();
+/// google.calendar_api_url = "http://127.0.0.1:8089/calendar/v3/".into();
+///
+/// let oauth: &OAuthConfig = &google.oauth;
+/// assert_eq!(oauth.client_id, "my-client.apps.example.com");
+/// assert!(!format!("{oauth:?}").contains("my-secret")); // Debug never shows the secret
+/// ```
 #[derive(Clone)]
 pub struct OAuthConfig {
     /// `GOOGLE_CLIENT_ID`.

@@ -14,6 +14,23 @@ use crate::store;
 
 /// Google's quotas as the drainer pays them: calls per `window` (Google
 /// counts over sliding windows of a minute).
+///
+/// [`GoogleConfig::budget`](crate::GoogleConfig::budget) gives Google's; a
+/// [`Calendar`](crate::Calendar) over another metered service returns its
+/// own from [`Calendar::budget`](crate::Calendar::budget).
+///
+/// ```
+/// use std::time::Duration;
+/// use calendar_sync::{Budget, GoogleConfig};
+/// use secrecy::SecretString;
+///
+/// let google = GoogleConfig {
+///     per_connection_per_minute: 300,
+///     ..GoogleConfig::new("client-id", SecretString::from("client-secret"))
+/// };
+/// let window = Duration::from_secs(60);
+/// assert_eq!(google.budget(), Budget { per_connection: 300, per_project: 10_000, window });
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Budget {
     /// Calls per window per connection (Google: 600 per user).

@@ -45,7 +45,21 @@ pub const DEFAULT_CALENDAR_API_URL: &str = "https://www.googleapis.com/calendar/
 /// Default `GOOGLE_OAUTH_TOKEN_URL`.
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 
-/// How the drainer talks to Google.
+/// How the drainer talks to Google: [`GoogleConfig::new`] gives the defaults
+/// for an OAuth client; change what you need.
+///
+/// ```
+/// use std::time::Duration;
+/// use calendar_sync::GoogleConfig;
+/// use secrecy::SecretString;
+///
+/// let google = GoogleConfig {
+///     request_timeout: Duration::from_secs(10),
+///     ..GoogleConfig::new("1234.apps.googleusercontent.com", SecretString::from("client-secret"))
+/// };
+/// assert_eq!(google.calendar_api_url, calendar_sync::DEFAULT_CALENDAR_API_URL);
+/// assert_eq!(google.per_connection_per_minute, 600);
+/// ```
 #[derive(Debug, Clone)]
 pub struct GoogleConfig {
     /// The OAuth client.
@@ -107,7 +121,27 @@ impl GoogleConfig {
 type Connector = HttpsConnector<HttpConnector>;
 type Hub = CalendarHub<Connector>;
 
-/// Google Calendar, for every workspace with a stored connection.
+/// Google Calendar, for every workspace with a stored connection (see
+/// [`ops::put_connection`](crate::ops::put_connection)): the [`Calendar`] to
+/// give an [`OutboxDrainer`](crate::OutboxDrainer) in production.
+///
+/// ```no_run
+/// # fn example(db: &calendar_sync::Database) -> Result<(), Box<dyn std::error::Error>> {
+/// use calendar_sync::{GoogleCalendar, GoogleConfig, TokenCipher};
+/// use secrecy::SecretString;
+///
+/// let env = std::env::var;
+/// let cipher = TokenCipher::new(
+///     &env("TOKEN_ENCRYPTION_KEY")?,
+///     &env("TOKEN_ENCRYPTION_OLD_KEYS").unwrap_or_default(),
+/// )?;
+/// let google = GoogleConfig::new(
+///     env("GOOGLE_CLIENT_ID")?,
+///     SecretString::from(env("GOOGLE_CLIENT_SECRET")?),
+/// );
+/// let calendar = GoogleCalendar::new(db, cipher, google)?;
+/// # let _ = calendar; Ok(()) }
+/// ```
 pub struct GoogleCalendar {
     http: Client<Connector, google_calendar3::common::Body>,
     base_url: String,

@@ -30,7 +30,25 @@ pub fn row_lock_key(seq: i64) -> i32 {
 }
 
 /// Writes an outbox row. Call it with the caller's transaction so the row
-/// commits (or not) together with the change it describes.
+/// commits (or not) together with the change it describes. Returns the row's id.
+///
+/// ```no_run
+/// # async fn example(db: &calendar_sync::Database) -> Result<(), Box<dyn std::error::Error>> {
+/// use calendar_sync::{CalendarKey, Operation, SourceKey};
+///
+/// let mut client = db.client().await?; // or a client of the application's own pool
+/// let tx = client.transaction().await?;
+/// tx.execute("UPDATE tasks SET done = true WHERE id = $1", &[&"task-42"]).await?;
+/// let cancel = Operation::CancelEvent(SourceKey {
+///     calendar: CalendarKey { workspace_id: "acme".into(), calendar_id: "primary".into() },
+///     source_type: "task".into(),
+///     source_id: "task-42".into(),
+/// });
+/// // `&*tx`: the tokio-postgres transaction inside deadpool's wrapper.
+/// calendar_sync::enqueue(&*tx, &cancel).await?;
+/// tx.commit().await?; // the task's change and its outbox row, or neither
+/// # Ok(()) }
+/// ```
 pub async fn enqueue(
     client: &impl GenericClient,
     operation: &Operation,
