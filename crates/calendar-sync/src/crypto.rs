@@ -40,13 +40,13 @@ use sha2::{Digest, Sha256};
 /// Length in bytes of an AES-256 key.
 pub const KEY_LEN: usize = 32;
 /// Length in bytes of the AES-GCM nonce at the start of the payload.
-pub const NONCE_LEN: usize = 12;
+pub(crate) const NONCE_LEN: usize = 12;
 /// Length in bytes of the AES-GCM tag at the end of the payload.
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// Version prefix written by this module.
-pub const ENVELOPE_VERSION: &str = "v1";
+pub(crate) const ENVELOPE_VERSION: &str = "v1";
 /// Prefix of the associated data; the full AAD is `calendar-sync:v1:<kid>:<workspace_id>`.
-pub const AAD_PREFIX: &str = "calendar-sync:v1:";
+pub(crate) const AAD_PREFIX: &str = "calendar-sync:v1:";
 
 /// Name of the environment variable holding the current key.
 const CURRENT_VAR: &str = "TOKEN_ENCRYPTION_KEY";

@@ -91,15 +91,12 @@
 //! - **Secrets:** [`TokenCipher`] seals refresh tokens. It lives in
 //!   [`crypto`] (as [`crypto::TokenCipher`]), with its key errors
 //!   ([`crypto::KeyError`], [`crypto::KeySource`]), its envelope errors
-//!   ([`crypto::DecryptError`], [`crypto::EnvelopePart`]) and the envelope
-//!   format's constants ([`crypto::KEY_LEN`], [`crypto::NONCE_LEN`],
-//!   [`crypto::TAG_LEN`], [`crypto::ENVELOPE_VERSION`],
-//!   [`crypto::AAD_PREFIX`]).
+//!   ([`crypto::DecryptError`], [`crypto::EnvelopePart`]) and the key length
+//!   [`crypto::KEY_LEN`] that [`TokenCipher::from_keys`] takes.
 //! - **Operators:** [`ops`]: [`ops::put_connection`],
 //!   [`ops::list_connections`] (of [`ops::ConnectionInfo`]), [`ops::requeue`],
 //!   [`ops::cleanup`], [`ops::status`] (a [`ops::StatusReport`], with
-//!   [`ops::DeadLetterGroup`] and [`ops::UnknownKeyId`], counting each of
-//!   [`ops::STATUSES`]), [`ops::readiness`], [`ops::unknown_key_ids`] and the
+//!   [`ops::DeadLetterGroup`] and [`ops::UnknownKeyId`]), [`ops::readiness`], [`ops::unknown_key_ids`] and the
 //!   line that reports them, [`ops::unknown_key_ids_line`].
 //!
 //! (`testing` is hidden: it opens the claim statement and event ids to this

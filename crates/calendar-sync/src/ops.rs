@@ -16,7 +16,7 @@ use crate::store;
 pub use crate::store::ConnectionInfo;
 
 /// Every status an outbox row can have, in display order.
-pub const STATUSES: [&str; 5] = [
+const STATUSES: [&str; 5] = [
     "PENDING",
     "PROCESSING",
     "COMPLETED",
