@@ -16,10 +16,10 @@ use uuid::Uuid;
 pub use memory_calendar::{Call, Fault, MemoryCalendar};
 pub use pki::{CERT_USER, PASSWORD, PASSWORD_USER, Pki, TlsCluster};
 pub use processes::{
-    Audit, Cluster, ClusterSetup, GoogleWorld, Rng, WORKER_CLIENT_ID, WORKER_CLIENT_SECRET,
-    WORKER_KEY_B64, WorkerProcess, connect, count_in, enqueue_all, finished, free_port,
-    namespace_locks, set_env, source_payload_cancel, source_payload_upsert, status_counts,
-    wait_until,
+    Audit, Cluster, ClusterSetup, GoogleWorld, Rng, StopMode, WORKER_CLIENT_ID,
+    WORKER_CLIENT_SECRET, WORKER_KEY_B64, WorkerProcess, connect, count_in, enqueue_all, finished,
+    free_port, namespace_locks, set_env, source_payload_cancel, source_payload_upsert,
+    start_cluster, status_counts, wait_until,
 };
 
 /// The server tests run against.

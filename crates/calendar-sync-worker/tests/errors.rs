@@ -135,7 +135,7 @@ async fn a_wrong_password_and_a_tls_failure_are_said_in_words() {
         return;
     };
     let url = |password: &str, params: &str| {
-        let port = c.cluster.port;
+        let port = c.cluster.port();
         format!("postgres://{PASSWORD_USER}:{password}@localhost:{port}/postgres?{params}")
     };
     // The right password over TLS with channel binding (SCRAM-SHA-256-PLUS).

@@ -12,9 +12,9 @@
 use std::time::Duration;
 
 use calendar_sync_tests::{
-    Audit, Cluster, GoogleWorld, Rng, TestDb, WORKER_CLIENT_SECRET, WORKER_KEY_B64, WorkerProcess,
-    connect, count_in, enqueue_all, finished, namespace_locks, set_env, source_payload_cancel,
-    source_payload_upsert, wait_until,
+    Audit, ClusterSetup, GoogleWorld, Rng, StopMode, TestDb, WORKER_CLIENT_SECRET, WORKER_KEY_B64,
+    WorkerProcess, connect, count_in, enqueue_all, finished, namespace_locks, set_env,
+    source_payload_cancel, source_payload_upsert, start_cluster, wait_until,
 };
 use serde_json::Value;
 
@@ -297,7 +297,7 @@ async fn terminated_database_sessions_are_survived() {
 async fn a_postgresql_restart_mid_run_is_survived() {
     let _heavy = HEAVY.lock().await;
     let started = std::time::Instant::now();
-    let Some(mut cluster) = tokio::task::spawn_blocking(Cluster::start)
+    let Some(mut cluster) = tokio::task::spawn_blocking(|| start_cluster(&ClusterSetup::default()))
         .await
         .unwrap()
         .expect("start a throwaway cluster")
@@ -342,13 +342,15 @@ async fn a_postgresql_restart_mid_run_is_survived() {
     wait_for(300).await;
     // A clean restart (clients disconnected), then a crash (immediate stop:
     // recovery from the WAL at the next start).
-    cluster.stop("fast");
+    cluster.stop(StopMode::Fast).expect("stop the cluster");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.restart_server();
+    cluster.restart().expect("start the cluster again");
     wait_for(650).await;
-    cluster.stop("immediate");
+    cluster
+        .stop(StopMode::Immediate)
+        .expect("crash the cluster");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.restart_server();
+    cluster.restart().expect("start the cluster again");
     wait_for(1000).await;
     assert!(w.is_running(), "the worker survived: {}", w.log_tail(20));
     let (_, status) = w.terminate(Duration::from_secs(10)).await;
