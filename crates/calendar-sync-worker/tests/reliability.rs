@@ -93,23 +93,6 @@ async fn kill9_in_flight(t: &TestDb, worker: &mut WorkerProcess) -> i64 {
     count_in(&t.client().await, &["PROCESSING"]).await
 }
 
-/// Terminates this database's sessions matching `filter` (a SQL condition on
-/// pg_stat_activity); returns how many.
-async fn terminate_sessions(t: &TestDb, filter: &str) -> i64 {
-    let client = t.client().await;
-    client
-        .query_one(
-            &format!(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({filter})"
-            ),
-            &[],
-        )
-        .await
-        .expect("terminate sessions")
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_run_and_restart_lose_and_duplicate_nothing() {
     let _heavy = HEAVY.lock().await;
@@ -266,7 +249,7 @@ async fn terminated_database_sessions_are_survived() {
     ] {
         until_finished(&t, at, Duration::from_secs(60)).await;
         until_in_flight(&t).await;
-        let n = terminate_sessions(&t, filter).await;
+        let n = t.kill_sessions(filter).await;
         assert!(n >= 1, "terminated {filter}");
         killed.push(n);
     }
