@@ -1,25 +1,27 @@
 //! Support for calendar-sync's end-to-end tests: a fresh PostgreSQL database
 //! per test, and an in-memory [`Calendar`] with fault injection.
 
+mod google_env;
 mod memory_calendar;
 mod pki;
 mod processes;
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use calendar_sync::{Database, DrainerConfig, store::LOCK_NAMESPACE};
+use calendar_sync::{Calendar, Database, DrainerConfig, OutboxDrainer, store::LOCK_NAMESPACE};
 use serde_json::Value;
 use tokio_postgres::NoTls;
 use uuid::Uuid;
 
+pub use google_env::{CLIENT_ID, CLIENT_SECRET, GoogleEnv};
 pub use memory_calendar::{Call, Fault, MemoryCalendar};
 pub use pki::{CERT_USER, PASSWORD, PASSWORD_USER, Pki, TlsCluster};
 pub use processes::{
     Audit, Cluster, ClusterSetup, GoogleWorld, Rng, StopMode, WORKER_CLIENT_ID,
     WORKER_CLIENT_SECRET, WORKER_KEY_B64, WorkerProcess, connect, count_in, enqueue_all, finished,
     free_port, namespace_locks, set_env, source_payload_cancel, source_payload_upsert,
-    start_cluster, status_counts, wait_until,
+    start_cluster, status_counts, wait_for_rows, wait_until,
 };
 
 /// The server tests run against.
@@ -151,18 +153,8 @@ impl TestDb {
     }
 
     /// Row counts by status.
-    pub async fn counts(&self) -> HashMap<String, i64> {
-        self.client()
-            .await
-            .query(
-                "SELECT status, count(*) FROM sync_outbox GROUP BY status",
-                &[],
-            )
-            .await
-            .expect("counts")
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
+    pub async fn counts(&self) -> BTreeMap<String, i64> {
+        status_counts(&self.client().await).await
     }
 
     /// How many rows have this status.
@@ -191,6 +183,63 @@ impl TestDb {
             result: r.get("result"),
             delay_secs: r.get("delay_secs"),
         }
+    }
+
+    /// Drains until no row is PENDING or PROCESSING, making waiting rows due
+    /// between rounds (items that step back, e.g. after learning their
+    /// calendar's real id, go round again); panics after 20 rounds.
+    pub async fn drain_until_idle<C: Calendar>(&self, d: &OutboxDrainer<C>) {
+        for _ in 0..20 {
+            d.drain_once().await.expect("drain");
+            let counts = self.counts().await;
+            if !counts.contains_key("PENDING") && !counts.contains_key("PROCESSING") {
+                return;
+            }
+            self.make_all_due().await;
+        }
+        panic!("the outbox did not drain: {:?}", self.counts().await);
+    }
+
+    /// Every binding: (calendar_id, source_id, state), in that order.
+    pub async fn bindings(&self) -> Vec<(String, String, String)> {
+        self.client()
+            .await
+            .query(
+                "SELECT calendar_id, source_id, state FROM calendar_event_bindings ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .expect("bindings")
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    /// The (state, Google event id) of a source's binding (one calendar).
+    pub async fn binding(&self, source_id: &str) -> (String, String) {
+        let row = self
+            .client()
+            .await
+            .query_one(
+                "SELECT state, google_event_id FROM calendar_event_bindings WHERE source_id = $1",
+                &[&source_id],
+            )
+            .await
+            .expect("one binding");
+        (row.get(0), row.get(1))
+    }
+
+    /// A workspace's stored (encrypted) refresh token.
+    pub async fn stored_token(&self, workspace: &str) -> String {
+        self.client()
+            .await
+            .query_one(
+                "SELECT refresh_token_encrypted FROM google_connections WHERE workspace_id = $1",
+                &[&workspace],
+            )
+            .await
+            .expect("a stored connection")
+            .get(0)
     }
 
     /// Makes every waiting row due now (instead of sleeping through backoff).

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use calendar_sync::{Database, GoogleConfig, TokenCipher};
 pub use calendar_sync_demo::scratch::{Cluster, ClusterSetup, StopMode};
 use fake_google::FakeGoogle;
+
+use crate::TestDb;
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
@@ -203,6 +205,29 @@ impl GoogleWorld {
         }
     }
 
+    /// A fresh migrated database, and the fake with `workspaces` workspaces
+    /// stored in it.
+    pub async fn with_database(workspaces: usize) -> (TestDb, Self) {
+        let t = TestDb::new().await;
+        let world = Self::start(&t.db, workspaces).await;
+        (t, world)
+    }
+
+    /// Makes `workspace`'s REBUILD_ALL hang in its list call (other calls
+    /// answer, e.g. a worker's calendars.get) and enqueues one; returns its
+    /// id.
+    pub async fn hung_rebuild(&self, t: &TestDb, workspace: &str) -> uuid::Uuid {
+        let calendar = Self::calendar_of(workspace);
+        self.google.inject(
+            fake_google::Fault::new(fake_google::FaultKind::Hang)
+                .method("GET")
+                .path(&format!("{calendar}/events"))
+                .times(1_000),
+        );
+        t.insert("REBUILD_ALL", crate::rebuild(workspace, &calendar))
+            .await
+    }
+
     /// The cipher matching [`WORKER_KEY_B64`].
     pub fn cipher() -> TokenCipher {
         TokenCipher::new(WORKER_KEY_B64, "").expect("test key")
@@ -382,6 +407,20 @@ pub async fn wait_until<F, Fut>(
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (see [`wait_until`]) until exactly `n` rows have one of `statuses`.
+pub async fn wait_for_rows(
+    config: &tokio_postgres::Config,
+    timeout: Duration,
+    statuses: &'static [&'static str],
+    n: i64,
+) {
+    let what = format!("{n} rows {}", statuses.join(" or "));
+    wait_until(config, timeout, &what, move |c| async move {
+        count_in(&c, statuses).await == n
+    })
+    .await;
 }
 
 /// Advisory locks of the library's namespace held in this database (row locks

@@ -18,14 +18,11 @@ use calendar_sync_tests::{
 };
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+mod common;
+use common::worker;
 
 /// One heavy scenario at a time (see the module docs).
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn worker(name: &str, env: &[(String, String)]) -> WorkerProcess {
-    WorkerProcess::spawn(name, std::path::Path::new(BIN), &["run"], env)
-}
 
 fn upserts(
     world: &GoogleWorld,
@@ -97,8 +94,7 @@ async fn kill9_in_flight(t: &TestDb, worker: &mut WorkerProcess) -> i64 {
 async fn kill_9_mid_run_and_restart_lose_and_duplicate_nothing() {
     let _heavy = HEAVY.lock().await;
     let started = std::time::Instant::now();
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 40).await;
+    let (t, world) = GoogleWorld::with_database(40).await;
     world.google.set_latency(Duration::from_millis(15));
     let env = {
         let mut env = world.worker_env(&t.url());
@@ -159,8 +155,7 @@ async fn kill_9_mid_run_and_restart_lose_and_duplicate_nothing() {
 async fn four_workers_end_with_the_last_operation_of_every_source() {
     let _heavy = HEAVY.lock().await;
     let started = std::time::Instant::now();
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 20).await;
+    let (t, world) = GoogleWorld::with_database(20).await;
     world.google.set_latency(Duration::from_millis(5));
     let mut workers: Vec<WorkerProcess> = (0..4)
         .map(|i| {
@@ -229,8 +224,7 @@ async fn four_workers_end_with_the_last_operation_of_every_source() {
 async fn terminated_database_sessions_are_survived() {
     let _heavy = HEAVY.lock().await;
     let started = std::time::Instant::now();
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 20).await;
+    let (t, world) = GoogleWorld::with_database(20).await;
     world.google.set_latency(Duration::from_millis(10));
     let client = t.client().await;
     enqueue_all(&client, &upserts(&world, 0..800, "v1")).await;
@@ -354,8 +348,7 @@ async fn a_postgresql_restart_mid_run_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_within_the_grace_and_leaves_nothing_held() {
     let _heavy = HEAVY.lock().await;
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 10).await;
+    let (t, world) = GoogleWorld::with_database(10).await;
     let client = t.client().await;
     enqueue_all(&client, &upserts(&world, 0..400, "v1")).await;
     let mut env = world.worker_env(&t.url());
@@ -436,8 +429,7 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_leaves_nothing_held() {
 /// logs, `last_error`, `Debug` and the database).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_prints_no_secret() {
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 2).await;
+    let (t, world) = GoogleWorld::with_database(2).await;
     let g = &world.google;
     let client = t.client().await;
     enqueue_all(&client, &upserts(&world, 0..4, "v1")).await;
@@ -446,9 +438,7 @@ async fn the_binary_prints_no_secret() {
     // The fake Google runs on this runtime's other thread while the binary runs.
     let run = |args: &[&str], env: &[(String, String)]| {
         let out = tokio::task::block_in_place(|| {
-            std::process::Command::new(BIN)
-                .args(args)
-                .env_clear()
+            common::command(args, &[])
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .output()
         })

@@ -2,26 +2,10 @@
 //! usage errors are complete, variables a subcommand does not read cannot stop
 //! it, and the output of migrate and demo is undisturbed by logs.
 
-use std::process::{Command, Output};
-
 use calendar_sync_tests::TestDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run the binary")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+mod common;
+use common::{run, text};
 
 #[test]
 fn each_subcommands_help_lists_only_what_it_reads() {
