@@ -6,84 +6,38 @@
 
 use std::time::Duration;
 
-use calendar_sync::{GoogleCalendar, GoogleConfig, OutboxDrainer, TokenCipher};
-use calendar_sync_tests::{TestDb, cancel, fast_config, rebuild, upsert};
-use fake_google::FakeGoogle;
-use secrecy::SecretString;
+use calendar_sync::{GoogleCalendar, OutboxDrainer};
+use calendar_sync_tests::{CLIENT_ID, GoogleEnv, cancel, fast_config, rebuild, upsert};
 use serde_json::Value;
 
-const CLIENT_ID: &str = "client-1.apps.example.com";
-const CLIENT_SECRET: &str = "GOCSPX-client-secret-for-tests";
 /// Alice's primary calendar: its real id is her address.
 const ALICE: &str = "alice@example.com";
 const BOB: &str = "bob@example.com";
 
-struct Env {
-    t: TestDb,
-    g: FakeGoogle,
-    cipher: TokenCipher,
-}
-
-/// A fresh database and fake Google; workspace w1 is connected to Alice.
-async fn env() -> Env {
-    let g = FakeGoogle::start().await;
-    g.add_client(CLIENT_ID, CLIENT_SECRET);
-    g.add_refresh_token("rt-alice", CLIENT_ID, ALICE);
-    g.add_refresh_token("rt-bob", CLIENT_ID, BOB);
-    g.add_calendar(ALICE);
-    g.add_calendar(BOB);
-    let t = TestDb::new().await;
-    let cipher = TokenCipher::from_keys([7; 32], vec![]);
-    let e = Env { t, g, cipher };
-    e.connect("rt-alice", ALICE).await;
+/// A fresh database and fake Google with Alice's and Bob's accounts;
+/// workspace w1 is connected to Alice.
+async fn env() -> GoogleEnv {
+    let e = GoogleEnv::start(&[]).await;
+    for (token, account) in [("rt-alice", ALICE), ("rt-bob", BOB)] {
+        e.g.add_refresh_token(token, CLIENT_ID, account);
+        e.g.add_calendar(account);
+    }
+    e.connect("w1", ALICE, "rt-alice").await;
     e
 }
 
-impl Env {
-    async fn connect(&self, token: &str, email: &str) {
-        calendar_sync::ops::put_connection(
-            &self.t.db,
-            &self.cipher,
-            "w1",
-            email,
-            &SecretString::from(token),
-        )
-        .await
-        .unwrap();
-    }
+/// A drainer whose Google requests may take 5 s.
+fn drainer(e: &GoogleEnv) -> OutboxDrainer<GoogleCalendar> {
+    let mut google = e.google_config();
+    google.request_timeout = Duration::from_secs(5);
+    e.drainer_with(google, fast_config())
+}
 
-    fn drainer(&self) -> OutboxDrainer<GoogleCalendar> {
-        let mut google = GoogleConfig::new(CLIENT_ID, SecretString::from(CLIENT_SECRET));
-        google.calendar_api_url = self.g.calendar_base_url();
-        google.oauth.token_url = self.g.token_url();
-        google.request_timeout = Duration::from_secs(5);
-        let calendar = GoogleCalendar::new(&self.t.db, self.cipher.clone(), google).unwrap();
-        OutboxDrainer::new(self.t.db.clone(), calendar, fast_config()).unwrap()
-    }
-
-    /// Drains until nothing is left to do (items stepping back after learning
-    /// their calendar's real id go round once more).
-    async fn drain(&self, d: &OutboxDrainer<GoogleCalendar>) {
-        for _ in 0..20 {
-            d.drain_once().await.unwrap();
-            let c = self.t.counts().await;
-            if c.get("PENDING").copied().unwrap_or(0) + c.get("PROCESSING").copied().unwrap_or(0)
-                == 0
-            {
-                return;
-            }
-            self.t.make_all_due().await;
-        }
-        panic!("the outbox did not drain: {:?}", self.t.counts().await);
-    }
-
-    /// Live events of a calendar, by source id.
-    fn live(&self, calendar: &str) -> Vec<(String, String)> {
-        let mut live: Vec<(String, String)> = self
-            .g
-            .events(calendar)
+/// Live events of a calendar: (source id, title), sorted.
+fn live(e: &GoogleEnv, calendar: &str) -> Vec<(String, String)> {
+    let mut live: Vec<(String, String)> =
+        e.g.live_events(calendar)
             .into_iter()
-            .filter(|e| e["status"] != "cancelled")
             .map(|e: Value| {
                 (
                     e["extendedProperties"]["private"]["calendarSyncSourceId"]
@@ -94,31 +48,14 @@ impl Env {
                 )
             })
             .collect();
-        live.sort();
-        live
-    }
+    live.sort();
+    live
+}
 
-    /// Every binding: (calendar_id, source_id, state).
-    async fn bindings(&self) -> Vec<(String, String, String)> {
-        self.t
-            .client()
-            .await
-            .query(
-                "SELECT calendar_id, source_id, state FROM calendar_event_bindings ORDER BY 1, 2",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect()
-    }
-
-    async fn rebuild_result(&self, id: uuid::Uuid) -> Value {
-        let row = self.t.row(id).await;
-        assert_eq!(row.status, "COMPLETED", "{:?}", row.last_error);
-        row.result.expect("a finished rebuild reports its counts")
-    }
+async fn rebuild_result(e: &GoogleEnv, id: uuid::Uuid) -> Value {
+    let row = e.t.row(id).await;
+    assert_eq!(row.status, "COMPLETED", "{:?}", row.last_error);
+    row.result.expect("a finished rebuild reports its counts")
 }
 
 fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -130,7 +67,7 @@ fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_rebuild_of_primary_keeps_the_events_synced_under_the_calendars_own_id() {
     let e = env().await;
-    let d = e.drainer();
+    let d = drainer(&e);
     for (calendar, source) in [
         (ALICE, "s1"),
         (ALICE, "s2"),
@@ -140,42 +77,42 @@ async fn a_rebuild_of_primary_keeps_the_events_synced_under_the_calendars_own_id
         e.t.insert("UPSERT_EVENT", upsert("w1", calendar, source, source))
             .await;
     }
-    e.drain(&d).await;
-    assert_eq!(e.live(ALICE).len(), 4);
+    e.t.drain_until_idle(&d).await;
+    assert_eq!(live(&e, ALICE).len(), 4);
     let id = e.t.insert("REBUILD_ALL", rebuild("w1", "primary")).await;
-    e.drain(&d).await;
-    let result = e.rebuild_result(id).await;
+    e.t.drain_until_idle(&d).await;
+    let result = rebuild_result(&e, id).await;
     assert_eq!(result["deleted"], 0, "{result}");
     assert_eq!(
-        e.live(ALICE),
+        live(&e, ALICE),
         pairs(&[("s1", "s1"), ("s2", "s2"), ("s3", "s3"), ("s4", "s4")])
     );
     // Every binding under the calendar's real id, whichever name wrote it.
     assert!(
-        e.bindings()
+        e.t.bindings()
             .await
             .iter()
             .all(|(c, _, s)| c == ALICE && s == "LIVE"),
         "{:?}",
-        e.bindings().await
+        e.t.bindings().await
     );
 }
 
 #[tokio::test]
 async fn a_rebuild_of_the_calendars_own_id_keeps_the_events_synced_under_primary() {
     let e = env().await;
-    let d = e.drainer();
+    let d = drainer(&e);
     for (calendar, source) in [("primary", "s1"), ("primary", "s2"), (ALICE, "s3")] {
         e.t.insert("UPSERT_EVENT", upsert("w1", calendar, source, source))
             .await;
     }
-    e.drain(&d).await;
+    e.t.drain_until_idle(&d).await;
     let id = e.t.insert("REBUILD_ALL", rebuild("w1", ALICE)).await;
-    e.drain(&d).await;
-    let result = e.rebuild_result(id).await;
+    e.t.drain_until_idle(&d).await;
+    let result = rebuild_result(&e, id).await;
     assert_eq!(result["deleted"], 0, "{result}");
     assert_eq!(
-        e.live(ALICE),
+        live(&e, ALICE),
         pairs(&[("s1", "s1"), ("s2", "s2"), ("s3", "s3")])
     );
 }
@@ -183,15 +120,15 @@ async fn a_rebuild_of_the_calendars_own_id_keeps_the_events_synced_under_primary
 #[tokio::test]
 async fn one_source_written_under_both_names_has_one_event_and_keeps_its_order() {
     let e = env().await;
-    let d = e.drainer();
+    let d = drainer(&e);
     e.t.insert("UPSERT_EVENT", upsert("w1", "primary", "s1", "v1"))
         .await;
-    e.drain(&d).await;
+    e.t.drain_until_idle(&d).await;
     e.t.insert("UPSERT_EVENT", upsert("w1", ALICE, "s1", "v2"))
         .await;
-    e.drain(&d).await;
+    e.t.drain_until_idle(&d).await;
     assert_eq!(
-        e.live(ALICE),
+        live(&e, ALICE),
         pairs(&[("s1", "v2")]),
         "one event, newest content"
     );
@@ -209,15 +146,15 @@ async fn one_source_written_under_both_names_has_one_event_and_keeps_its_order()
         .unwrap();
     }
     tx.commit().await.unwrap();
-    e.drain(&d).await;
-    assert_eq!(e.live(ALICE), pairs(&[("s1", "v5")]));
+    e.t.drain_until_idle(&d).await;
+    assert_eq!(live(&e, ALICE), pairs(&[("s1", "v5")]));
 
     e.t.insert("CANCEL_EVENT", cancel("w1", "primary", "s1"))
         .await;
-    e.drain(&d).await;
-    assert!(e.live(ALICE).is_empty(), "cancelled under the other name");
+    e.t.drain_until_idle(&d).await;
+    assert!(live(&e, ALICE).is_empty(), "cancelled under the other name");
     assert_eq!(
-        e.bindings().await,
+        e.t.bindings().await,
         vec![(ALICE.to_owned(), "s1".to_owned(), "CANCELLED".to_owned())]
     );
 }
@@ -225,12 +162,12 @@ async fn one_source_written_under_both_names_has_one_event_and_keeps_its_order()
 #[tokio::test]
 async fn bindings_written_under_primary_before_the_upgrade_are_carried_over() {
     let e = env().await;
-    let d = e.drainer();
+    let d = drainer(&e);
     for source in ["s1", "s2"] {
         e.t.insert("UPSERT_EVENT", upsert("w1", "primary", source, source))
             .await;
     }
-    e.drain(&d).await;
+    e.t.drain_until_idle(&d).await;
     // What a release before calendar resolution left behind: bindings keyed
     // by the name as written, and no resolution recorded.
     let admin = e.t.client().await;
@@ -244,40 +181,40 @@ async fn bindings_written_under_primary_before_the_upgrade_are_carried_over() {
     // A fresh worker (nothing cached) rebuilds the calendar under its own id.
     let d = {
         drop(d);
-        e.drainer()
+        drainer(&e)
     };
     let id = e.t.insert("REBUILD_ALL", rebuild("w1", ALICE)).await;
-    e.drain(&d).await;
-    let result = e.rebuild_result(id).await;
+    e.t.drain_until_idle(&d).await;
+    let result = rebuild_result(&e, id).await;
     assert_eq!(result["deleted"], 0, "{result}");
-    assert_eq!(e.live(ALICE), pairs(&[("s1", "s1"), ("s2", "s2")]));
+    assert_eq!(live(&e, ALICE), pairs(&[("s1", "s1"), ("s2", "s2")]));
     assert!(
-        e.bindings().await.iter().all(|(c, _, _)| c == ALICE),
+        e.t.bindings().await.iter().all(|(c, _, _)| c == ALICE),
         "{:?}",
-        e.bindings().await
+        e.t.bindings().await
     );
     // And an update through the old name still finds its event.
     e.t.insert("UPSERT_EVENT", upsert("w1", "primary", "s1", "s1 again"))
         .await;
-    e.drain(&d).await;
-    assert_eq!(e.live(ALICE), pairs(&[("s1", "s1 again"), ("s2", "s2")]));
+    e.t.drain_until_idle(&d).await;
+    assert_eq!(live(&e, ALICE), pairs(&[("s1", "s1 again"), ("s2", "s2")]));
     assert_eq!(e.g.events(ALICE).len(), 2);
 }
 
 #[tokio::test]
 async fn a_reconnect_to_another_account_resolves_primary_anew() {
     let e = env().await;
-    let d = e.drainer();
+    let d = drainer(&e);
     e.t.insert("UPSERT_EVENT", upsert("w1", "primary", "s1", "alice's"))
         .await;
-    e.drain(&d).await;
-    e.connect("rt-bob", BOB).await;
+    e.t.drain_until_idle(&d).await;
+    e.connect("w1", BOB, "rt-bob").await;
     e.t.insert("UPSERT_EVENT", upsert("w1", "primary", "s2", "bob's"))
         .await;
-    e.drain(&d).await;
-    assert_eq!(e.live(ALICE), pairs(&[("s1", "alice's")]));
-    assert_eq!(e.live(BOB), pairs(&[("s2", "bob's")]));
-    let bindings = e.bindings().await;
+    e.t.drain_until_idle(&d).await;
+    assert_eq!(live(&e, ALICE), pairs(&[("s1", "alice's")]));
+    assert_eq!(live(&e, BOB), pairs(&[("s2", "bob's")]));
+    let bindings = e.t.bindings().await;
     assert!(
         bindings.contains(&(BOB.to_owned(), "s2".to_owned(), "LIVE".to_owned())),
         "{bindings:?}"
@@ -287,12 +224,12 @@ async fn a_reconnect_to_another_account_resolves_primary_anew() {
 #[tokio::test]
 async fn a_rebuild_reads_the_desired_state_under_every_name_of_its_calendar() {
     let e = env().await;
-    let d = e.drainer();
+    let d = drainer(&e);
     for (calendar, source) in [("primary", "s1"), (ALICE, "s2")] {
         e.t.insert("UPSERT_EVENT", upsert("w1", calendar, source, source))
             .await;
     }
-    e.drain(&d).await;
+    e.t.drain_until_idle(&d).await;
     // The application lists s1 under "primary" and s2 under the address.
     e.t.client()
         .await
@@ -311,12 +248,12 @@ async fn a_rebuild_reads_the_desired_state_under_every_name_of_its_calendar() {
         .await
         .unwrap();
     let id = e.t.insert("REBUILD_ALL", rebuild("w1", ALICE)).await;
-    e.drain(&d).await;
-    let result = e.rebuild_result(id).await;
+    e.t.drain_until_idle(&d).await;
+    let result = rebuild_result(&e, id).await;
     assert_eq!(result["source"], "sql_view", "{result}");
     assert_eq!(result["deleted"], 0, "{result}");
     assert_eq!(
-        e.live(ALICE),
+        live(&e, ALICE),
         pairs(&[("s1", "s1 desired"), ("s2", "s2 desired")])
     );
 }

@@ -5,78 +5,15 @@
 
 use std::time::Duration;
 
-use calendar_sync::{GoogleCalendar, GoogleConfig, OutboxDrainer, TokenCipher};
-use calendar_sync_tests::{TestDb, cancel, fast_config, upsert};
+use calendar_sync_tests::{GoogleEnv, cancel, upsert};
 use fake_google::{ApiMethod, FakeGoogle, Fault, FaultKind};
-use secrecy::SecretString;
-use serde_json::Value;
 
-const CLIENT_ID: &str = "client-1.apps.example.com";
-const CLIENT_SECRET: &str = "GOCSPX-client-secret-for-tests";
 const CAL1: &str = "w1@example.com";
-
-struct Env {
-    t: TestDb,
-    g: FakeGoogle,
-    cipher: TokenCipher,
-}
 
 /// A fresh database and fake Google with workspace w1 (refresh token `rt-w1`,
 /// calendar `w1@example.com`).
-async fn env() -> Env {
-    let g = FakeGoogle::start().await;
-    g.add_client(CLIENT_ID, CLIENT_SECRET);
-    let t = TestDb::new().await;
-    let cipher = TokenCipher::from_keys([7; 32], vec![]);
-    g.add_refresh_token("rt-w1", CLIENT_ID, CAL1);
-    g.add_calendar(CAL1);
-    calendar_sync::ops::put_connection(&t.db, &cipher, "w1", CAL1, &SecretString::from("rt-w1"))
-        .await
-        .unwrap();
-    Env { t, g, cipher }
-}
-
-impl Env {
-    fn drainer(&self) -> OutboxDrainer<GoogleCalendar> {
-        let mut google = GoogleConfig::new(CLIENT_ID, SecretString::from(CLIENT_SECRET));
-        google.calendar_api_url = self.g.calendar_base_url();
-        google.oauth.token_url = self.g.token_url();
-        google.request_timeout = Duration::from_millis(800);
-        let calendar = GoogleCalendar::new(&self.t.db, self.cipher.clone(), google).unwrap();
-        OutboxDrainer::new(self.t.db.clone(), calendar, fast_config()).unwrap()
-    }
-
-    /// Events of a source on CAL1, cancelled ones included.
-    fn all(&self, source_id: &str) -> Vec<Value> {
-        self.g
-            .events(CAL1)
-            .into_iter()
-            .filter(|e| e["extendedProperties"]["private"]["calendarSyncSourceId"] == source_id)
-            .collect()
-    }
-
-    /// Live events of a source on CAL1.
-    fn live(&self, source_id: &str) -> Vec<Value> {
-        self.all(source_id)
-            .into_iter()
-            .filter(|e| e["status"] != "cancelled")
-            .collect()
-    }
-
-    /// The binding's (state, event id) of a source.
-    async fn binding(&self, source_id: &str) -> (String, String) {
-        let row = self
-            .t
-            .client()
-            .await
-            .query_one(
-                "SELECT state, google_event_id FROM calendar_event_bindings WHERE source_id = $1",
-                &[&source_id],
-            )
-            .await
-            .unwrap();
-        (row.get(0), row.get(1))
-    }
+async fn env() -> GoogleEnv {
+    GoogleEnv::start(&["w1"]).await
 }
 
 #[tokio::test]
@@ -94,11 +31,15 @@ async fn a_transient_404_on_update_never_creates_a_second_event() {
     e.t.make_all_due().await;
     d.drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
-    assert_eq!(e.all("s1").len(), 1, "one event ever, no second id");
-    let live = e.live("s1");
+    assert_eq!(
+        e.events(CAL1, "s1").len(),
+        1,
+        "one event ever, no second id"
+    );
+    let live = e.live(CAL1, "s1");
     assert_eq!(live.len(), 1);
     assert_eq!(live[0]["summary"], "v2");
-    assert_eq!(e.binding("s1").await.1, live[0]["id"].as_str().unwrap());
+    assert_eq!(e.t.binding("s1").await.1, live[0]["id"].as_str().unwrap());
 }
 
 #[tokio::test]
@@ -108,7 +49,7 @@ async fn a_calendar_gone_for_a_while_dead_letters_without_reserving_a_new_id() {
     e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v1"))
         .await;
     d.drain_once().await.unwrap();
-    let (_, first_id) = e.binding("s1").await;
+    let (_, first_id) = e.t.binding("s1").await;
     // Access lost: every call on the calendar answers 404 for a while.
     e.g.inject(
         Fault::new(FaultKind::NotFound)
@@ -126,7 +67,10 @@ async fn a_calendar_gone_for_a_while_dead_letters_without_reserving_a_new_id() {
         "{:?}",
         row.last_error
     );
-    assert_eq!(e.binding("s1").await, ("LIVE".to_owned(), first_id.clone()));
+    assert_eq!(
+        e.t.binding("s1").await,
+        ("LIVE".to_owned(), first_id.clone())
+    );
     // Access is back; the operator requeues.
     e.g.clear_faults();
     calendar_sync::ops::requeue(&e.t.db, None, None)
@@ -134,7 +78,7 @@ async fn a_calendar_gone_for_a_while_dead_letters_without_reserving_a_new_id() {
         .unwrap();
     d.drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
-    let live = e.live("s1");
+    let live = e.live(CAL1, "s1");
     assert_eq!(live.len(), 1, "no duplicate once access returns");
     assert_eq!(live[0]["id"], first_id.as_str());
     assert_eq!(live[0]["summary"], "v2");
@@ -152,7 +96,7 @@ async fn a_cancel_meeting_a_transient_404_completes_only_once_the_event_is_gone(
     d.drain_once().await.unwrap();
     let row = e.t.row(id).await;
     assert_eq!(
-        (row.status.as_str(), e.live("s1").len()),
+        (row.status.as_str(), e.live(CAL1, "s1").len()),
         ("PENDING", 1),
         "the event still exists, so the cancel is not done: {:?}",
         row.last_error
@@ -160,8 +104,8 @@ async fn a_cancel_meeting_a_transient_404_completes_only_once_the_event_is_gone(
     e.t.make_all_due().await;
     d.drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
-    assert!(e.live("s1").is_empty());
-    assert_eq!(e.binding("s1").await.0, "CANCELLED");
+    assert!(e.live(CAL1, "s1").is_empty());
+    assert_eq!(e.t.binding("s1").await.0, "CANCELLED");
 }
 
 /// Waits until the fake has processed every request of `method`.
@@ -204,15 +148,15 @@ async fn a_late_delete_after_a_newer_upsert_leaves_the_newest_event_live() {
         .await;
     e.t.make_all_due().await;
     d.drain_once().await.unwrap();
-    let live = e.live("s1");
+    let live = e.live(CAL1, "s1");
     assert_eq!(
         live.len(),
         1,
         "the late delete must not win: {:?}",
-        e.all("s1")
+        e.events(CAL1, "s1")
     );
     assert_eq!(live[0]["summary"], "v2");
-    let (state, bound) = e.binding("s1").await;
+    let (state, bound) = e.t.binding("s1").await;
     assert_eq!(
         (state.as_str(), bound.as_str()),
         ("LIVE", live[0]["id"].as_str().unwrap())
@@ -238,11 +182,11 @@ async fn a_late_update_after_a_newer_cancel_never_revives_the_event() {
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
     settled(&e.g, ApiMethod::Update).await;
     assert!(
-        e.live("s1").is_empty(),
+        e.live(CAL1, "s1").is_empty(),
         "the late update must not bring the event back: {:?}",
-        e.live("s1")
+        e.live(CAL1, "s1")
     );
-    assert_eq!(e.binding("s1").await.0, "CANCELLED");
+    assert_eq!(e.t.binding("s1").await.0, "CANCELLED");
 }
 
 #[tokio::test]
@@ -319,7 +263,7 @@ async fn an_over_long_field_dead_letters_at_once_naming_the_field_and_the_limit(
         "only the one within the limits"
     );
     assert_eq!(
-        e.live("s3")[0]["description"]
+        e.live(CAL1, "s3")[0]["description"]
             .as_str()
             .unwrap()
             .chars()

@@ -3,77 +3,37 @@
 
 use std::time::Duration;
 
-use calendar_sync::{DrainerConfig, GoogleCalendar, GoogleConfig, OutboxDrainer, TokenCipher};
-use calendar_sync_tests::{TestDb, cancel, fast_config, rebuild, upsert};
-use fake_google::{
-    ApiMethod, CancelledWritePolicy, ExtPropMatch, FakeGoogle, Fault, FaultKind, PagingMode,
-};
+use calendar_sync::{DrainerConfig, GoogleCalendar, OutboxDrainer, TokenCipher};
+use calendar_sync_tests::{CLIENT_ID, GoogleEnv, OutboxRow, cancel, fast_config, rebuild, upsert};
+use fake_google::{ApiMethod, CancelledWritePolicy, ExtPropMatch, Fault, FaultKind, PagingMode};
 use secrecy::SecretString;
-use serde_json::Value;
-
-const CLIENT_ID: &str = "client-1.apps.example.com";
-const CLIENT_SECRET: &str = "GOCSPX-client-secret-for-tests";
-
-struct Env {
-    t: TestDb,
-    g: FakeGoogle,
-    cipher: TokenCipher,
-}
 
 /// A fresh database and fake Google with workspaces w1 and w2, each with a
 /// connection (refresh token `rt-<ws>`) and a calendar `<ws>@example.com`.
-async fn env() -> Env {
-    let g = FakeGoogle::start().await;
-    g.add_client(CLIENT_ID, CLIENT_SECRET);
-    let t = TestDb::new().await;
-    let cipher = TokenCipher::from_keys([7; 32], vec![]);
-    for ws in ["w1", "w2"] {
-        let email = format!("{ws}@example.com");
-        g.add_refresh_token(&format!("rt-{ws}"), CLIENT_ID, &email);
-        g.add_calendar(&email);
-        calendar_sync::ops::put_connection(
-            &t.db,
-            &cipher,
-            ws,
-            &email,
-            &SecretString::from(format!("rt-{ws}")),
-        )
-        .await
-        .unwrap();
-    }
-    Env { t, g, cipher }
+async fn env() -> GoogleEnv {
+    GoogleEnv::start(&["w1", "w2"]).await
 }
 
-fn google_config(g: &FakeGoogle) -> GoogleConfig {
-    let mut config = GoogleConfig::new(CLIENT_ID, SecretString::from(CLIENT_SECRET));
-    config.calendar_api_url = g.calendar_base_url();
-    config.oauth.token_url = g.token_url();
-    config.request_timeout = Duration::from_millis(800);
-    config
+/// One item at a time, in insertion order.
+fn one_at_a_time() -> DrainerConfig {
+    DrainerConfig {
+        concurrency: 1,
+        batch_size: 1,
+        ..fast_config()
+    }
 }
 
-impl Env {
-    fn drainer_with(
-        &self,
-        google: GoogleConfig,
-        config: DrainerConfig,
-    ) -> OutboxDrainer<GoogleCalendar> {
-        let calendar = GoogleCalendar::new(&self.t.db, self.cipher.clone(), google).unwrap();
-        OutboxDrainer::new(self.t.db.clone(), calendar, config).unwrap()
-    }
-
-    fn drainer(&self) -> OutboxDrainer<GoogleCalendar> {
-        self.drainer_with(google_config(&self.g), fast_config())
-    }
-
-    /// Live events of a source on a calendar.
-    fn live(&self, calendar: &str, source_id: &str) -> Vec<Value> {
-        self.g
-            .live_events(calendar)
-            .into_iter()
-            .filter(|e| e["extendedProperties"]["private"]["calendarSyncSourceId"] == source_id)
-            .collect()
-    }
+/// An upsert of w1's `s1` drained once into a fault of `kind` on its first
+/// `/events` call; the environment and the row afterwards.
+async fn upsert_into(kind: FaultKind) -> (GoogleEnv, uuid::Uuid, OutboxRow) {
+    let e = env().await;
+    e.g.inject(Fault::new(kind).path("/events").times(1));
+    let id =
+        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
+            .await;
+    e.drainer().drain_once().await.unwrap();
+    let row = e.t.row(id).await;
+    (e, id, row)
 }
 
 const CAL1: &str = "w1@example.com";
@@ -212,7 +172,7 @@ async fn concurrent_items_of_one_connection_share_one_refresh() {
         batch_size: 12,
         ..fast_config()
     };
-    e.drainer_with(google_config(&e.g), config)
+    e.drainer_with(e.google_config(), config)
         .drain_once()
         .await
         .unwrap();
@@ -249,16 +209,7 @@ async fn rotated_refresh_token_is_stored_encrypted() {
         .await;
     d.drain_once().await.unwrap();
     let rotated = e.g.rotated_refresh_token("rt-w1").expect("rotated");
-    let stored: String =
-        e.t.client()
-            .await
-            .query_one(
-                "SELECT refresh_token_encrypted FROM google_connections WHERE workspace_id = 'w1'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+    let stored = e.t.stored_token("w1").await;
     assert!(!stored.contains(&rotated));
     assert_eq!(
         secrecy::ExposeSecret::expose_secret(&e.cipher.decrypt("w1", &stored).unwrap()),
@@ -331,7 +282,7 @@ async fn revoked_grant_invalidates_the_connection_and_spares_other_workspaces() 
 #[tokio::test]
 async fn wrong_client_secret_invalidates_the_connection() {
     let e = env().await;
-    let mut config = google_config(&e.g);
+    let mut config = e.google_config();
     config.oauth.client_secret = SecretString::from("wrong");
     let id =
         e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
@@ -351,17 +302,7 @@ async fn wrong_client_secret_invalidates_the_connection() {
 
 #[tokio::test]
 async fn missing_scope_invalidates_the_connection() {
-    let e = env().await;
-    e.g.inject(
-        Fault::new(FaultKind::InsufficientPermissions)
-            .path("/events")
-            .times(1),
-    );
-    let id =
-        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
-            .await;
-    e.drainer().drain_once().await.unwrap();
-    let row = e.t.row(id).await;
+    let (e, _, row) = upsert_into(FaultKind::InsufficientPermissions).await;
     assert_eq!(row.status, "DEAD_LETTER");
     assert!(
         row.last_error
@@ -412,22 +353,24 @@ async fn rate_limits_are_retried_with_growing_delays_and_retry_after_wins() {
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
 }
 
-#[tokio::test]
-async fn server_errors_are_retried() {
+/// A 500 then a 503 from `path`: each is retried, its `last_error` starting
+/// with its `codes`, and the item then completes.
+async fn server_errors_then_success(path: &str, codes: [&str; 2]) -> GoogleEnv {
     let e = env().await;
-    e.g.inject(Fault::new(FaultKind::BackendError).path("/events").times(1));
+    e.g.inject(Fault::new(FaultKind::BackendError).path(path).times(1));
     e.g.inject(
         Fault::new(FaultKind::ServiceUnavailable)
-            .path("/events")
+            .path(path)
             .times(1),
     );
     let d = e.drainer();
     let id =
         e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
             .await;
-    for expected in ["[google_500_backendError]", "[google_503_"] {
+    for expected in codes {
         d.drain_once().await.unwrap();
         let row = e.t.row(id).await;
+        assert_eq!(row.status, "PENDING");
         assert!(
             row.last_error.as_deref().unwrap().starts_with(expected),
             "{:?}",
@@ -437,6 +380,12 @@ async fn server_errors_are_retried() {
     }
     d.drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
+    e
+}
+
+#[tokio::test]
+async fn server_errors_are_retried() {
+    server_errors_then_success("/events", ["[google_500_backendError]", "[google_503_"]).await;
 }
 
 #[tokio::test]
@@ -456,12 +405,8 @@ async fn usage_limits_pause_the_connection_without_burning_attempts() {
     let other =
         e.t.insert("UPSERT_EVENT", upsert("w2", "w2@example.com", "s1", "v"))
             .await;
-    let config = DrainerConfig {
-        concurrency: 1,
-        batch_size: 1,
-        ..fast_config()
-    };
-    e.drainer_with(google_config(&e.g), config)
+    let config = one_at_a_time();
+    e.drainer_with(e.google_config(), config)
         .drain_once()
         .await
         .unwrap();
@@ -507,17 +452,7 @@ async fn a_missing_calendar_dead_letters_after_one_attempt() {
 
 #[tokio::test]
 async fn other_permissions_errors_dead_letter_without_retry() {
-    let e = env().await;
-    e.g.inject(
-        Fault::new(FaultKind::RequiredAccessLevel)
-            .path("/events")
-            .times(1),
-    );
-    let id =
-        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
-            .await;
-    e.drainer().drain_once().await.unwrap();
-    let row = e.t.row(id).await;
+    let (e, _, row) = upsert_into(FaultKind::RequiredAccessLevel).await;
     assert_eq!((row.status.as_str(), row.attempts), ("DEAD_LETTER", 1));
     assert!(
         row.last_error
@@ -529,18 +464,11 @@ async fn other_permissions_errors_dead_letter_without_retry() {
 
 #[tokio::test]
 async fn a_hanging_google_times_out_and_is_retried() {
-    let e = env().await;
-    e.g.inject(Fault::new(FaultKind::Hang).path("/events").times(1));
-    let d = e.drainer();
-    let id =
-        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
-            .await;
-    d.drain_once().await.unwrap();
-    let row = e.t.row(id).await;
+    let (e, id, row) = upsert_into(FaultKind::Hang).await;
     assert_eq!(row.status, "PENDING");
     assert!(row.last_error.unwrap().starts_with("[google_timeout]"));
     e.t.make_all_due().await;
-    d.drain_once().await.unwrap();
+    e.drainer().drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
 }
 
@@ -560,12 +488,8 @@ async fn both_error_shapes_classify_alike() {
     let b =
         e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s2", "v"))
             .await;
-    let config = DrainerConfig {
-        concurrency: 1,
-        batch_size: 1,
-        ..fast_config()
-    };
-    e.drainer_with(google_config(&e.g), config)
+    let config = one_at_a_time();
+    e.drainer_with(e.google_config(), config)
         .drain_once()
         .await
         .unwrap();
@@ -581,13 +505,9 @@ async fn a_circuit_breaker_pauses_a_failing_connection_while_others_proceed() {
             .path("/calendars/w1@example.com/")
             .times(3),
     );
-    let mut google = google_config(&e.g);
+    let mut google = e.google_config();
     google.breaker_threshold = 3;
-    let config = DrainerConfig {
-        concurrency: 1,
-        batch_size: 1,
-        ..fast_config()
-    };
+    let config = one_at_a_time();
     let d = e.drainer_with(google, config);
     for i in 0..4 {
         e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, &format!("s{i}"), "v"))
@@ -702,23 +622,14 @@ async fn rebuild_repairs_drift(matching: ExtPropMatch) {
 async fn key_rotation_keeps_old_rows_readable_and_reseals_them() {
     let e = env().await;
     let rotated = TokenCipher::from_keys([9; 32], vec![[7; 32]]);
-    let calendar = GoogleCalendar::new(&e.t.db, rotated.clone(), google_config(&e.g)).unwrap();
+    let calendar = GoogleCalendar::new(&e.t.db, rotated.clone(), e.google_config()).unwrap();
     let d = OutboxDrainer::new(e.t.db.clone(), calendar, fast_config()).unwrap();
     let id =
         e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
             .await;
     d.drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
-    let stored: String =
-        e.t.client()
-            .await
-            .query_one(
-                "SELECT refresh_token_encrypted FROM google_connections WHERE workspace_id = 'w1'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+    let stored = e.t.stored_token("w1").await;
     assert!(
         stored.starts_with(&format!("v1:{}:", rotated.current_key_id())),
         "re-sealed with the new key"
@@ -736,7 +647,7 @@ async fn a_token_under_an_unconfigured_key_waits_and_resumes_once_the_key_is_bac
     assert_eq!(unknown.len(), 1, "{unknown:?}");
     assert_eq!(unknown[0].key_id, e.cipher.current_key_id());
     assert_eq!(unknown[0].connections, 2);
-    let calendar = GoogleCalendar::new(&e.t.db, forgot, google_config(&e.g)).unwrap();
+    let calendar = GoogleCalendar::new(&e.t.db, forgot, e.google_config()).unwrap();
     let d = OutboxDrainer::new(e.t.db.clone(), calendar, fast_config()).unwrap();
     let id =
         e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
@@ -769,7 +680,7 @@ async fn a_token_under_an_unconfigured_key_waits_and_resumes_once_the_key_is_bac
             .unwrap()
             .is_empty()
     );
-    let calendar = GoogleCalendar::new(&e.t.db, fixed, google_config(&e.g)).unwrap();
+    let calendar = GoogleCalendar::new(&e.t.db, fixed, e.google_config()).unwrap();
     let d = OutboxDrainer::new(e.t.db.clone(), calendar, fast_config()).unwrap();
     e.t.make_all_due().await;
     d.drain_once().await.unwrap();
@@ -780,14 +691,7 @@ async fn a_token_under_an_unconfigured_key_waits_and_resumes_once_the_key_is_bac
 async fn a_tampered_token_under_a_known_key_invalidates_only_its_connection() {
     let e = env().await;
     let client = e.t.client().await;
-    let stored: String = client
-        .query_one(
-            "SELECT refresh_token_encrypted FROM google_connections WHERE workspace_id = 'w1'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let stored = e.t.stored_token("w1").await;
     let (head, payload) = stored.rsplit_once(':').unwrap();
     let flipped = if payload.starts_with('A') { 'B' } else { 'A' };
     let tampered = format!("{head}:{flipped}{}", &payload[1..]);
@@ -844,29 +748,6 @@ async fn any_2xx_answer_to_delete_is_success() {
 
 #[tokio::test]
 async fn token_endpoint_failures_are_retried() {
-    let e = env().await;
-    e.g.inject(Fault::new(FaultKind::BackendError).path("/token").times(1));
-    e.g.inject(
-        Fault::new(FaultKind::ServiceUnavailable)
-            .path("/token")
-            .times(1),
-    );
-    let d = e.drainer();
-    let id =
-        e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
-            .await;
-    for expected in ["[oauth_500]", "[oauth_503]"] {
-        d.drain_once().await.unwrap();
-        let row = e.t.row(id).await;
-        assert_eq!(row.status, "PENDING");
-        assert!(
-            row.last_error.as_deref().unwrap().starts_with(expected),
-            "{:?}",
-            row.last_error
-        );
-        e.t.make_all_due().await;
-    }
-    d.drain_once().await.unwrap();
-    assert_eq!(e.t.row(id).await.status, "COMPLETED");
+    let e = server_errors_then_success("/token", ["[oauth_500]", "[oauth_503]"]).await;
     assert!(calendar_sync::ops::list_connections(&e.t.db).await.unwrap()[0].is_valid);
 }

@@ -124,7 +124,7 @@ async fn the_key_value_form_takes_the_same_options() {
     };
     let kv = format!(
         "host=localhost port={} user=postgres dbname=postgres sslmode=verify-full sslrootcert='{}'",
-        c.cluster.port,
+        c.cluster.port(),
         c.pki.ca.display()
     );
     assert!(encrypted(&kv).await);
@@ -151,7 +151,7 @@ async fn from_pool_with_tls_uses_the_host_applications_connector() {
     let mut config = tokio_postgres::Config::new();
     config
         .host("localhost")
-        .port(c.cluster.port)
+        .port(c.cluster.port())
         .user("postgres")
         .dbname("postgres")
         .ssl_mode(tokio_postgres::config::SslMode::Require);

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
 
-use crate::processes::{Cluster, ClusterSetup};
+use crate::processes::{Cluster, ClusterSetup, start_cluster};
 
 /// The role that must log in with a client certificate (pg_hba `cert`).
 pub const CERT_USER: &str = "certuser";
@@ -100,6 +100,7 @@ impl TlsCluster {
     pub async fn start() -> Result<Option<Self>, String> {
         let pki = Pki::generate();
         let setup = ClusterSetup {
+            name: "tls".into(),
             files: vec![
                 ("server.crt".into(), pki.server_cert.clone()),
                 ("server.key".into(), pki.server_key.clone()),
@@ -119,7 +120,7 @@ impl TlsCluster {
                     .into(),
             ),
         };
-        let Some(cluster) = tokio::task::spawn_blocking(move || Cluster::start_with(&setup))
+        let Some(cluster) = tokio::task::spawn_blocking(move || start_cluster(&setup))
             .await
             .map_err(|e| e.to_string())??
         else {
@@ -149,8 +150,8 @@ impl TlsCluster {
     pub fn socket_config(&self) -> tokio_postgres::Config {
         let mut config = tokio_postgres::Config::new();
         config
-            .host_path(self.cluster.socket_dir())
-            .port(self.cluster.port)
+            .host_path(self.cluster.dir())
+            .port(self.cluster.port())
             .user("postgres")
             .dbname("postgres");
         config
@@ -158,7 +159,7 @@ impl TlsCluster {
 
     /// `postgres://USER@HOST:PORT/postgres?PARAMS`.
     pub fn url(&self, host: &str, user: &str, params: &str) -> String {
-        let port = self.cluster.port;
+        let port = self.cluster.port();
         format!("postgres://{user}@{host}:{port}/postgres?{params}")
     }
 

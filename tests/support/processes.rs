@@ -4,14 +4,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::net::TcpListener;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use calendar_sync::{Database, GoogleConfig, TokenCipher};
+pub use calendar_sync_demo::scratch::{Cluster, ClusterSetup, StopMode};
 use fake_google::FakeGoogle;
+
+use crate::TestDb;
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio_postgres::{Client, NoTls};
@@ -25,10 +26,7 @@ pub const WORKER_CLIENT_SECRET: &str = "GOCSPX-reliability-client-secret";
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    calendar_sync_demo::scratch::free_port().expect("a free port on 127.0.0.1")
 }
 
 // ---------------------------------------------------------------------------
@@ -205,6 +203,29 @@ impl GoogleWorld {
             google,
             workspaces: ids,
         }
+    }
+
+    /// A fresh migrated database, and the fake with `workspaces` workspaces
+    /// stored in it.
+    pub async fn with_database(workspaces: usize) -> (TestDb, Self) {
+        let t = TestDb::new().await;
+        let world = Self::start(&t.db, workspaces).await;
+        (t, world)
+    }
+
+    /// Makes `workspace`'s REBUILD_ALL hang in its list call (other calls
+    /// answer, e.g. a worker's calendars.get) and enqueues one; returns its
+    /// id.
+    pub async fn hung_rebuild(&self, t: &TestDb, workspace: &str) -> uuid::Uuid {
+        let calendar = Self::calendar_of(workspace);
+        self.google.inject(
+            fake_google::Fault::new(fake_google::FaultKind::Hang)
+                .method("GET")
+                .path(&format!("{calendar}/events"))
+                .times(1_000),
+        );
+        t.insert("REBUILD_ALL", crate::rebuild(workspace, &calendar))
+            .await
     }
 
     /// The cipher matching [`WORKER_KEY_B64`].
@@ -386,6 +407,20 @@ pub async fn wait_until<F, Fut>(
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits (see [`wait_until`]) until exactly `n` rows have one of `statuses`.
+pub async fn wait_for_rows(
+    config: &tokio_postgres::Config,
+    timeout: Duration,
+    statuses: &'static [&'static str],
+    n: i64,
+) {
+    let what = format!("{n} rows {}", statuses.join(" or "));
+    wait_until(config, timeout, &what, move |c| async move {
+        count_in(&c, statuses).await == n
+    })
+    .await;
 }
 
 /// Advisory locks of the library's namespace held in this database (row locks
@@ -638,248 +673,13 @@ impl Audit {
 // ---------------------------------------------------------------------------
 // A throwaway PostgreSQL cluster
 
-/// What a [`Cluster`] gets beyond initdb's defaults.
-#[derive(Debug, Default, Clone)]
-pub struct ClusterSetup {
-    /// Files (name, contents) written into the data directory, mode 0600.
-    pub files: Vec<(String, String)>,
-    /// Lines appended to `postgresql.conf`.
-    pub conf: String,
-    /// A replacement `pg_hba.conf`.
-    pub hba: Option<String>,
-}
-
-/// A PostgreSQL cluster in a temporary directory that the test owns: it can
-/// stop, crash and restart it. Stopped and deleted on drop.
-pub struct Cluster {
-    dir: PathBuf,
-    pg_ctl: PathBuf,
-    runuser: Option<PathBuf>,
-    /// The TCP port on 127.0.0.1.
-    pub port: u16,
-    running: bool,
-}
-
-impl Cluster {
-    /// Creates and starts a cluster; `Ok(None)` when the server binaries
-    /// (initdb, pg_ctl) are not installed, or when running as root without a
-    /// `postgres` OS user and `runuser` to run them as.
-    pub fn start() -> Result<Option<Cluster>, String> {
-        Self::start_with(&ClusterSetup::default())
+/// Starts a scratch cluster (the demo's [`Cluster`], blocking); `Ok(None)`
+/// when none can start here (no initdb/pg_ctl, or root without a `postgres`
+/// OS user and `runuser` to run them as).
+pub fn start_cluster(setup: &ClusterSetup) -> Result<Option<Cluster>, String> {
+    match Cluster::start(setup) {
+        Ok(cluster) => Ok(Some(cluster)),
+        Err(e) if e.is_unavailable() => Ok(None),
+        Err(e) => Err(format!("{e}\n{}", e.detail())),
     }
-
-    /// Like [`Cluster::start`], with extra files in the data directory, extra
-    /// `postgresql.conf` lines and, when given, a whole `pg_hba.conf`.
-    pub fn start_with(setup: &ClusterSetup) -> Result<Option<Cluster>, String> {
-        let Some((initdb, pg_ctl)) = find_server_binaries() else {
-            return Ok(None);
-        };
-        let dir = std::env::temp_dir().join(format!(
-            "calendar-sync-cluster-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..12]
-        ));
-        fs::create_dir(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-        let mut cluster = Cluster {
-            dir,
-            pg_ctl,
-            runuser: None,
-            port: free_port(),
-            running: false,
-        };
-        if is_root() {
-            let runuser = ["/usr/sbin/runuser", "/sbin/runuser", "/usr/bin/runuser"]
-                .into_iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file());
-            let (Some(runuser), Some((uid, gid))) = (runuser, os_user("postgres")) else {
-                return Ok(None);
-            };
-            std::os::unix::fs::chown(&cluster.dir, Some(uid), Some(gid))
-                .map_err(|e| format!("chown {}: {e}", cluster.dir.display()))?;
-            cluster.runuser = Some(runuser);
-        }
-        let data = cluster.dir.join("data");
-        let out = cluster
-            .command(&initdb)
-            .arg("-D")
-            .arg(&data)
-            .args([
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-            ])
-            .output();
-        check("initdb", out)?;
-        cluster.configure(&data, setup)?;
-        cluster.start_server()?;
-        Ok(Some(cluster))
-    }
-
-    /// Writes the setup's files (owned by the server's user, mode 0600) and
-    /// configuration into the data directory.
-    fn configure(&self, data: &Path, setup: &ClusterSetup) -> Result<(), String> {
-        let owner = self.runuser.as_ref().and_then(|_| os_user("postgres"));
-        let mut files: Vec<(String, &str)> = setup
-            .files
-            .iter()
-            .map(|(name, text)| (name.clone(), text.as_str()))
-            .collect();
-        if let Some(hba) = &setup.hba {
-            files.push(("pg_hba.conf".to_owned(), hba));
-        }
-        for (name, text) in files {
-            let path = data.join(&name);
-            fs::write(&path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
-            fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-            if let Some((uid, gid)) = owner {
-                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                    .map_err(|e| format!("chown {}: {e}", path.display()))?;
-            }
-        }
-        let conf = data.join("postgresql.conf");
-        let mut text = fs::read_to_string(&conf).map_err(|e| format!("read {conf:?}: {e}"))?;
-        text.push_str(&setup.conf);
-        fs::write(&conf, text).map_err(|e| format!("write {conf:?}: {e}"))
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut command = match &self.runuser {
-            Some(runuser) => {
-                let mut c = Command::new(runuser);
-                c.args(["-u", "postgres", "--"]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        };
-        command.current_dir(&self.dir);
-        command
-    }
-
-    fn start_server(&mut self) -> Result<(), String> {
-        let options = format!(
-            "-p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
-            self.port,
-            self.dir.display()
-        );
-        self.running = true;
-        let out = self
-            .command(&self.pg_ctl)
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .arg("-l")
-            .arg(self.dir.join("server.log"))
-            .args(["-w", "-t", "30", "-o", &options, "start"])
-            .output();
-        check("pg_ctl start", out).map_err(|e| format!("{e}; server log:\n{}", self.server_log()))
-    }
-
-    /// Stops the server: `fast` (clients disconnected, clean shutdown) or
-    /// `immediate` (a crash: recovery from the WAL at the next start).
-    pub fn stop(&mut self, mode: &str) {
-        let out = self
-            .command(&self.pg_ctl)
-            .arg("-D")
-            .arg(self.dir.join("data"))
-            .args(["-m", mode, "-w", "-t", "30", "stop"])
-            .output();
-        check("pg_ctl stop", out).expect("stop the cluster");
-        self.running = false;
-    }
-
-    /// Starts the stopped server again on the same port.
-    pub fn restart_server(&mut self) {
-        self.start_server().expect("start the cluster again");
-    }
-
-    /// Connection settings for a database of the cluster (user postgres).
-    pub fn config(&self, dbname: &str) -> tokio_postgres::Config {
-        let mut config = tokio_postgres::Config::new();
-        config
-            .host("127.0.0.1")
-            .port(self.port)
-            .user("postgres")
-            .dbname(dbname)
-            .connect_timeout(Duration::from_secs(3));
-        config
-    }
-
-    /// The URL of a database of the cluster.
-    pub fn url(&self, dbname: &str) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
-    }
-
-    /// The directory of the server's Unix socket.
-    pub fn socket_dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The server's log.
-    pub fn server_log(&self) -> String {
-        fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if self.running {
-            let _ = self
-                .command(&self.pg_ctl)
-                .arg("-D")
-                .arg(self.dir.join("data"))
-                .args(["-m", "immediate", "-w", "-t", "30", "stop"])
-                .output();
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// `initdb` and `pg_ctl` from one directory: PATH, then Debian's
-/// /usr/lib/postgresql/<version>/bin, newest first.
-fn find_server_binaries() -> Option<(PathBuf, PathBuf)> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| Some((e.file_name().to_str()?.parse().ok()?, e.path().join("bin"))))
-        .collect();
-    versions.sort_by_key(|v| std::cmp::Reverse(v.0));
-    dirs.extend(versions.into_iter().map(|(_, d)| d));
-    dirs.into_iter().find_map(|dir| {
-        let (initdb, pg_ctl) = (dir.join("initdb"), dir.join("pg_ctl"));
-        (initdb.is_file() && pg_ctl.is_file()).then_some((initdb, pg_ctl))
-    })
-}
-
-fn check(what: &str, output: std::io::Result<Output>) -> Result<(), String> {
-    let output = output.map_err(|e| format!("{what} could not run: {e}"))?;
-    if output.status.success() {
-        return Ok(());
-    }
-    Err(format!(
-        "{what} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr),
-        String::from_utf8_lossy(&output.stdout)
-    ))
-}
-
-fn is_root() -> bool {
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-fn os_user(name: &str) -> Option<(u32, u32)> {
-    let passwd = fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|line| {
-        let f: Vec<&str> = line.split(':').collect();
-        (f.len() > 3 && f[0] == name).then(|| Some((f[2].parse().ok()?, f[3].parse().ok()?)))?
-    })
 }

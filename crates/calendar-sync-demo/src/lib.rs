@@ -8,6 +8,10 @@
 //! producer would), drains them with the real [`OutboxDrainer`] and
 //! [`GoogleCalendar`] adapter, prints the resulting calendars and the outbox
 //! status, and removes everything it created, also when it fails.
+//!
+//! Its [`scratch`] module (a throwaway PostgreSQL cluster) is shared with the
+//! end-to-end tests, which start such clusters to restart, crash and
+//! TLS-configure a server they own.
 
 use std::fmt;
 use std::io::Write;
@@ -23,6 +27,7 @@ use serde_json::{Value, json};
 use tokio_postgres::Client;
 
 mod postgres;
+pub mod scratch;
 
 pub use postgres::DbChoice;
 

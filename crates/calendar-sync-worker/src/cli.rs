@@ -56,6 +56,8 @@ pub enum Command {
     Connections(ConnectionsCommand),
     /// Run the self-contained demo (fake Google, scratch database; uses
     /// DATABASE_URL if set). Logs go to a file it names unless -v.
+    // Hidden where the `demo` feature is off; `demo` then says how to get it.
+    #[command(hide = cfg!(not(feature = "demo")))]
     Demo {
         /// Show the worker's logs on stderr instead of writing them to a file.
         #[arg(short, long)]

@@ -4,6 +4,10 @@
 //!
 //! Exit codes: 0 success, 1 a runtime failure, 2 a bad flag, environment
 //! variable or configuration (one line on stderr, no backtrace).
+//!
+//! Cargo feature `demo` (default): the `demo` subcommand, which links the
+//! demo and the fake Google server. `--no-default-features` builds a lean
+//! production binary without them; its `demo` says so and exits 2.
 
 mod cli;
 mod commands;
@@ -75,6 +79,7 @@ fn report(result: Result<(), commands::Failure>) -> ExitCode {
 
 /// The demo's story on stdout; its logs (the staged failures' warnings among
 /// them) in a file it names, or on stderr with `-v`.
+#[cfg(feature = "demo")]
 async fn demo(
     format: LogFormat,
     verbose: bool,
@@ -95,9 +100,26 @@ async fn demo(
         .map_err(|e| runtime(&e))
 }
 
+/// A build without the `demo` feature (a lean production build) has no demo:
+/// it says so in one line, and how to get one, with exit code 2.
+#[cfg(not(feature = "demo"))]
+async fn demo(
+    _format: LogFormat,
+    _verbose: bool,
+    _out: &mut std::io::Stdout,
+) -> Result<(), commands::Failure> {
+    Err(commands::Failure::Config(
+        "this build of calendar-sync-worker has no demo (built without the `demo` feature); \
+         run it from a default build: cargo run -p calendar-sync-worker -- demo"
+            .to_owned(),
+    ))
+}
+
 /// Where logs go.
 enum Logs {
     Stderr,
+    /// The demo's log file.
+    #[cfg(feature = "demo")]
     File(std::fs::File),
 }
 
@@ -109,10 +131,12 @@ fn init_tracing(format: LogFormat, logs: Logs) {
     let _ = match (logs, format) {
         (Logs::Stderr, LogFormat::Text) => builder.with_writer(std::io::stderr).try_init(),
         (Logs::Stderr, LogFormat::Json) => builder.with_writer(std::io::stderr).json().try_init(),
+        #[cfg(feature = "demo")]
         (Logs::File(f), LogFormat::Text) => builder
             .with_writer(std::sync::Mutex::new(f))
             .with_ansi(false)
             .try_init(),
+        #[cfg(feature = "demo")]
         (Logs::File(f), LogFormat::Json) => builder
             .with_writer(std::sync::Mutex::new(f))
             .json()

@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use calendar_sync_tests::{
-    GoogleWorld, TestDb, WorkerProcess, count_in, enqueue_all, set_env, source_payload_upsert,
-};
+use calendar_sync_tests::{GoogleWorld, count_in, enqueue_all, set_env, source_payload_upsert};
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+mod common;
+use common::worker;
 const WORKSPACES: usize = 100_000;
 
 /// VmRSS of a process, in KiB.
@@ -31,8 +30,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "minutes long: run by .ci/run with --ignored"]
 async fn a_hundred_thousand_workspaces_leave_the_worker_under_64_mib() {
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 0).await;
+    let (t, world) = GoogleWorld::with_database(0).await;
     let client = t.client().await;
     let rows: Vec<_> = (0..WORKSPACES)
         .map(|i| {
@@ -45,7 +43,7 @@ async fn a_hundred_thousand_workspaces_leave_the_worker_under_64_mib() {
         .collect();
     let mut env = world.worker_env(&t.url());
     set_env(&mut env, "CALENDAR_SYNC_SHUTDOWN_GRACE_MS", "1000");
-    let mut worker = WorkerProcess::spawn("bounded", std::path::Path::new(BIN), &["run"], &env);
+    let mut worker = worker("bounded", &env);
     let started = std::time::Instant::now();
     let mut peak = 0;
     for chunk in rows.chunks(10_000) {

@@ -1,35 +1,15 @@
 //! The real binary, driven as a process against a real PostgreSQL and the fake Google.
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use calendar_sync_tests::{TestDb, upsert};
+use calendar_sync_tests::{TestDb, WORKER_KEY_B64 as KEY, free_port, upsert};
 use fake_google::FakeGoogle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-/// A command with a clean environment (nothing inherited that could steer it).
-fn worker(args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
-
-fn output(args: &[&str], env: &[(&str, &str)]) -> Output {
-    worker(args, env).output().expect("run the binary")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+mod common;
+use common::{command, run, text};
 
 #[test]
 fn bad_configuration_is_one_clear_line_and_exit_2() {
@@ -121,7 +101,7 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
         ),
     ];
     for (args, env, expected) in cases {
-        let out = output(&args, &env);
+        let out = run(&args, &env);
         let stderr = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?} {env:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
@@ -135,7 +115,7 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
 
 #[test]
 fn help_documents_each_variable_with_its_default() {
-    let out = output(&["run", "--help"], &[]);
+    let out = run(&["run", "--help"], &[]);
     assert_eq!(out.status.code(), Some(0));
     let help = text(&out.stdout);
     for (var, default) in [
@@ -169,13 +149,13 @@ fn help_documents_each_variable_with_its_default() {
 async fn migrate_twice_is_harmless() {
     let t = TestDb::empty().await;
     let url = t.url();
-    let first = output(&["migrate"], &[("DATABASE_URL", &url)]);
+    let first = run(&["migrate"], &[("DATABASE_URL", &url)]);
     assert_eq!(first.status.code(), Some(0), "{}", text(&first.stderr));
     assert!(text(&first.stdout).contains(&format!(
         "applied {} migration(s)",
         calendar_sync::testing::known_migrations()
     )));
-    let second = output(&["migrate"], &[("DATABASE_URL", &url)]);
+    let second = run(&["migrate"], &[("DATABASE_URL", &url)]);
     assert_eq!(second.status.code(), Some(0));
     assert!(text(&second.stdout).contains("applied 0 migration(s)"));
 }
@@ -205,25 +185,25 @@ async fn status_requeue_cleanup_and_connections_do_what_they_say() {
     )
     .await;
 
-    let out = output(&["status"], &env);
+    let out = run(&["status"], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let table = text(&out.stdout);
     assert!(
         table.contains("PENDING") && table.contains("google_404_notFound"),
         "{table}"
     );
-    let out = output(&["status", "--json"], &env);
+    let out = run(&["status", "--json"], &env);
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(json["counts"]["DEAD_LETTER"], 1);
     assert_eq!(json["dead_letters"][0]["workspace_id"], "w1");
 
     let id = dead.to_string();
-    let out = output(&["requeue", &id], &env);
+    let out = run(&["requeue", &id], &env);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stdout).contains("requeued 1 item(s)"));
     assert_eq!(t.row(dead).await.status, "PENDING");
     assert_eq!(t.row(dead).await.attempts, 0);
-    let out = output(&["requeue", &id], &env);
+    let out = run(&["requeue", &id], &env);
     assert_eq!(out.status.code(), Some(1), "not dead any more");
     client
         .execute(
@@ -232,7 +212,7 @@ async fn status_requeue_cleanup_and_connections_do_what_they_say() {
         )
         .await
         .unwrap();
-    let out = output(&["requeue", "--dead-letter", "--workspace", "w1"], &env);
+    let out = run(&["requeue", "--dead-letter", "--workspace", "w1"], &env);
     assert!(text(&out.stdout).contains("requeued 1 item(s)"));
 
     client
@@ -242,12 +222,12 @@ async fn status_requeue_cleanup_and_connections_do_what_they_say() {
         )
         .await
         .unwrap();
-    let out = output(&["cleanup", "--older-than-days", "30"], &env);
+    let out = run(&["cleanup", "--older-than-days", "30"], &env);
     assert_eq!(out.status.code(), Some(0));
     assert!(text(&out.stdout).contains("deleted 1 finished item(s)"));
 
     let token = "1//0gTOKEN-from-stdin-never-argv";
-    let mut child = worker(
+    let mut child = command(
         &[
             "connections",
             "put",
@@ -285,7 +265,7 @@ async fn status_requeue_cleanup_and_connections_do_what_they_say() {
         secrecy::ExposeSecret::expose_secret(&cipher.decrypt("w9", &stored).unwrap()),
         token
     );
-    let out = output(&["connections", "list"], &env);
+    let out = run(&["connections", "list"], &env);
     let listing = text(&out.stdout);
     assert!(
         listing.contains("w9@example.com") && listing.contains("yes"),
@@ -294,14 +274,6 @@ async fn status_requeue_cleanup_and_connections_do_what_they_say() {
     for printed in [listing, text(&out.stderr), table] {
         assert!(!printed.contains(token) && !printed.contains(&stored));
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn http_get(port: u16, path: &str) -> (u16, String) {
@@ -355,7 +327,7 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
     let url = t.url();
     let api = g.calendar_base_url();
     let token_url = g.token_url();
-    let mut child = worker(
+    let mut child = command(
         &["run"],
         &[
             ("DATABASE_URL", &url),
@@ -445,7 +417,7 @@ async fn a_forgotten_old_key_is_one_line_at_start_up_in_readyz_and_in_status() {
     .unwrap();
     let url = t.url();
     let kid = old.current_key_id().to_owned();
-    let out = output(
+    let out = run(
         &["status"],
         &[("DATABASE_URL", &url), ("TOKEN_ENCRYPTION_KEY", NEW_KEY)],
     );
@@ -457,7 +429,7 @@ async fn a_forgotten_old_key_is_one_line_at_start_up_in_readyz_and_in_status() {
     );
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
-    let mut child = worker(
+    let mut child = command(
         &["run"],
         &[
             ("DATABASE_URL", &url),

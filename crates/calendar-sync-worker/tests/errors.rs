@@ -2,24 +2,15 @@
 //! token endpoint) and the underlying cause, never a secret.
 
 use std::io::BufRead;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use calendar_sync_tests::{PASSWORD, PASSWORD_USER, TestDb, TlsCluster, free_port, upsert};
+use calendar_sync_tests::{
+    PASSWORD, PASSWORD_USER, TestDb, TlsCluster, WORKER_KEY_B64 as KEY, free_port, upsert,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
-const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run the binary")
-}
+mod common;
+use common::{command, run};
 
 /// `status` against `url`: exit 1 and its stderr.
 fn status_fails(url: &str) -> String {
@@ -77,11 +68,8 @@ fn run_against_a_closed_port_logs_host_port_and_the_os_error() {
     let target = format!("127.0.0.1:{}", free_port());
     let url = format!("postgres://postgres@{target}/postgres?sslmode=disable");
     let http = format!("127.0.0.1:{}", free_port());
-    let mut cmd = Command::new(BIN);
-    cmd.arg("run")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .envs(drainer_env(&url, &http))
+    let mut cmd = command(&["run"], &[]);
+    cmd.envs(drainer_env(&url, &http))
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -135,7 +123,7 @@ async fn a_wrong_password_and_a_tls_failure_are_said_in_words() {
         return;
     };
     let url = |password: &str, params: &str| {
-        let port = c.cluster.port;
+        let port = c.cluster.port();
         format!("postgres://{PASSWORD_USER}:{password}@localhost:{port}/postgres?{params}")
     };
     // The right password over TLS with channel binding (SCRAM-SHA-256-PLUS).

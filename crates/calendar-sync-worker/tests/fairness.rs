@@ -13,12 +13,13 @@ use std::time::{Duration, Instant};
 
 use calendar_sync_tests::{
     Audit, GoogleWorld, TestDb, WorkerProcess, count_in, enqueue_all, namespace_locks, rebuild,
-    set_env, source_payload_upsert, status_counts, wait_until,
+    set_env, source_payload_upsert, status_counts, wait_for_rows, wait_until,
 };
 use fake_google::{Fault, FaultKind, QuotaConfig};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+mod common;
+use common::worker;
 
 /// One heavy scenario at a time: on two cores, several at once would measure
 /// the scheduler.
@@ -38,10 +39,6 @@ fn quota_over(window: Duration) -> QuotaConfig {
 
 fn quota() -> QuotaConfig {
     quota_over(WINDOW)
-}
-
-fn worker(name: &str, env: &[(String, String)]) -> WorkerProcess {
-    WorkerProcess::spawn(name, std::path::Path::new(BIN), &["run"], env)
 }
 
 /// A worker's environment with the fake's quotas over `window` configured.
@@ -196,8 +193,7 @@ async fn slowest_pickup(t: &TestDb, workspace: &str, n: i64, timeout: Duration) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_tenant_does_not_hold_the_others_hostage() {
     let _heavy = HEAVY.lock().await;
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 2).await;
+    let (t, world) = GoogleWorld::with_database(2).await;
     world.google.set_latency(Duration::from_millis(20));
     world.google.set_quota(Some(quota()));
     let client = t.client().await;
@@ -228,12 +224,41 @@ async fn a_busy_tenant_does_not_hold_the_others_hostage() {
     assert!(share >= 0.95, "A used {:.1} % of its quota", share * 100.0);
 }
 
+/// Workers joining and leaving until `t`'s outbox is drained (panics after
+/// `timeout`): one (`PREFIX-0`), three 6 s later, two after another 8 s
+/// (`PREFIX-1` is kill -9'd), each with the quotas over [`JOIN_WINDOW`] and
+/// its own HTTP port. Returns the two still running, the killed one (its
+/// log is kept if the test fails) and how long it took.
+async fn come_and_go(
+    t: &TestDb,
+    world: &GoogleWorld,
+    prefix: &str,
+    timeout: Duration,
+) -> (Vec<WorkerProcess>, WorkerProcess, Duration) {
+    let start = |i: usize| {
+        worker(
+            &format!("{prefix}-{i}"),
+            &quota_env(world, &t.url(), JOIN_WINDOW),
+        )
+    };
+    let begun = Instant::now();
+    let mut workers = vec![start(0)];
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    workers.push(start(1));
+    workers.push(start(2));
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let mut killed = workers.remove(1);
+    killed.kill9();
+    // Whatever is left drains at two workers.
+    wait_for_rows(&t.config, timeout, &["PENDING", "PROCESSING"], 0).await;
+    (workers, killed, begun.elapsed())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workers_coming_and_going_share_the_project_quota() {
     let _heavy = HEAVY.lock().await;
-    let t = TestDb::new().await;
     // 40 tenants at 10/s each could do 400/s: the project's 166.7/s binds.
-    let world = GoogleWorld::start(&t.db, 40).await;
+    let (t, world) = GoogleWorld::with_database(40).await;
     world.google.set_latency(Duration::from_millis(20));
     world.google.set_quota(Some(quota_over(JOIN_WINDOW)));
     let client = t.client().await;
@@ -241,31 +266,8 @@ async fn workers_coming_and_going_share_the_project_quota() {
         .flat_map(|w| upserts(&format!("ws{w}"), 0..160, "s"))
         .collect();
     let items = enqueue_all(&client, &rows).await as i64;
-    // Each with its own HTTP port.
-    let start = |name: &str| worker(name, &quota_env(&world, &t.url(), JOIN_WINDOW));
-    let begun = Instant::now();
-    let mut workers = vec![start("come-0")];
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    workers.push(start("come-1"));
-    workers.push(start("come-2"));
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    workers[1].kill9();
-    // Whatever is left drains at two workers.
-    wait_until(
-        &t.config,
-        Duration::from_secs(90),
-        "everything finished",
-        move |c| async move {
-            c.query_one(
-                "SELECT count(*) FROM sync_outbox WHERE status IN ('PENDING', 'PROCESSING')",
-                &[],
-            )
-            .await
-            .is_ok_and(|r| r.get::<_, i64>(0) == 0)
-        },
-    )
-    .await;
-    let took = begun.elapsed();
+    let (mut workers, _killed, took) =
+        come_and_go(&t, &world, "come", Duration::from_secs(90)).await;
     // Calls Google received over the first window from the first call
     // (every tenant still has a backlog then: round robin drains them evenly),
     // 1 -> 3 -> 2 workers and the kill included.
@@ -274,7 +276,7 @@ async fn workers_coming_and_going_share_the_project_quota() {
     let allowed = f64::from(quota_over(JOIN_WINDOW).per_project);
     let share = done as f64 / allowed;
     let rejections = world.google.quota_rejections();
-    for w in workers.iter_mut().filter(|w| w.name != "come-1") {
+    for w in &mut workers {
         let (_, status) = w.terminate(Duration::from_secs(10)).await;
         assert_eq!(status.code(), Some(0), "{}: {}", w.name, w.log_tail(20));
     }
@@ -307,8 +309,7 @@ async fn workers_coming_and_going_share_the_project_quota() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_user_keeps_its_quota_while_workers_come_and_go() {
     let _heavy = HEAVY.lock().await;
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 10).await;
+    let (t, world) = GoogleWorld::with_database(10).await;
     world.google.set_latency(Duration::from_millis(20));
     world.google.set_quota(Some(quota_over(JOIN_WINDOW)));
     let client = t.client().await;
@@ -317,22 +318,8 @@ async fn a_hot_user_keeps_its_quota_while_workers_come_and_go() {
         rows.extend(upserts(&format!("ws{w}"), 0..250, "cold"));
     }
     let items = enqueue_all(&client, &rows).await as i64;
-    let start = |name: &str| worker(name, &quota_env(&world, &t.url(), JOIN_WINDOW));
-    let begun = Instant::now();
-    let mut workers = vec![start("hot-0")];
-    tokio::time::sleep(Duration::from_secs(6)).await;
-    workers.push(start("hot-1"));
-    workers.push(start("hot-2"));
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    workers[1].kill9();
-    wait_until(
-        &t.config,
-        Duration::from_secs(120),
-        "everything finished",
-        move |c| async move { count_in(&c, &["PENDING", "PROCESSING"]).await == 0 },
-    )
-    .await;
-    let took = begun.elapsed();
+    let (mut workers, _killed, took) =
+        come_and_go(&t, &world, "hot", Duration::from_secs(120)).await;
     let hot = counted_calls(&world, &GoogleWorld::calendar_of("ws0"));
     let (first, last) = (hot[0], *hot.last().unwrap());
     let per_user = f64::from(quota_over(JOIN_WINDOW).per_user);
@@ -355,7 +342,7 @@ async fn a_hot_user_keeps_its_quota_while_workers_come_and_go() {
     let rate = hot.len() as f64 / drained.as_secs_f64();
     let rejections = world.google.quota_rejections();
     let rejected: usize = answered(&world, &[403, 429]).iter().map(|(_, n)| n).sum();
-    for w in workers.iter_mut().filter(|w| w.name != "hot-1") {
+    for w in &mut workers {
         let (_, status) = w.terminate(Duration::from_secs(10)).await;
         assert_eq!(status.code(), Some(0), "{}: {}", w.name, w.log_tail(20));
     }
@@ -446,8 +433,7 @@ fn adoption_waits(world: &GoogleWorld) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_beyond_an_items_first_are_paid_for_too() {
     let _heavy = HEAVY.lock().await;
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 3).await;
+    let (t, world) = GoogleWorld::with_database(3).await;
     world.google.set_latency(Duration::from_millis(20));
     world.google.set_quota(Some(quota()));
     world.google.set_max_page_size(Some(5));
@@ -569,45 +555,19 @@ async fn calls_beyond_an_items_first_are_paid_for_too() {
     }
 }
 
-/// Starts a REBUILD_ALL of ws0 whose list call hangs, and waits until it is
-/// in flight.
+/// Starts a REBUILD_ALL of ws0 whose list call hangs, and a worker, and
+/// waits until the REBUILD_ALL is in flight (the only row in flight).
 async fn hanging_rebuild(t: &TestDb, world: &GoogleWorld) -> WorkerProcess {
-    // Its list call hangs; other GETs (each worker's calendars.get of a
-    // calendar it meets first) answer.
-    world.google.inject(
-        Fault::new(FaultKind::Hang)
-            .method("GET")
-            .path(&format!("{}/events", GoogleWorld::calendar_of("ws0")))
-            .times(1_000),
-    );
-    t.insert(
-        "REBUILD_ALL",
-        rebuild("ws0", &GoogleWorld::calendar_of("ws0")),
-    )
-    .await;
+    world.hung_rebuild(t, "ws0").await;
     let w = worker("fenced", &world.worker_env(&t.url()));
-    wait_until(
-        &t.config,
-        Duration::from_secs(20),
-        "the REBUILD_ALL in flight",
-        |c| async move {
-            c.query_one(
-                "SELECT count(*) FROM sync_outbox WHERE operation = 'REBUILD_ALL' AND status = 'PROCESSING'",
-                &[],
-            )
-            .await
-            .is_ok_and(|r| r.get::<_, i64>(0) == 1)
-        },
-    )
-    .await;
+    wait_for_rows(&t.config, Duration::from_secs(20), &["PROCESSING"], 1).await;
     w
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_fenced_behind_a_hung_rebuild_do_not_freeze_the_queue() {
     let _heavy = HEAVY.lock().await;
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 2).await;
+    let (t, world) = GoogleWorld::with_database(2).await;
     let client = t.client().await;
     let mut w = hanging_rebuild(&t, &world).await;
     enqueue_all(&client, &upserts("ws0", 0..5000, "fenced")).await;
@@ -631,8 +591,7 @@ async fn rows_fenced_behind_a_hung_rebuild_do_not_freeze_the_queue() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_of_a_calendar_runs_while_its_rebuild_is_in_flight() {
     let _heavy = HEAVY.lock().await;
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 2).await;
+    let (t, world) = GoogleWorld::with_database(2).await;
     let client = t.client().await;
     // A dead letter older than the REBUILD_ALL.
     let dead = t

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use calendar_sync_tests::{GoogleWorld, TestDb, WORKER_CLIENT_ID, WorkerProcess, upsert};
+use calendar_sync_tests::{GoogleWorld, TestDb, WORKER_CLIENT_ID, upsert};
 use secrecy::SecretString;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+mod common;
+use common::worker;
 const NEW_ACCOUNT: &str = "someone-else@example.com";
 const NEW_REFRESH_TOKEN: &str = "1//0g-refresh-new-account-secret";
 
@@ -33,8 +34,7 @@ fn sources_on(world: &GoogleWorld, calendar: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_reconnect_to_another_account_takes_effect_in_every_worker_at_once() {
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 1).await;
+    let (t, world) = GoogleWorld::with_database(1).await;
     let old_account = GoogleWorld::calendar_of("ws0");
     world
         .google
@@ -44,8 +44,8 @@ async fn a_reconnect_to_another_account_takes_effect_in_every_worker_at_once() {
     world.google.set_latency(Duration::from_millis(40));
     let env = world.worker_env(&t.url());
     let mut workers = [
-        WorkerProcess::spawn("w-a", std::path::Path::new(BIN), &["run"], &env),
-        WorkerProcess::spawn("w-b", std::path::Path::new(BIN), &["run"], &{
+        worker("w-a", &env),
+        worker("w-b", &{
             let mut env = env.clone();
             calendar_sync_tests::set_env(
                 &mut env,

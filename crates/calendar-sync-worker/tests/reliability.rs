@@ -12,20 +12,17 @@
 use std::time::Duration;
 
 use calendar_sync_tests::{
-    Audit, Cluster, GoogleWorld, Rng, TestDb, WORKER_CLIENT_SECRET, WORKER_KEY_B64, WorkerProcess,
-    connect, count_in, enqueue_all, finished, namespace_locks, set_env, source_payload_cancel,
-    source_payload_upsert, wait_until,
+    Audit, ClusterSetup, GoogleWorld, Rng, StopMode, TestDb, WORKER_CLIENT_SECRET, WORKER_KEY_B64,
+    WorkerProcess, connect, count_in, enqueue_all, finished, namespace_locks, set_env,
+    source_payload_cancel, source_payload_upsert, start_cluster, wait_until,
 };
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+mod common;
+use common::worker;
 
 /// One heavy scenario at a time (see the module docs).
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn worker(name: &str, env: &[(String, String)]) -> WorkerProcess {
-    WorkerProcess::spawn(name, std::path::Path::new(BIN), &["run"], env)
-}
 
 fn upserts(
     world: &GoogleWorld,
@@ -93,29 +90,11 @@ async fn kill9_in_flight(t: &TestDb, worker: &mut WorkerProcess) -> i64 {
     count_in(&t.client().await, &["PROCESSING"]).await
 }
 
-/// Terminates this database's sessions matching `filter` (a SQL condition on
-/// pg_stat_activity); returns how many.
-async fn terminate_sessions(t: &TestDb, filter: &str) -> i64 {
-    let client = t.client().await;
-    client
-        .query_one(
-            &format!(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-                  WHERE datname = current_database() AND pid <> pg_backend_pid() AND ({filter})"
-            ),
-            &[],
-        )
-        .await
-        .expect("terminate sessions")
-        .get(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_run_and_restart_lose_and_duplicate_nothing() {
     let _heavy = HEAVY.lock().await;
     let started = std::time::Instant::now();
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 40).await;
+    let (t, world) = GoogleWorld::with_database(40).await;
     world.google.set_latency(Duration::from_millis(15));
     let env = {
         let mut env = world.worker_env(&t.url());
@@ -176,8 +155,7 @@ async fn kill_9_mid_run_and_restart_lose_and_duplicate_nothing() {
 async fn four_workers_end_with_the_last_operation_of_every_source() {
     let _heavy = HEAVY.lock().await;
     let started = std::time::Instant::now();
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 20).await;
+    let (t, world) = GoogleWorld::with_database(20).await;
     world.google.set_latency(Duration::from_millis(5));
     let mut workers: Vec<WorkerProcess> = (0..4)
         .map(|i| {
@@ -246,8 +224,7 @@ async fn four_workers_end_with_the_last_operation_of_every_source() {
 async fn terminated_database_sessions_are_survived() {
     let _heavy = HEAVY.lock().await;
     let started = std::time::Instant::now();
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 20).await;
+    let (t, world) = GoogleWorld::with_database(20).await;
     world.google.set_latency(Duration::from_millis(10));
     let client = t.client().await;
     enqueue_all(&client, &upserts(&world, 0..800, "v1")).await;
@@ -266,7 +243,7 @@ async fn terminated_database_sessions_are_survived() {
     ] {
         until_finished(&t, at, Duration::from_secs(60)).await;
         until_in_flight(&t).await;
-        let n = terminate_sessions(&t, filter).await;
+        let n = t.kill_sessions(filter).await;
         assert!(n >= 1, "terminated {filter}");
         killed.push(n);
     }
@@ -297,7 +274,7 @@ async fn terminated_database_sessions_are_survived() {
 async fn a_postgresql_restart_mid_run_is_survived() {
     let _heavy = HEAVY.lock().await;
     let started = std::time::Instant::now();
-    let Some(mut cluster) = tokio::task::spawn_blocking(Cluster::start)
+    let Some(mut cluster) = tokio::task::spawn_blocking(|| start_cluster(&ClusterSetup::default()))
         .await
         .unwrap()
         .expect("start a throwaway cluster")
@@ -342,13 +319,15 @@ async fn a_postgresql_restart_mid_run_is_survived() {
     wait_for(300).await;
     // A clean restart (clients disconnected), then a crash (immediate stop:
     // recovery from the WAL at the next start).
-    cluster.stop("fast");
+    cluster.stop(StopMode::Fast).expect("stop the cluster");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.restart_server();
+    cluster.restart().expect("start the cluster again");
     wait_for(650).await;
-    cluster.stop("immediate");
+    cluster
+        .stop(StopMode::Immediate)
+        .expect("crash the cluster");
     tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.restart_server();
+    cluster.restart().expect("start the cluster again");
     wait_for(1000).await;
     assert!(w.is_running(), "the worker survived: {}", w.log_tail(20));
     let (_, status) = w.terminate(Duration::from_secs(10)).await;
@@ -369,8 +348,7 @@ async fn a_postgresql_restart_mid_run_is_survived() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_within_the_grace_and_leaves_nothing_held() {
     let _heavy = HEAVY.lock().await;
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 10).await;
+    let (t, world) = GoogleWorld::with_database(10).await;
     let client = t.client().await;
     enqueue_all(&client, &upserts(&world, 0..400, "v1")).await;
     let mut env = world.worker_env(&t.url());
@@ -451,8 +429,7 @@ async fn sigterm_under_load_exits_0_within_the_grace_and_leaves_nothing_held() {
 /// logs, `last_error`, `Debug` and the database).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_prints_no_secret() {
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 2).await;
+    let (t, world) = GoogleWorld::with_database(2).await;
     let g = &world.google;
     let client = t.client().await;
     enqueue_all(&client, &upserts(&world, 0..4, "v1")).await;
@@ -461,9 +438,7 @@ async fn the_binary_prints_no_secret() {
     // The fake Google runs on this runtime's other thread while the binary runs.
     let run = |args: &[&str], env: &[(String, String)]| {
         let out = tokio::task::block_in_place(|| {
-            std::process::Command::new(BIN)
-                .args(args)
-                .env_clear()
+            common::command(args, &[])
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .output()
         })

@@ -7,18 +7,15 @@
 use std::time::Duration;
 
 use calendar_sync_tests::{
-    Audit, GoogleWorld, TestDb, WorkerProcess, count_in, enqueue_all, set_env,
-    source_payload_upsert, wait_until,
+    Audit, GoogleWorld, TestDb, enqueue_all, set_env, source_payload_upsert, wait_for_rows,
+    wait_until,
 };
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+mod common;
+use common::worker;
 const GRACE: Duration = Duration::from_millis(1000);
-
-fn worker(name: &str, env: &[(String, String)]) -> WorkerProcess {
-    WorkerProcess::spawn(name, std::path::Path::new(BIN), &["run"], env)
-}
 
 /// Waits until a session of the test database waits for a lock in a statement
 /// matching `query` (a LIKE pattern).
@@ -42,8 +39,7 @@ async fn until_waiting(t: &TestDb, query: &'static str) {
 /// in flight another session locks it; after `blocked` is seen waiting,
 /// SIGTERM. Returns how long the exit took and how many rows it left PROCESSING.
 async fn sigterm_while_blocked(name: &str, latency: Duration, blocked: &'static str) {
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 1).await;
+    let (t, world) = GoogleWorld::with_database(1).await;
     world.google.set_method_latency("POST", latency);
     let client = t.client().await;
     let ws = &world.workspaces[0];
@@ -59,13 +55,7 @@ async fn sigterm_while_blocked(name: &str, latency: Duration, blocked: &'static 
         &GRACE.as_millis().to_string(),
     );
     let mut first = worker(name, &env);
-    wait_until(
-        &t.config,
-        Duration::from_secs(20),
-        "the row in flight",
-        |c| async move { count_in(&c, &["PROCESSING"]).await == 1 },
-    )
-    .await;
+    wait_for_rows(&t.config, Duration::from_secs(20), &["PROCESSING"], 1).await;
 
     let mut holder = t.client().await;
     let tx = holder.transaction().await.unwrap();

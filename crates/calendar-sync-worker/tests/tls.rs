@@ -7,11 +7,12 @@ use std::time::Duration;
 
 use calendar_sync::Database;
 use calendar_sync_tests::{
-    Audit, GoogleWorld, TlsCluster, WorkerProcess, count_in, enqueue_all, finished,
-    namespace_locks, source_payload_upsert, wait_until,
+    Audit, GoogleWorld, TlsCluster, count_in, enqueue_all, finished, namespace_locks,
+    source_payload_upsert, wait_until,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+mod common;
+use common::worker;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_over_verify_full_encrypts_every_session_and_survives_kill_9() {
@@ -49,7 +50,7 @@ async fn a_worker_over_verify_full_encrypts_every_session_and_survives_kill_9() 
         }
     };
     let env = world.worker_env(&url);
-    let mut first = WorkerProcess::spawn("tls-first", BIN.as_ref(), &["run"], &env);
+    let mut first = worker("tls-first", &env);
     until(150).await;
     let (sessions, encrypted) = worker_sessions(&admin).await;
     assert!(
@@ -58,7 +59,7 @@ async fn a_worker_over_verify_full_encrypts_every_session_and_survives_kill_9() 
     );
     assert_eq!(encrypted, sessions, "every worker session shows ssl = t");
     first.kill9();
-    let mut second = WorkerProcess::spawn("tls-second", BIN.as_ref(), &["run"], &env);
+    let mut second = worker("tls-second", &env);
     until(600).await;
     let (sessions, encrypted) = worker_sessions(&admin).await;
     assert_eq!(encrypted, sessions, "after the restart too: {sessions}");

@@ -2,26 +2,10 @@
 //! usage errors are complete, variables a subcommand does not read cannot stop
 //! it, and the output of migrate and demo is undisturbed by logs.
 
-use std::process::{Command, Output};
-
 use calendar_sync_tests::TestDb;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
-
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(BIN);
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().expect("run the binary")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+mod common;
+use common::{run, text};
 
 #[test]
 fn each_subcommands_help_lists_only_what_it_reads() {
@@ -112,6 +96,41 @@ async fn a_second_migrate_prints_no_notice() {
     }
 }
 
+#[cfg(feature = "demo")]
+#[test]
+fn the_demo_is_listed_in_help() {
+    let out = run(&["--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(
+        help.lines().any(|l| l.trim_start().starts_with("demo ")),
+        "{help}"
+    );
+}
+
+/// `cargo test -p calendar-sync-worker --no-default-features --test usage`
+/// runs this one against the lean binary.
+#[cfg(not(feature = "demo"))]
+#[test]
+fn a_build_without_the_demo_says_so_in_one_line_and_exits_2() {
+    for args in [vec!["demo"], vec!["demo", "-v"]] {
+        let out = run(&args, &[("RUST_BACKTRACE", "1")]);
+        let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+        assert_eq!(out.status.code(), Some(2), "{stdout}{stderr}");
+        assert_eq!(stdout, "");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+        assert!(
+            stderr.contains("has no demo")
+                && stderr.contains("`demo` feature")
+                && stderr.contains("cargo run -p calendar-sync-worker -- demo"),
+            "{stderr}"
+        );
+    }
+    let out = run(&["--help"], &[]);
+    assert!(!text(&out.stdout).contains("demo"), "hidden from --help");
+}
+
+#[cfg(feature = "demo")]
 #[test]
 fn the_demo_tells_its_story_without_log_lines() {
     let out = run(&["demo"], &[]);

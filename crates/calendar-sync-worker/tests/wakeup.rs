@@ -10,26 +10,24 @@
 use std::time::{Duration, Instant};
 
 use calendar_sync_tests::{
-    GoogleWorld, TestDb, WorkerProcess, count_in, rebuild, set_env, source_payload_upsert,
-    wait_until,
+    GoogleWorld, TestDb, WorkerProcess, count_in, set_env, source_payload_upsert, wait_for_rows,
 };
-use fake_google::{Fault, FaultKind};
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-const BIN: &str = env!("CARGO_BIN_EXE_calendar-sync-worker");
+mod common;
+use common::worker;
 const ROWS: usize = 30;
 
 /// One scenario at a time: pickup figures, not the scheduler's.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 async fn start(name: &str) -> (TestDb, GoogleWorld, WorkerProcess) {
-    let t = TestDb::new().await;
-    let world = GoogleWorld::start(&t.db, 2).await;
+    let (t, world) = GoogleWorld::with_database(2).await;
     let mut env = world.worker_env(&t.url());
     set_env(&mut env, "CALENDAR_SYNC_POLL_INTERVAL_MS", "5000");
     set_env(&mut env, "CALENDAR_SYNC_SHUTDOWN_GRACE_MS", "500");
-    let worker = WorkerProcess::spawn(name, std::path::Path::new(BIN), &["run"], &env);
+    let worker = worker(name, &env);
     // Let it connect, find nothing and go to sleep.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     (t, world, worker)
@@ -131,13 +129,7 @@ async fn a_blocked_row_does_not_suppress_the_wake_up() {
         false,
     )
     .await;
-    wait_until(
-        &t.config,
-        Duration::from_secs(20),
-        "the first completed",
-        |c| async move { count_in(&c, &["COMPLETED"]).await == 1 },
-    )
-    .await;
+    wait_for_rows(&t.config, Duration::from_secs(20), &["COMPLETED"], 1).await;
     world
         .google
         .set_method_latency("PUT", Duration::from_secs(600));
@@ -147,13 +139,7 @@ async fn a_blocked_row_does_not_suppress_the_wake_up() {
         false,
     )
     .await;
-    wait_until(
-        &t.config,
-        Duration::from_secs(20),
-        "the update in flight",
-        |c| async move { count_in(&c, &["PROCESSING"]).await == 1 },
-    )
-    .await;
+    wait_for_rows(&t.config, Duration::from_secs(20), &["PROCESSING"], 1).await;
     insert(
         &mut producer,
         &source_payload_upsert(ws, "stuck", "v3"),
@@ -174,23 +160,10 @@ async fn rows_fenced_behind_a_rebuild_do_not_suppress_the_wake_up() {
     let (t, world, mut worker) = start("wakeup-fenced").await;
     let mut producer = t.client().await;
     let ws = &world.workspaces[1];
-    let calendar = GoogleWorld::calendar_of(ws);
     // A REBUILD_ALL of ws1 whose list call hangs in Google: ws1's rows
     // written after it are due, and fenced for as long as it is in flight.
-    world.google.inject(
-        Fault::new(FaultKind::Hang)
-            .method("GET")
-            .path(&format!("{calendar}/events"))
-            .times(1_000),
-    );
-    let fence = t.insert("REBUILD_ALL", rebuild(ws, &calendar)).await;
-    wait_until(
-        &t.config,
-        Duration::from_secs(20),
-        "the REBUILD_ALL in flight",
-        |c| async move { count_in(&c, &["PROCESSING"]).await == 1 },
-    )
-    .await;
+    let fence = world.hung_rebuild(&t, ws).await;
+    wait_for_rows(&t.config, Duration::from_secs(20), &["PROCESSING"], 1).await;
     for source in ["fenced-a", "fenced-b", "fenced-c"] {
         insert(
             &mut producer,
