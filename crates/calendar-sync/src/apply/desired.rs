@@ -35,9 +35,16 @@ pub struct DesiredEvent {
     pub event: EventDetails,
 }
 
-/// A boxed future, so that [`EventSource`] can be used as a trait object.
-pub type SourceFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<DesiredEvent>, String>> + Send + 'a>>;
+/// A boxed future, so that [`EventSource`] can be used as a trait object. Its
+/// error is the application's own, boxed: a failed page is retried with
+/// backoff, and `last_error` reads `[event_source]` and the error's chain.
+pub type SourceFuture<'a> = Pin<
+    Box<
+        dyn Future<Output = Result<Vec<DesiredEvent>, Box<dyn std::error::Error + Send + Sync>>>
+            + Send
+            + 'a,
+    >,
+>;
 
 /// The application's current state, for REBUILD_ALL.
 pub trait EventSource: Send + Sync + 'static {
@@ -129,7 +136,7 @@ impl Desired {
             Self::Source(source) => source
                 .desired_events(calendar, after, limit)
                 .await
-                .map_err(|e| ApplyError::Database(format!("the event source failed: {e}")))?
+                .map_err(ApplyError::Source)?
                 .into_iter()
                 .map(|d| {
                     wanted(
@@ -237,9 +244,11 @@ mod tests {
     async fn a_pool_failure_names_host_port_and_the_cause() {
         let url = "postgres://postgres@127.0.0.1:1/app?sslmode=disable&connect_timeout=5";
         let db = Database::connect(url, 1).unwrap();
-        let Err(ApplyError::Database(message)) = Desired::choose(None, &db).await else {
+        let Err(ApplyError::Database(error)) = Desired::choose(None, &db).await else {
             panic!("the pool cannot connect");
         };
+        assert!(matches!(error, crate::Error::Connect { .. }), "{error:?}");
+        let message = ApplyError::Database(error).to_string();
         assert!(
             message.contains("127.0.0.1:1, database \"app\""),
             "{message}"
