@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use calendar_sync::{DrainerConfig, GoogleCalendar, GoogleConfig, OutboxDrainer, TokenCipher};
+use calendar_sync::{
+    Calendar, CalendarErrorKind, CalendarKey, DrainerConfig, GoogleCalendar, GoogleConfig,
+    OutboxDrainer, TokenCipher,
+};
 use calendar_sync_tests::{TestDb, cancel, fast_config, rebuild, upsert};
 use fake_google::{
     ApiMethod, CancelledWritePolicy, ExtPropMatch, FakeGoogle, Fault, FaultKind, PagingMode,
@@ -869,4 +872,75 @@ async fn token_endpoint_failures_are_retried() {
     d.drain_once().await.unwrap();
     assert_eq!(e.t.row(id).await.status, "COMPLETED");
     assert!(calendar_sync::ops::list_connections(&e.t.db).await.unwrap()[0].is_valid);
+}
+
+/// `CalendarError::status` is the HTTP status of the answer (the token
+/// endpoint's for `oauth_*` codes), `None` when none came; the adapter tells
+/// a second 401 by it.
+#[tokio::test]
+async fn calendar_errors_carry_the_http_status_of_the_answer() {
+    let e = env().await;
+    let calendar = GoogleCalendar::new(&e.t.db, e.cipher.clone(), google_config(&e.g)).unwrap();
+    let key = |ws: &str| CalendarKey {
+        workspace_id: ws.into(),
+        calendar_id: format!("{ws}@example.com"),
+    };
+    let err = calendar
+        .get_event(&key("w1"), "nosuchevent")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind, err.status),
+        (CalendarErrorKind::NotFound, Some(404)),
+        "{err}"
+    );
+
+    e.g.inject(Fault::new(FaultKind::Hang).path("/events").times(1));
+    let err = calendar
+        .get_event(&key("w1"), "nosuchevent")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.status),
+        ("google_timeout", None),
+        "{err}"
+    );
+
+    // A 401 refreshes the token and retries once; a second one is final.
+    let unauthorized = FaultKind::Raw {
+        status: 401,
+        content_type: "application/json".into(),
+        body: r#"{"error":{"code":401,"message":"Invalid Credentials","errors":[{"reason":"authError"}]}}"#.into(),
+    };
+    e.g.inject(Fault::new(unauthorized).path("/events").times(2));
+    let refreshes = e.g.token_refresh_count("rt-w1");
+    let err = calendar
+        .get_event(&key("w1"), "nosuchevent")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind, err.code.as_str(), err.status),
+        (
+            CalendarErrorKind::ConnectionInvalid,
+            "google_401_authError",
+            Some(401)
+        ),
+        "{err}"
+    );
+    assert_eq!(e.g.token_refresh_count("rt-w1"), refreshes + 1);
+
+    e.g.inject(
+        Fault::new(FaultKind::ServiceUnavailable)
+            .path("/token")
+            .times(1),
+    );
+    let err = calendar
+        .get_event(&key("w2"), "nosuchevent")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.status),
+        ("oauth_503", Some(503)),
+        "{err}"
+    );
 }

@@ -336,7 +336,9 @@ fn classify_token_error<RE: std::error::Error + 'static>(
     status: u16,
 ) -> CalendarError {
     let retryable_status = status >= 500 || status == 408 || status == 429;
-    match error {
+    // 0: no answer arrived.
+    let answered = (status != 0).then_some(status);
+    let error = match error {
         RequestTokenError::ServerResponse(response) => {
             let code = response.error().as_ref().to_owned();
             let description = response.error_description().cloned().unwrap_or_default();
@@ -371,5 +373,6 @@ fn classify_token_error<RE: std::error::Error + 'static>(
             format!("oauth_{status}"),
             format!("token endpoint answered {status} with an unreadable body"),
         ),
-    }
+    };
+    error.with_status(answered)
 }

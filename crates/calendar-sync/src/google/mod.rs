@@ -278,11 +278,11 @@ impl GoogleCalendar {
                 Ok(result) => result.map_err(|e| classify(e, &capture)),
             };
             match result {
-                Err(e) if e.code.starts_with("google_401") && !refreshed => {
+                Err(e) if e.status == Some(401) && !refreshed => {
                     self.tokens.forget(workspace, &token).await;
                     refreshed = true;
                 }
-                Err(e) if e.code.starts_with("google_401") => {
+                Err(e) if e.status == Some(401) => {
                     break Err(CalendarError::new(
                         CalendarErrorKind::ConnectionInvalid,
                         e.code,
@@ -290,7 +290,8 @@ impl GoogleCalendar {
                             "Google refused a freshly refreshed access token: {}",
                             e.message
                         ),
-                    ));
+                    )
+                    .with_status(e.status));
                 }
                 other => break other,
             }
@@ -456,7 +457,7 @@ fn classify(error: google_calendar3::common::Error, capture: &Capture) -> Calend
             let err = &body["error"];
             let status = err["code"]
                 .as_u64()
-                .map(|c| c as u16)
+                .and_then(|c| u16::try_from(c).ok())
                 .or(capture.status)
                 .unwrap_or(400);
             let reason = err["errors"][0]["reason"]
@@ -501,6 +502,7 @@ fn classify(error: google_calendar3::common::Error, capture: &Capture) -> Calend
         first_line(&message),
     )
     .with_retry_after(capture.retry_after)
+    .with_status(Some(status))
 }
 
 fn first_line(text: &str) -> String {
@@ -625,9 +627,7 @@ impl Calendar for GoogleCalendar {
             // Whether Google lets a cancelled event be updated is undocumented;
             // if it refuses, look: a cancelled event needs a fresh id, which the
             // engine takes when it sees `cancelled`.
-            Err(e)
-                if e.kind == CalendarErrorKind::Permanent && e.code.starts_with("google_403") =>
-            {
+            Err(e) if e.kind == CalendarErrorKind::Permanent && e.status == Some(403) => {
                 let current = expect_event(self.call(target, &Request::Get(event_id)).await?)?;
                 if current.cancelled {
                     Ok(current)
