@@ -86,7 +86,8 @@
 //! - **Secrets:** [`TokenCipher`] seals refresh tokens; [`crypto`] holds its
 //!   key and envelope errors.
 //! - **Operators:** [`ops`]: `put_connection`, `list_connections`, `requeue`,
-//!   `cleanup`, `status`, `readiness`, `unknown_key_ids`.
+//!   `cleanup`, `status`, `readiness` (with [`ops::NotReady`]),
+//!   `unknown_key_ids`.
 //!
 //! Nothing else is public. (`testing` is hidden: it opens the claim statement
 //! and event ids to this workspace's own tests and benchmarks, and may change
