@@ -214,7 +214,9 @@ pub enum ErrorClass {
     Permanent,
     /// DEAD_LETTER, the workspace's connection marked invalid, its other items dead-lettered.
     ConnectionInvalid,
-    /// Back to PENDING after the long cool-down, without burning an attempt.
+    /// Back to PENDING after the error's `retry_after` (without one:
+    /// [`DrainerConfig::backoff_cap`](crate::DrainerConfig::backoff_cap)),
+    /// without burning an attempt.
     Paused,
 }
 

@@ -23,13 +23,14 @@ pub struct DrainerConfig {
     pub concurrency: usize,
     /// First retry delay; doubles per attempt. Default: 1 s.
     pub backoff_base: Duration,
-    /// Longest retry delay. Default: 1 h.
+    /// Longest retry delay; also how long a paused item waits when its
+    /// calendar gave no retry-after (Google's usage-limit pause is
+    /// [`GoogleConfig::usage_limit_pause`](crate::GoogleConfig::usage_limit_pause)).
+    /// Default: 1 h.
     pub backoff_cap: Duration,
     /// Random spread of retry delays, as a fraction (0.2 = ±20 %), so that a burst
     /// of failures does not retry in lockstep. Default: 0.2.
     pub backoff_jitter: f64,
-    /// How long a usage-limited connection (403 quotaExceeded) waits. Default: 1 h.
-    pub usage_limit_pause: Duration,
     /// On stop, how long in-flight items may finish before they are released
     /// back to PENDING. Default: 30 s.
     pub shutdown_grace: Duration,
@@ -53,7 +54,6 @@ impl Default for DrainerConfig {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(3600),
             backoff_jitter: 0.2,
-            usage_limit_pause: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(30),
             rebuild_chunk: 500,
             settle: Duration::ZERO,

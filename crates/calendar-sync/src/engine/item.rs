@@ -368,7 +368,10 @@ async fn record_failure<C: Calendar>(
             dead_or_lost(store::dead_letter(&*pooled, item, &message).await?, 0)
         }
         ErrorClass::Paused => {
-            let pause = error.retry_after.unwrap_or(config.usage_limit_pause);
+            // The calendar knows how long its pauses last (Google's usage
+            // limits: `GoogleConfig::usage_limit_pause`); one that does not say
+            // waits the longest retry delay.
+            let pause = error.retry_after.unwrap_or(config.backoff_cap);
             defer(&*pooled, item, pause, &message, Wait::Other).await?
         }
         ErrorClass::ConnectionInvalid => {

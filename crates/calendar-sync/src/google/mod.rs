@@ -69,7 +69,9 @@ pub struct GoogleConfig {
     pub breaker_threshold: u32,
     /// How long an open breaker pauses its connection. Default: 60 s.
     pub breaker_cool_down: Duration,
-    /// How long Google's usage limits (403 `quotaExceeded`) pause a connection. Default: 1 h.
+    /// How long Google's usage limits (403 `quotaExceeded`) pause a
+    /// connection. The only setting of this pause: its errors carry it as
+    /// their retry-after, which the engine waits out. Default: 1 h.
     pub usage_limit_pause: Duration,
 }
 
