@@ -62,6 +62,12 @@ impl Default for DrainerConfig {
 }
 
 impl DrainerConfig {
+    /// `max_attempts` as the database counts attempts (`integer`);
+    /// [`DrainerConfig::validate`] keeps it in range.
+    pub(crate) fn attempt_limit(&self) -> i32 {
+        i32::try_from(self.max_attempts).unwrap_or(i32::MAX)
+    }
+
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), Error> {
         let fail = |msg: &str| Err(Error::Config(msg.to_owned()));
@@ -74,7 +80,7 @@ impl DrainerConfig {
         if self.concurrency == 0 {
             return fail("concurrency must be at least 1");
         }
-        if self.max_attempts == 0 || self.max_attempts > i32::MAX as u32 {
+        if self.max_attempts == 0 || i32::try_from(self.max_attempts).is_err() {
             return fail("max_attempts must be at least 1");
         }
         if self.poll_interval.is_zero() {

@@ -106,7 +106,7 @@
 //!   [`DrainerConfig::max_attempts`] and fails is dead-lettered. Waits for
 //!   quota, pauses and shutdown use no attempt.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod apply;
 mod calendar;
@@ -118,6 +118,9 @@ mod error;
 mod google;
 mod operation;
 pub mod ops;
+// Its items are written `pub` in a crate-private module; they become
+// `pub(crate)` once the schema squash (issue 15 §1) has landed in store.
+#[expect(unreachable_pub, reason = "store is being rewritten by the SQL squash")]
 mod store;
 #[doc(hidden)]
 pub mod testing;

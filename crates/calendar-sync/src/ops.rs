@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio_postgres::error::SqlState;
@@ -176,6 +177,10 @@ impl StatusReport {
     }
 
     /// Publishes the report as gauges through the `metrics` facade.
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts as gauges: f64 is exact to 2^53"
+    )]
     pub fn record_gauges(&self) {
         for (status, count) in &self.counts {
             metrics::gauge!("calendar_sync_outbox_items", "status" => status.clone())
@@ -296,7 +301,8 @@ fn cut(text: &str, max: usize) -> String {
 }
 
 fn human_duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
+    // Whole seconds; an age too large for a Duration reads as the largest.
+    let s = Duration::try_from_secs_f64(secs.max(0.0).round()).map_or(u64::MAX, |d| d.as_secs());
     match s {
         0..60 => format!("{s} s"),
         60..3600 => format!("{} min {} s", s / 60, s % 60),

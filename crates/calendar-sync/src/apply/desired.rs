@@ -76,7 +76,7 @@ pub(crate) struct Wanted {
 
 impl Desired {
     /// The first configured source.
-    pub async fn choose(
+    pub(crate) async fn choose(
         source: Option<&Arc<dyn EventSource>>,
         db: &Database,
     ) -> Result<Self, ApplyError> {
@@ -90,7 +90,7 @@ impl Desired {
     }
 
     /// Which source this is, for the row's `result`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Source(_) => "event_source",
             Self::View => "sql_view",
@@ -102,7 +102,7 @@ impl Desired {
     /// calendar (its own id first): the application may list a source under
     /// `primary` or under the owner's address. The bindings are keyed by the
     /// calendar's own id alone: they read the first name only.
-    pub async fn page_of_names(
+    pub(crate) async fn page_of_names(
         &self,
         db: &Database,
         names: &[CalendarKey],
@@ -125,7 +125,7 @@ impl Desired {
     }
 
     /// The next page of desired sources after `after`.
-    pub async fn page(
+    pub(crate) async fn page(
         &self,
         db: &Database,
         calendar: &CalendarKey,
@@ -152,7 +152,7 @@ impl Desired {
                 &**db.client().await?,
                 calendar,
                 after,
-                limit as i64,
+                i64::try_from(limit).unwrap_or(i64::MAX),
             )
             .await?
             .into_iter()
@@ -183,7 +183,8 @@ impl Desired {
             })
             .collect(),
             Self::Bindings => {
-                store::live_bindings_page(&**db.client().await?, calendar, after, limit as i64)
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                store::live_bindings_page(&**db.client().await?, calendar, after, limit)
                     .await?
                     .into_iter()
                     .map(|b| Wanted {

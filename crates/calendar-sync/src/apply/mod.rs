@@ -47,7 +47,7 @@ pub(crate) struct Applied {
 
 impl Applied {
     /// Nothing to do: the desired state already holds.
-    pub fn unchanged() -> Self {
+    pub(crate) fn unchanged() -> Self {
         Self {
             binding: None,
             result: None,
@@ -163,7 +163,10 @@ pub fn event_body(upsert: &UpsertEvent) -> EventBody {
 }
 
 /// The private extended properties that mark an event as ours.
-pub fn source_properties(source: &SourceKey, event_type: Option<&str>) -> BTreeMap<String, String> {
+pub(crate) fn source_properties(
+    source: &SourceKey,
+    event_type: Option<&str>,
+) -> BTreeMap<String, String> {
     let mut props = BTreeMap::from([
         (
             PROP_WORKSPACE.to_owned(),
@@ -179,7 +182,7 @@ pub fn source_properties(source: &SourceKey, event_type: Option<&str>) -> BTreeM
 }
 
 /// SHA-256 (hex) of the body as we would send it.
-pub fn content_hash(body: &EventBody) -> String {
+pub(crate) fn content_hash(body: &EventBody) -> String {
     let bytes = serde_json::to_vec(body).expect("an EventBody always serialises");
     data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes))
 }

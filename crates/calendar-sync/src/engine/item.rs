@@ -120,6 +120,10 @@ pub(crate) async fn record_successes<C: Calendar>(
         })
         .collect();
     let started = std::time::Instant::now();
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a row count as a metric: f64 is exact to 2^53"
+    )]
     metrics::histogram!("calendar_sync_record_batch_rows").record(batch.len() as f64);
     let recorded = async {
         let client = shared.db.client().await?;
@@ -427,7 +431,7 @@ async fn retry<C: Calendar>(
     let status = store::fail_retryable(
         client,
         item,
-        config.max_attempts as i32,
+        config.attempt_limit(),
         delay.as_secs_f64(),
         error,
     )
@@ -446,7 +450,10 @@ fn backoff_for(
     retry_after: Option<Duration>,
 ) -> Duration {
     retry_delay(
-        (item.attempts.max(1) as u32).saturating_add(item.rate_limited.max(0) as u32),
+        item.attempts
+            .max(1)
+            .unsigned_abs()
+            .saturating_add(item.rate_limited.max(0).unsigned_abs()),
         config.backoff_base,
         config.backoff_cap,
         config.backoff_jitter,

@@ -91,7 +91,7 @@ pub(crate) struct Tokens {
 }
 
 impl Tokens {
-    pub fn new(
+    pub(crate) fn new(
         config: &OAuthConfig,
         db: Database,
         cipher: TokenCipher,
@@ -122,7 +122,7 @@ impl Tokens {
     }
 
     /// How many refresh requests this process has sent.
-    pub fn refresh_count(&self) -> u64 {
+    pub(crate) fn refresh_count(&self) -> u64 {
         self.refreshes.load(Ordering::Relaxed)
     }
 
@@ -141,7 +141,10 @@ impl Tokens {
     /// refresh: they wait on the workspace's slot while the first refreshes.
     /// A reconnect anywhere (a new connection version) drops the cached token
     /// before it is used again.
-    pub async fn access_token(&self, workspace_id: &str) -> Result<SecretString, CalendarError> {
+    pub(crate) async fn access_token(
+        &self,
+        workspace_id: &str,
+    ) -> Result<SecretString, CalendarError> {
         let version = self.version(workspace_id).await?;
         let slot = self.slot(workspace_id);
         let mut slot = slot.lock().await;
@@ -169,7 +172,7 @@ impl Tokens {
 
     /// Drops `stale` from the cache (after Google answered 401 to it), unless
     /// another caller already replaced it.
-    pub async fn forget(&self, workspace_id: &str, stale: &SecretString) {
+    pub(crate) async fn forget(&self, workspace_id: &str, stale: &SecretString) {
         let slot = self.slot(workspace_id);
         let mut slot = slot.lock().await;
         if slot
@@ -182,7 +185,7 @@ impl Tokens {
     }
 
     /// Drops whatever is cached, so the next call reads the connection again.
-    pub async fn forget_all(&self, workspace_id: &str) {
+    pub(crate) async fn forget_all(&self, workspace_id: &str) {
         self.slot(workspace_id).lock().await.cached = None;
     }
 

@@ -125,6 +125,18 @@ pub struct GoogleCalendar {
     resolved: Mutex<IdleMap<Option<(i64, String)>>>,
 }
 
+impl std::fmt::Debug for GoogleCalendar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens.
+        f.debug_struct("GoogleCalendar")
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .field("budget", &self.budget)
+            .field("usage_pause", &self.usage_pause)
+            .finish_non_exhaustive()
+    }
+}
+
 impl GoogleCalendar {
     /// Builds the client; connections are read from `db` when first needed.
     pub fn new(db: &Database, cipher: TokenCipher, config: GoogleConfig) -> Result<Self, Error> {
