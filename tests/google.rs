@@ -391,10 +391,10 @@ async fn rate_limits_are_retried_with_growing_delays_and_retry_after_wins() {
         d.drain_once().await.unwrap();
         let row = e.t.row(id).await;
         assert_eq!(row.status, "PENDING", "{:?}", row.last_error);
-        delays.push(row.delay_secs.round() as i64);
+        delays.push(row.delay_secs.round());
         e.t.make_all_due().await;
     }
-    assert_eq!(delays, [1, 2, 4]);
+    assert_eq!(delays, [1.0, 2.0, 4.0]);
     e.g.inject(
         Fault::new(FaultKind::TooManyRequests {
             retry_after: Some(30),
@@ -404,7 +404,7 @@ async fn rate_limits_are_retried_with_growing_delays_and_retry_after_wins() {
     );
     d.drain_once().await.unwrap();
     let row = e.t.row(id).await;
-    assert_eq!(row.delay_secs.round() as i64, 30);
+    assert_eq!(row.delay_secs.round(), 30.0);
     assert!(
         row.last_error
             .unwrap()
