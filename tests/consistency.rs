@@ -215,11 +215,11 @@ async fn a_longer_backoff_beats_a_short_retry_after_and_an_http_date_is_honoured
         d.drain_once().await.unwrap();
         let row = e.t.row(id).await;
         assert_eq!(row.status, "PENDING", "{:?}", row.last_error);
-        delays.push(row.delay_secs.round() as i64);
+        delays.push(row.delay_secs.round());
         e.t.make_all_due().await;
     }
-    assert_eq!(delays[..4], [1, 2, 4, 8], "{delays:?}");
-    assert!((595..=600).contains(&delays[4]), "{delays:?}");
+    assert_eq!(delays[..4], [1.0, 2.0, 4.0, 8.0], "{delays:?}");
+    assert!((595.0..=600.0).contains(&delays[4]), "{delays:?}");
     let error = e.t.row(id).await.last_error.unwrap();
     assert!(
         error.starts_with("[google_429_rateLimitExceeded]"),

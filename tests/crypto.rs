@@ -54,7 +54,7 @@ fn test_vector() {
     assert_eq!(env, VECTOR_ENVELOPE);
     let pt = c.decrypt(VECTOR_WORKSPACE, VECTOR_ENVELOPE).unwrap();
     assert_eq!(pt.expose_secret(), VECTOR_PLAINTEXT);
-    let raw: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let raw: [u8; 32] = std::array::from_fn(|i| u8::try_from(i).unwrap());
     assert_eq!(
         TokenCipher::from_keys(raw, vec![]).current_key_id(),
         VECTOR_KID

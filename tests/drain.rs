@@ -402,12 +402,12 @@ async fn retries_back_off_exponentially_then_dead_letter() {
             row.last_error.as_deref(),
             Some("[google_503] backend unavailable")
         );
-        delays.push(row.delay_secs.round() as i64);
+        delays.push(row.delay_secs.round());
         // Not due yet: a drain now does nothing.
         assert_eq!(d.drain_once().await.unwrap().claimed, 0);
         t.make_all_due().await;
     }
-    assert_eq!(delays, [1, 2, 4, 8]);
+    assert_eq!(delays, [1.0, 2.0, 4.0, 8.0]);
     d.drain_once().await.unwrap();
     let row = t.row(id).await;
     assert_eq!((row.status.as_str(), row.attempts), ("DEAD_LETTER", 5));
@@ -436,7 +436,7 @@ async fn retry_after_from_the_service_wins() {
     drainer(&t, &cal, fast_config()).drain_once().await.unwrap();
     let row = t.row(id).await;
     assert_eq!(row.status, "PENDING");
-    assert_eq!(row.delay_secs.round() as i64, 120);
+    assert_eq!(row.delay_secs.round(), 120.0);
 }
 
 #[tokio::test]
@@ -455,11 +455,16 @@ async fn usage_limits_pause_without_burning_attempts() {
     let id = t
         .insert("UPSERT_EVENT", upsert("w1", "c1", "s1", "v1"))
         .await;
-    let report = drainer(&t, &cal, fast_config()).drain_once().await.unwrap();
+    // A calendar that does not say how long waits the longest retry delay.
+    let config = DrainerConfig {
+        backoff_cap: Duration::from_secs(1800),
+        ..fast_config()
+    };
+    let report = drainer(&t, &cal, config).drain_once().await.unwrap();
     assert_eq!(report.deferred, 1);
     let row = t.row(id).await;
     assert_eq!((row.status.as_str(), row.attempts), ("PENDING", 0));
-    assert_eq!(row.delay_secs.round() as i64, 3600);
+    assert_eq!(row.delay_secs.round(), 1800.0);
 }
 
 #[tokio::test]

@@ -3,9 +3,13 @@
 //! error"; the message is in the error's source chain), and so does the
 //! readiness check behind `/readyz` and `run`'s start-up warning.
 
+use std::error::Error as _;
+
+use calendar_sync::ops::NotReady;
 use calendar_sync::{GoogleCalendar, GoogleConfig, OutboxDrainer, TokenCipher};
 use calendar_sync_tests::{MemoryCalendar, TestDb, fast_config, rebuild, upsert};
 use secrecy::SecretString;
+use tokio_postgres::error::SqlState;
 
 /// What a failed item's row must say: the `[database]` code, the server's own
 /// words, and not the bare wrapper.
@@ -103,14 +107,68 @@ async fn a_failing_connection_read_keeps_postgresqls_message() {
     assert_keeps_postgresqls_message(error, "column \"connection_version\" does not exist");
 }
 
+/// Readiness says why in a variant, with PostgreSQL's own words kept in the
+/// source where there are any.
 #[tokio::test]
-async fn readiness_keeps_postgresqls_message() {
+async fn readiness_says_why_in_a_variant() {
     let t = TestDb::empty().await;
+    let known = calendar_sync::testing::known_migrations();
     let e = calendar_sync::ops::readiness(&t.db).await.unwrap_err();
     println!("{e}");
-    assert!(e.starts_with("migrations not applied: "), "{e}");
     assert!(
-        e.contains("relation \"calendar_sync_migrations\" does not exist"),
+        matches!(e, NotReady::MigrationsMissing { applied: 0, known: k } if k == known),
+        "{e:?}"
+    );
+    assert_eq!(
+        e.to_string(),
+        format!("0 of {known} migrations applied; run `calendar-sync-worker migrate`")
+    );
+
+    // A migrations table that cannot be read: the driver's error is the source.
+    t.client()
+        .await
+        .batch_execute(
+            "CREATE FUNCTION boom() RETURNS SETOF int LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'boom from the test'; END $$;
+             CREATE VIEW calendar_sync_migrations AS SELECT * FROM boom() AS version;",
+        )
+        .await
+        .unwrap();
+    let e = calendar_sync::ops::readiness(&t.db).await.unwrap_err();
+    println!("{e}");
+    let NotReady::MigrationsUnreadable(pg) = &e else {
+        panic!("{e:?}");
+    };
+    assert_eq!(pg.code(), Some(&SqlState::RAISE_EXCEPTION));
+    let source = e.source().expect("a source");
+    assert!(source.downcast_ref::<tokio_postgres::Error>().is_some());
+    assert!(
+        e.to_string()
+            .starts_with("cannot read the applied migrations: "),
         "{e}"
     );
+    assert!(e.to_string().contains("boom from the test"), "{e}");
+
+    // No session at all: the pool's error, naming the server, is the source.
+    let db = calendar_sync::Database::connect(
+        "postgres://postgres@127.0.0.1:1/app?sslmode=disable&connect_timeout=5",
+        1,
+    )
+    .unwrap();
+    let e = calendar_sync::ops::readiness(&db).await.unwrap_err();
+    println!("{e}");
+    assert!(matches!(e, NotReady::Unreachable(_)), "{e:?}");
+    let source = e.source().expect("a source");
+    assert!(
+        matches!(
+            source.downcast_ref::<calendar_sync::Error>(),
+            Some(calendar_sync::Error::Connect { .. })
+        ),
+        "{source:?}"
+    );
+    assert!(e.to_string().contains("127.0.0.1:1"), "{e}");
+    assert!(e.to_string().contains("Connection refused"), "{e}");
+
+    let t = TestDb::new().await;
+    calendar_sync::ops::readiness(&t.db).await.expect("ready");
 }

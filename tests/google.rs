@@ -3,7 +3,10 @@
 
 use std::time::Duration;
 
-use calendar_sync::{DrainerConfig, GoogleCalendar, OutboxDrainer, TokenCipher};
+use calendar_sync::{
+    Calendar, CalendarErrorKind, CalendarKey, DrainerConfig, GoogleCalendar, OutboxDrainer,
+    TokenCipher,
+};
 use calendar_sync_tests::{CLIENT_ID, GoogleEnv, OutboxRow, cancel, fast_config, rebuild, upsert};
 use fake_google::{ApiMethod, CancelledWritePolicy, ExtPropMatch, Fault, FaultKind, PagingMode};
 use secrecy::SecretString;
@@ -329,10 +332,10 @@ async fn rate_limits_are_retried_with_growing_delays_and_retry_after_wins() {
         d.drain_once().await.unwrap();
         let row = e.t.row(id).await;
         assert_eq!(row.status, "PENDING", "{:?}", row.last_error);
-        delays.push(row.delay_secs.round() as i64);
+        delays.push(row.delay_secs.round());
         e.t.make_all_due().await;
     }
-    assert_eq!(delays, [1, 2, 4]);
+    assert_eq!(delays, [1.0, 2.0, 4.0]);
     e.g.inject(
         Fault::new(FaultKind::TooManyRequests {
             retry_after: Some(30),
@@ -342,7 +345,7 @@ async fn rate_limits_are_retried_with_growing_delays_and_retry_after_wins() {
     );
     d.drain_once().await.unwrap();
     let row = e.t.row(id).await;
-    assert_eq!(row.delay_secs.round() as i64, 30);
+    assert_eq!(row.delay_secs.round(), 30.0);
     assert!(
         row.last_error
             .unwrap()
@@ -406,14 +409,14 @@ async fn usage_limits_pause_the_connection_without_burning_attempts() {
         e.t.insert("UPSERT_EVENT", upsert("w2", "w2@example.com", "s1", "v"))
             .await;
     let config = one_at_a_time();
-    e.drainer_with(e.google_config(), config)
-        .drain_once()
-        .await
-        .unwrap();
+    // The pause is the adapter's setting alone; the engine waits it out.
+    let mut google = e.google_config();
+    google.usage_limit_pause = Duration::from_secs(1800);
+    e.drainer_with(google, config).drain_once().await.unwrap();
     for id in [first, second] {
         let row = e.t.row(id).await;
         assert_eq!((row.status.as_str(), row.attempts), ("PENDING", 0));
-        assert!((row.delay_secs - 3600.0).abs() < 5.0, "{}", row.delay_secs);
+        assert!((row.delay_secs - 1800.0).abs() < 5.0, "{}", row.delay_secs);
     }
     assert_eq!(
         e.g.calls(ApiMethod::Insert),
@@ -750,4 +753,75 @@ async fn any_2xx_answer_to_delete_is_success() {
 async fn token_endpoint_failures_are_retried() {
     let e = server_errors_then_success("/token", ["[oauth_500]", "[oauth_503]"]).await;
     assert!(calendar_sync::ops::list_connections(&e.t.db).await.unwrap()[0].is_valid);
+}
+
+/// `CalendarError::status` is the HTTP status of the answer (the token
+/// endpoint's for `oauth_*` codes), `None` when none came; the adapter tells
+/// a second 401 by it.
+#[tokio::test]
+async fn calendar_errors_carry_the_http_status_of_the_answer() {
+    let e = env().await;
+    let calendar = GoogleCalendar::new(&e.t.db, e.cipher.clone(), e.google_config()).unwrap();
+    let key = |ws: &str| CalendarKey {
+        workspace_id: ws.into(),
+        calendar_id: format!("{ws}@example.com"),
+    };
+    let err = calendar
+        .get_event(&key("w1"), "nosuchevent")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind, err.status),
+        (CalendarErrorKind::NotFound, Some(404)),
+        "{err}"
+    );
+
+    e.g.inject(Fault::new(FaultKind::Hang).path("/events").times(1));
+    let err = calendar
+        .get_event(&key("w1"), "nosuchevent")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.status),
+        ("google_timeout", None),
+        "{err}"
+    );
+
+    // A 401 refreshes the token and retries once; a second one is final.
+    let unauthorized = FaultKind::Raw {
+        status: 401,
+        content_type: "application/json".into(),
+        body: r#"{"error":{"code":401,"message":"Invalid Credentials","errors":[{"reason":"authError"}]}}"#.into(),
+    };
+    e.g.inject(Fault::new(unauthorized).path("/events").times(2));
+    let refreshes = e.g.token_refresh_count("rt-w1");
+    let err = calendar
+        .get_event(&key("w1"), "nosuchevent")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.kind, err.code.as_str(), err.status),
+        (
+            CalendarErrorKind::ConnectionInvalid,
+            "google_401_authError",
+            Some(401)
+        ),
+        "{err}"
+    );
+    assert_eq!(e.g.token_refresh_count("rt-w1"), refreshes + 1);
+
+    e.g.inject(
+        Fault::new(FaultKind::ServiceUnavailable)
+            .path("/token")
+            .times(1),
+    );
+    let err = calendar
+        .get_event(&key("w2"), "nosuchevent")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code.as_str(), err.status),
+        ("oauth_503", Some(503)),
+        "{err}"
+    );
 }

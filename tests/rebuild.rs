@@ -337,3 +337,43 @@ async fn a_long_rebuild_lets_other_work_through_between_chunks() {
     assert_eq!(counts(&result), (50, 0, 0, 0));
     assert_eq!(result["source"], json!("event_source"));
 }
+
+/// An application's state that cannot be read: its own error, boxed.
+struct FailingSource;
+
+impl EventSource for FailingSource {
+    fn desired_events<'a>(
+        &'a self,
+        _calendar: &'a CalendarKey,
+        _after: Option<&'a SourceCursor>,
+        _limit: usize,
+    ) -> SourceFuture<'a> {
+        let cause =
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "the app's database timed out");
+        Box::pin(async move { Err(cause.into()) })
+    }
+}
+
+/// A failing `EventSource` is retried like a failure of ours, and
+/// `last_error` says whose it was and keeps the error's words.
+#[tokio::test]
+async fn a_failing_event_source_is_retried_with_its_error() {
+    let t = TestDb::new().await;
+    let cal = MemoryCalendar::new();
+    let d = OutboxDrainer::with_event_source(
+        t.db.clone(),
+        cal.clone(),
+        fast_config(),
+        Arc::new(FailingSource),
+    )
+    .unwrap();
+    let rb = t.insert("REBUILD_ALL", rebuild("w1", CAL)).await;
+    let report = d.drain_once().await.unwrap();
+    assert_eq!(report.retried, 1, "{report:?}");
+    let row = t.row(rb).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("PENDING", 1));
+    assert_eq!(
+        row.last_error.as_deref(),
+        Some("[event_source] the app's database timed out")
+    );
+}

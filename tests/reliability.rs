@@ -293,7 +293,7 @@ async fn a_429_storm_is_waited_out_without_a_retry_storm() {
         .await;
     // No retry storm: every call either completed an item or met one of the
     // 40 faults (a rate-limited item waits; it does not hammer).
-    let completed = audit.status("COMPLETED") as usize;
+    let completed = usize::try_from(audit.status("COMPLETED")).unwrap();
     assert!(
         calls <= completed + 40 && audit.max_attempts <= 5,
         "{calls} calls for {completed} completions and 40 faults: {audit:?}"

@@ -20,7 +20,10 @@ async fn migrations_rerun_cleanly_and_concurrently() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(applied as usize, calendar_sync::testing::known_migrations());
+    assert_eq!(
+        usize::try_from(applied).unwrap(),
+        calendar_sync::testing::known_migrations()
+    );
 }
 
 #[tokio::test]
@@ -348,8 +351,12 @@ async fn outbox_ids_are_time_ordered_uuid_v7() {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_millis() as u64;
-    assert!(now.abs_diff(millis(&ids[0])) < 60_000, "{}", ids[0]);
+        .as_millis();
+    assert!(
+        now.abs_diff(u128::from(millis(&ids[0]))) < 60_000,
+        "{}",
+        ids[0]
+    );
 }
 
 /// A claim token is held exactly while a row is PROCESSING; outcomes rely on

@@ -284,7 +284,7 @@ async fn measure(
         t.config.clone(),
         MemoryCalendar::new(),
         DrainerConfig::default(),
-        measured as u64,
+        u64::try_from(measured).expect("a count"),
     )
     .await;
     let io = run.io;

@@ -385,7 +385,10 @@ pub async fn run(quick: bool) {
         json!("Probe(GoogleCalendar) -> fake Google, 100 ms latency"),
     );
     report.set("back_to_back", separate.json);
-    report.set("back_to_back_settle_ms", json!(SETTLE.as_millis() as u64));
+    report.set(
+        "back_to_back_settle_ms",
+        json!(u64::try_from(SETTLE.as_millis()).expect("ms")),
+    );
     report.set("back_to_back_settled", settled.json);
     report.set("one_transaction", together.json);
     report.finish(quick);

@@ -195,8 +195,18 @@ pub async fn workers_come_and_go(quick: bool) {
     reset(&admin).await;
     // More than the run can drain: the backlog lasts.
     let rate = f64::from(quota.per_project) / window.as_secs_f64();
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a backlog size from a rate: float to int saturates, which is right"
+    )]
     let n = (rate * (phase * 4).as_secs_f64() * 1.3) as i64;
-    backlog(&admin, n, workspaces as i64, "c").await;
+    backlog(
+        &admin,
+        n,
+        i64::try_from(workspaces).expect("workspaces"),
+        "c",
+    )
+    .await;
     let g = fake(workspaces, quota).await;
     let mut handles = vec![start(&t, &g, quota)];
     tokio::time::sleep(phase).await;

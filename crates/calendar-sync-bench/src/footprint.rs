@@ -226,7 +226,13 @@ async fn binary_run(
         .map(|p| rss_mib(*p).map_or(f64::NAN, |r| r.0))
         .collect();
     let calls_before = api_calls(fake_port).await;
-    backlog(admin, items, WORKSPACES as i64, prefix).await;
+    backlog(
+        admin,
+        items,
+        i64::try_from(WORKSPACES).expect("workspaces"),
+        prefix,
+    )
+    .await;
     let before = finished(admin).await;
     let cpu_before: Vec<f64> = pids
         .iter()
@@ -256,7 +262,7 @@ async fn binary_run(
         .expect("count completed")
         .get(0);
     // Each process also asks once per calendar what its id is (calendars.get).
-    let resolutions = (processes * WORKSPACES) as i64;
+    let resolutions = i64::try_from(processes * WORKSPACES).expect("resolutions");
     let calls_per_item = calls.saturating_sub(resolutions) as f64 / completed.max(1) as f64;
     assert!(
         completed > 0 && calls_per_item < 1.05,
@@ -297,7 +303,13 @@ async fn engine_processes(t: &TestDb, admin: &Client, processes: usize, items: i
         children.push(child);
     }
     let started = Instant::now();
-    backlog(admin, items, WORKSPACES as i64, "e").await;
+    backlog(
+        admin,
+        items,
+        i64::try_from(WORKSPACES).expect("workspaces"),
+        "e",
+    )
+    .await;
     while finished(admin).await < items {
         assert!(
             started.elapsed() < Duration::from_secs(300),

@@ -10,6 +10,11 @@
 //! suite from rotting); full runs write their results. See
 //! `docs/benchmarks/README.md`.
 
+#![expect(
+    clippy::cast_precision_loss,
+    reason = "benchmark statistics: counts, sizes and durations far below 2^53, as f64"
+)]
+
 mod backlog_scale;
 mod baseline;
 mod calls;

@@ -182,7 +182,10 @@ pub async fn run(quick: bool) {
     report.set("window_s", json!(window.as_secs_f64()));
     report.set("per_user", json!(quota.per_user));
     report.set("per_project", json!(quota.per_project));
-    report.set("latency_ms", json!(LATENCY.as_millis() as u64));
+    report.set(
+        "latency_ms",
+        json!(u64::try_from(LATENCY.as_millis()).expect("ms")),
+    );
     report.set("workspaces", json!(workspaces));
     report.set("duration_s", json!(duration.as_secs_f64()));
     report.set(
@@ -222,9 +225,19 @@ async fn run_case(
         .batch_execute("UPDATE google_connections SET paused_until = NULL")
         .await
         .expect("unpause");
-    let rate = quota.per_project as f64 / quota.window.as_secs_f64();
+    let rate = f64::from(quota.per_project) / quota.window.as_secs_f64();
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "a backlog size from a rate: float to int saturates, which is right"
+    )]
     let n = (rate * duration.as_secs_f64() * 1.5) as i64;
-    backlog(&admin, n, workspaces as i64, "q").await;
+    backlog(
+        &admin,
+        n,
+        i64::try_from(workspaces).expect("workspaces"),
+        "q",
+    )
+    .await;
     let g = FakeGoogle::start().await;
     seed_fake(&g, workspaces);
     g.set_latency(LATENCY);
@@ -289,7 +302,7 @@ fn measure(g: &FakeGoogle, quota: QuotaConfig, duration: Duration, report: Drain
     let late_rejection_times: Vec<f64> = rejected.iter().copied().filter(|&s| s >= w).collect();
     let late_rejections = late_rejection_times.len();
     let end = duration.as_secs_f64();
-    let per = quota.per_project as f64;
+    let per = f64::from(quota.per_project);
     let steady = accepted.iter().filter(|&&s| s >= w && s < end).count() as f64;
     let steady_share = steady / (per * (end - w) / w);
     let first_share = accepted.iter().filter(|&&s| s < w).count() as f64 / per;
@@ -302,10 +315,16 @@ fn measure(g: &FakeGoogle, quota: QuotaConfig, duration: Duration, report: Drain
         peak = peak.max(j - i);
     }
     let rate = per / w;
-    let buckets = end.ceil() as usize;
-    let mut counts = vec![0usize; buckets];
+    // One bucket per whole second of the run (times are non-negative seconds).
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "whole seconds of a run: float to int saturates, which is right"
+    )]
+    let second = |s: f64| s as usize;
+    let mut counts = vec![0usize; second(end.ceil())];
     for s in &accepted {
-        if let Some(c) = counts.get_mut(*s as usize) {
+        if let Some(c) = counts.get_mut(second(*s)) {
             *c += 1;
         }
     }

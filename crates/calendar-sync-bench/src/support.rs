@@ -228,6 +228,11 @@ pub async fn reset(admin: &Client) {
 }
 
 /// The `p`-th percentile (0..=100) of sorted values, nearest rank.
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a rank in 1..=len: float to int saturates, and the clamp bounds it"
+)]
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;

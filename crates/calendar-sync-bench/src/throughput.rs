@@ -91,7 +91,7 @@ pub async fn run(quick: bool) {
             t.config.clone(),
             calendar(&case),
             case.config.clone(),
-            n_case as u64,
+            u64::try_from(n_case).expect("a count"),
         )
         .await;
         // The same drain, smaller, through the counting proxy.
@@ -104,7 +104,7 @@ pub async fn run(quick: bool) {
             through(&t, &proxy),
             calendar(&case),
             case.config.clone(),
-            n_wire as u64,
+            u64::try_from(n_wire).expect("a count"),
         )
         .await;
         let wire = proxy.stats();
@@ -322,7 +322,7 @@ pub async fn one_run(t: &TestDb, config: DrainerConfig, n: i64) -> DrainRun {
         t.config.clone(),
         MemoryCalendar::new(),
         config,
-        n as u64,
+        u64::try_from(n).expect("a count"),
     )
     .await
 }
@@ -337,7 +337,7 @@ pub async fn profile_drain(args: &[String]) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(default)
     };
-    let n = value("--items", 2_000) as i64;
+    let n = i64::try_from(value("--items", 2_000)).expect("--items");
     let concurrency = value("--concurrency", DrainerConfig::default().concurrency);
     let t = TestDb::new().await;
     let config = DrainerConfig {

@@ -31,7 +31,15 @@ pub async fn run(quick: bool) {
             let mut pg = t.config.clone();
             pg.ssl_mode(*mode);
             let config = DrainerConfig::default();
-            let run = drain_backlog(&t, &admin, pg, MemoryCalendar::new(), config, n as u64).await;
+            let run = drain_backlog(
+                &t,
+                &admin,
+                pg,
+                MemoryCalendar::new(),
+                config,
+                u64::try_from(n).expect("a count"),
+            )
+            .await;
             rates[i].push(run.rate());
         }
     }

@@ -553,8 +553,8 @@ async fn wait_until_drained(client: &Client, label: &str) -> Result<Duration, De
             )
             .await?;
         let (open, total): (i64, i64) = (row.get(0), row.get(1));
-        bar.set_length(total.max(0) as u64);
-        bar.set_position((total - open).max(0) as u64);
+        bar.set_length(u64::try_from(total).unwrap_or(0));
+        bar.set_position(u64::try_from(total - open).unwrap_or(0));
         if !drawing {
             bar.set_draw_target(ProgressDrawTarget::stderr());
             drawing = true;

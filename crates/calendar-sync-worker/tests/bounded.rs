@@ -72,7 +72,10 @@ async fn a_hundred_thousand_workspaces_leave_the_worker_under_64_mib() {
         );
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
-    assert_eq!(count_in(&client, &["DEAD_LETTER"]).await, WORKSPACES as i64);
+    assert_eq!(
+        count_in(&client, &["DEAD_LETTER"]).await,
+        i64::try_from(WORKSPACES).unwrap()
+    );
     let after = rss_kib(worker.pid());
     let took = started.elapsed();
     worker.terminate(Duration::from_secs(10)).await;

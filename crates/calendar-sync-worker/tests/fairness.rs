@@ -33,6 +33,11 @@ const WINDOW: Duration = Duration::from_secs(12);
 /// allowance of a sixtieth of the window, as it does in a real minute.
 const JOIN_WINDOW: Duration = Duration::from_secs(30);
 
+/// A count of calls or items as a float, exactly.
+fn as_f64(n: usize) -> f64 {
+    f64::from(u32::try_from(n).expect("a test's count fits in u32"))
+}
+
 fn quota_over(window: Duration) -> QuotaConfig {
     QuotaConfig::google().scaled_to(window)
 }
@@ -210,7 +215,7 @@ async fn a_busy_tenant_does_not_hold_the_others_hostage() {
     tokio::time::sleep(span + Duration::from_secs(1)).await;
     let a_done = calendar_calls_between(&world, "ws0@example.com", b_committed, span);
     let allowed = f64::from(quota().per_user) * span.as_secs_f64() / WINDOW.as_secs_f64();
-    let share = a_done as f64 / allowed;
+    let share = as_f64(a_done) / allowed;
     let rejections = world.google.quota_rejections();
     println!(
         "FIGURES noisy_neighbour: B slowest commit->COMPLETED {slowest:.3} s; \
@@ -265,7 +270,7 @@ async fn workers_coming_and_going_share_the_project_quota() {
     let rows: Vec<(String, Value)> = (0..40)
         .flat_map(|w| upserts(&format!("ws{w}"), 0..160, "s"))
         .collect();
-    let items = enqueue_all(&client, &rows).await as i64;
+    let items = i64::try_from(enqueue_all(&client, &rows).await).unwrap();
     let (mut workers, _killed, took) =
         come_and_go(&t, &world, "come", Duration::from_secs(90)).await;
     // Calls Google received over the first window from the first call
@@ -274,7 +279,7 @@ async fn workers_coming_and_going_share_the_project_quota() {
     let span = JOIN_WINDOW;
     let done = calls_within(&world, span);
     let allowed = f64::from(quota_over(JOIN_WINDOW).per_project);
-    let share = done as f64 / allowed;
+    let share = as_f64(done) / allowed;
     let rejections = world.google.quota_rejections();
     for w in &mut workers {
         let (_, status) = w.terminate(Duration::from_secs(10)).await;
@@ -282,7 +287,7 @@ async fn workers_coming_and_going_share_the_project_quota() {
     }
     assert_eq!(namespace_locks(&client).await, 0);
     let audit = Audit::run(&client, &world.google, &world.calendars()).await;
-    assert_eq!(audit.items as i64, items);
+    assert_eq!(i64::try_from(audit.items).unwrap(), items);
     println!(
         "FIGURES workers_come_and_go: {items} items in {took:?}; {done} calls in the first \
          {span:?} = {:.1} % of the project quota; quota rejections {rejections}",
@@ -317,7 +322,7 @@ async fn a_hot_user_keeps_its_quota_while_workers_come_and_go() {
     for w in 1..10 {
         rows.extend(upserts(&format!("ws{w}"), 0..250, "cold"));
     }
-    let items = enqueue_all(&client, &rows).await as i64;
+    let items = i64::try_from(enqueue_all(&client, &rows).await).unwrap();
     let (mut workers, _killed, took) =
         come_and_go(&t, &world, "hot", Duration::from_secs(120)).await;
     let hot = counted_calls(&world, &GoogleWorld::calendar_of("ws0"));
@@ -335,11 +340,11 @@ async fn a_hot_user_keeps_its_quota_while_workers_come_and_go() {
                 .iter()
                 .filter(|at| **at >= from && **at < from + JOIN_WINDOW)
                 .count();
-            n as f64 / per_user
+            as_f64(n) / per_user
         })
         .collect();
     let drained = last.duration_since(first).unwrap_or_default();
-    let rate = hot.len() as f64 / drained.as_secs_f64();
+    let rate = as_f64(hot.len()) / drained.as_secs_f64();
     let rejections = world.google.quota_rejections();
     let rejected: usize = answered(&world, &[403, 429]).iter().map(|(_, n)| n).sum();
     for w in &mut workers {
@@ -348,7 +353,7 @@ async fn a_hot_user_keeps_its_quota_while_workers_come_and_go() {
     }
     assert_eq!(namespace_locks(&client).await, 0);
     let audit = Audit::run(&client, &world.google, &world.calendars()).await;
-    assert_eq!(audit.items as i64, items);
+    assert_eq!(i64::try_from(audit.items).unwrap(), items);
     let percent: Vec<String> = shares
         .iter()
         .map(|s| format!("{:.1} %", s * 100.0))
@@ -450,7 +455,7 @@ async fn calls_beyond_an_items_first_are_paid_for_too() {
     rows.push(("REBUILD_ALL".to_owned(), rebuild("ws1", &rebuilt)));
     rows.extend(upserts("ws1", 60..80, "fenced"));
     rows.extend(upserts("ws2", 0..150, "token"));
-    let items = enqueue_all(&client, &rows).await as i64;
+    let items = i64::try_from(enqueue_all(&client, &rows).await).unwrap();
     let mut workers: Vec<_> = ["extra-0", "extra-1"]
         .into_iter()
         .map(|name| {
@@ -532,7 +537,7 @@ async fn calls_beyond_an_items_first_are_paid_for_too() {
     );
     assert!(rejected.iter().all(|(_, n)| *n == 0), "{rejected:?}");
     let audit = Audit::run(&client, &world.google, &world.calendars()).await;
-    assert_eq!(audit.items as i64, items);
+    assert_eq!(i64::try_from(audit.items).unwrap(), items);
     audit.print_and_check(
         "extra_calls",
         "2 processes",
@@ -549,7 +554,7 @@ async fn calls_beyond_an_items_first_are_paid_for_too() {
     assert!(unauthorized >= 3, "{unauthorized} 401s");
     for (calendar, peak) in &peaks {
         assert!(
-            *peak as f64 >= 0.9 * f64::from(quota().per_user),
+            as_f64(*peak) >= 0.9 * f64::from(quota().per_user),
             "{calendar} peaked at {peak} calls per window"
         );
     }

@@ -177,7 +177,7 @@ async fn four_workers_end_with_the_last_operation_of_every_source() {
     for wave in 0..10 {
         let rows: Vec<(String, Value)> = (0..items / 10)
             .map(|n| {
-                let s = rng.below(sources) as usize;
+                let s = usize::try_from(rng.below(sources)).unwrap();
                 let ws = &world.workspaces[s % world.workspaces.len()];
                 let source = format!("task-{s}");
                 if rng.below(5) == 0 {
@@ -197,7 +197,7 @@ async fn four_workers_end_with_the_last_operation_of_every_source() {
         enqueue_all(&client, &rows).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let items = (items / 10 * 10) as i64;
+    let items = i64::try_from(items / 10 * 10).unwrap();
     until_finished(&t, items, Duration::from_secs(180)).await;
     for w in &mut workers {
         let (took, status) = w.terminate(Duration::from_secs(10)).await;
@@ -207,7 +207,7 @@ async fn four_workers_end_with_the_last_operation_of_every_source() {
     assert_eq!(namespace_locks(&client).await, 0);
     let audit = Audit::run(&client, &world.google, &world.calendars()).await;
     assert_eq!(
-        (audit.items as i64, audit.sources),
+        (i64::try_from(audit.items).unwrap(), audit.sources),
         (items, sources as usize)
     );
     audit.print_and_check(

@@ -94,8 +94,9 @@ async fn pickups(t: &TestDb, ws: &str, savepoint: bool) -> Vec<f64> {
 
 fn check(name: &str, mut took: Vec<f64>) {
     took.sort_by(f64::total_cmp);
-    let at = |q: f64| took[((took.len() as f64 * q).ceil() as usize).clamp(1, took.len()) - 1];
-    let (p50, p99) = (at(0.5), at(0.99));
+    // Nearest rank: the smallest value with at least `pct` % at or below it.
+    let at = |pct: usize| took[(took.len() * pct).div_ceil(100).clamp(1, took.len()) - 1];
+    let (p50, p99) = (at(50), at(99));
     println!(
         "FIGURES {name}: {} pickups, p50 {p50:.1} ms, p99 {p99:.1} ms, max {:.1} ms",
         took.len(),

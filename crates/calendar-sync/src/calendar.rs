@@ -161,7 +161,9 @@ pub enum CalendarErrorKind {
 }
 
 /// A failed calendar call. `code` is stable (for grouping in `status`); the
-/// message is for humans and never contains a secret.
+/// message is for humans and never contains a secret. Build it with
+/// [`CalendarError::new`] and the `with_*` methods.
+///
 ///
 /// ```
 /// use std::time::Duration;
@@ -176,6 +178,7 @@ pub enum CalendarErrorKind {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("[{code}] {message}")]
+#[non_exhaustive]
 pub struct CalendarError {
     /// What the engine should do about it.
     pub kind: CalendarErrorKind,
@@ -185,6 +188,10 @@ pub struct CalendarError {
     pub message: String,
     /// How long the service asked us to wait, if it said.
     pub retry_after: Option<Duration>,
+    /// The HTTP status of the answer, when there was one (Google Calendar's,
+    /// or the token endpoint's for `oauth_*` codes); `None` for timeouts,
+    /// network failures and refusals of our own.
+    pub status: Option<u16>,
 }
 
 impl CalendarError {
@@ -199,7 +206,14 @@ impl CalendarError {
             code: code.into(),
             message: message.into(),
             retry_after: None,
+            status: None,
         }
+    }
+
+    /// Adds the HTTP status of the answer.
+    pub fn with_status(mut self, status: Option<u16>) -> Self {
+        self.status = status;
+        self
     }
 
     /// Adds the service's retry-after hint.
@@ -268,7 +282,9 @@ pub enum ErrorClass {
     Permanent,
     /// DEAD_LETTER, the workspace's connection marked invalid, its other items dead-lettered.
     ConnectionInvalid,
-    /// Back to PENDING after the long cool-down, without burning an attempt.
+    /// Back to PENDING after the error's `retry_after` (without one:
+    /// [`DrainerConfig::backoff_cap`](crate::DrainerConfig::backoff_cap)),
+    /// without burning an attempt.
     Paused,
 }
 

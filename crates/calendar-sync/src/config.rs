@@ -41,13 +41,14 @@ pub struct DrainerConfig {
     pub concurrency: usize,
     /// First retry delay; doubles per attempt. Default: 1 s.
     pub backoff_base: Duration,
-    /// Longest retry delay. Default: 1 h.
+    /// Longest retry delay; also how long a paused item waits when its
+    /// calendar gave no retry-after (Google's usage-limit pause is
+    /// [`GoogleConfig::usage_limit_pause`](crate::GoogleConfig::usage_limit_pause)).
+    /// Default: 1 h.
     pub backoff_cap: Duration,
     /// Random spread of retry delays, as a fraction (0.2 = ±20 %), so that a burst
     /// of failures does not retry in lockstep. Default: 0.2.
     pub backoff_jitter: f64,
-    /// How long a usage-limited connection (403 quotaExceeded) waits. Default: 1 h.
-    pub usage_limit_pause: Duration,
     /// On stop, how long in-flight items may finish before they are released
     /// back to PENDING. Default: 30 s.
     pub shutdown_grace: Duration,
@@ -71,7 +72,6 @@ impl Default for DrainerConfig {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(3600),
             backoff_jitter: 0.2,
-            usage_limit_pause: Duration::from_secs(3600),
             shutdown_grace: Duration::from_secs(30),
             rebuild_chunk: 500,
             settle: Duration::ZERO,
@@ -80,6 +80,12 @@ impl Default for DrainerConfig {
 }
 
 impl DrainerConfig {
+    /// `max_attempts` as the database counts attempts (`integer`);
+    /// [`DrainerConfig::validate`] keeps it in range.
+    pub(crate) fn attempt_limit(&self) -> i32 {
+        i32::try_from(self.max_attempts).unwrap_or(i32::MAX)
+    }
+
     /// Checks that the values make sense together.
     pub fn validate(&self) -> Result<(), Error> {
         let fail = |msg: &str| Err(Error::Config(msg.to_owned()));
@@ -92,7 +98,7 @@ impl DrainerConfig {
         if self.concurrency == 0 {
             return fail("concurrency must be at least 1");
         }
-        if self.max_attempts == 0 || self.max_attempts > i32::MAX as u32 {
+        if self.max_attempts == 0 || i32::try_from(self.max_attempts).is_err() {
             return fail("max_attempts must be at least 1");
         }
         if self.poll_interval.is_zero() {

@@ -25,7 +25,12 @@ pub enum Error {
     /// Applying migrations failed.
     #[error("migration failed: {}", cause(.0))]
     Migration(#[from] refinery::Error),
-    /// A configuration value is unusable.
+    /// A configuration value is unusable: the text names the setting, what
+    /// is wrong with it and, where there is one, the cause (the file that
+    /// could not be read, the parser's words). Text on purpose, not a variant
+    /// per setting: nothing branches on which setting is wrong (an embedding
+    /// service fixes its configuration, the worker exits with code 2), and
+    /// the causes here are complete in their message.
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The worker's lock connection died; its in-flight items were abandoned and

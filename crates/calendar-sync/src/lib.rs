@@ -96,8 +96,8 @@
 //! - **Operators:** [`ops`]: [`ops::put_connection`],
 //!   [`ops::list_connections`] (of [`ops::ConnectionInfo`]), [`ops::requeue`],
 //!   [`ops::cleanup`], [`ops::status`] (a [`ops::StatusReport`], with
-//!   [`ops::DeadLetterGroup`] and [`ops::UnknownKeyId`]), [`ops::readiness`], [`ops::unknown_key_ids`] and the
-//!   line that reports them, [`ops::unknown_key_ids_line`].
+//!   [`ops::DeadLetterGroup`] and [`ops::UnknownKeyId`]), [`ops::readiness`] (with [`ops::NotReady`]),
+//!   [`ops::unknown_key_ids`] and the line that reports them, [`ops::unknown_key_ids_line`].
 //!
 //! (`testing` is hidden: it opens the claim statement and event ids to this
 //! workspace's own tests and benchmarks, and may change in any release.)
@@ -115,7 +115,7 @@
 //!   [`DrainerConfig::max_attempts`] and fails is dead-lettered. Waits for
 //!   quota, pauses and shutdown use no attempt.
 #![forbid(unsafe_code)]
-#![warn(missing_docs)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod apply;
 mod calendar;
@@ -127,6 +127,9 @@ mod error;
 mod google;
 mod operation;
 pub mod ops;
+// Its items are written `pub` in a crate-private module; they become
+// `pub(crate)` once the schema squash (issue 15 §1) has landed in store.
+#[expect(unreachable_pub, reason = "store is being rewritten by the SQL squash")]
 mod store;
 #[doc(hidden)]
 pub mod testing;

@@ -12,17 +12,17 @@ use serde_json::{Map, Value, json};
 
 /// Longest accepted workspace, calendar or source id. Ids travel in Google's
 /// private extended properties, whose values Google truncates past 1024 characters.
-pub const MAX_ID_LEN: usize = 1024;
+pub(crate) const MAX_ID_LEN: usize = 1024;
 /// Longest accepted `sourceType` and `eventType`.
-pub const MAX_TYPE_LEN: usize = 64;
+pub(crate) const MAX_TYPE_LEN: usize = 64;
 /// Longest `event.title`, in characters. Google documents no limit for
 /// `summary`; this bound keeps us well inside what it stores unchanged.
-pub const MAX_TITLE_LEN: usize = 1024;
+pub(crate) const MAX_TITLE_LEN: usize = 1024;
 /// Longest `event.description`, in characters: Google documents none, and
 /// about 8,192 is where third parties report it failing or truncating. A longer
 /// one dead-letters at once rather than drift after a truncation on every
 /// REBUILD_ALL.
-pub const MAX_DESCRIPTION_LEN: usize = 8192;
+pub(crate) const MAX_DESCRIPTION_LEN: usize = 8192;
 
 /// The three operations a producer can enqueue: the values of the
 /// `operation` column.

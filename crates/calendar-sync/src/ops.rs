@@ -4,8 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use serde::Serialize;
+use tokio_postgres::error::SqlState;
 
 use crate::crypto::TokenCipher;
 use crate::db::Database;
@@ -187,6 +189,10 @@ impl StatusReport {
     }
 
     /// Publishes the report as gauges through the `metrics` facade.
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "counts as gauges: f64 is exact to 2^53"
+    )]
     pub fn record_gauges(&self) {
         for (status, count) in &self.counts {
             metrics::gauge!("calendar_sync_outbox_items", "status" => status.clone())
@@ -269,6 +275,30 @@ pub fn unknown_key_ids_line(unknown: &[UnknownKeyId]) -> Option<String> {
     ))
 }
 
+/// Why [`readiness`] says the worker is not ready.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotReady {
+    /// No session to the database could be had; the error names host:port,
+    /// database and user, and the cause.
+    #[error("{0}")]
+    Unreachable(#[source] Error),
+    /// The applied migrations could not be read, for another reason than the
+    /// schema being absent: a role without SELECT on the table, a session
+    /// that died. PostgreSQL's own words are in the source.
+    #[error("cannot read the applied migrations: {}", cause(.0))]
+    MigrationsUnreadable(#[source] tokio_postgres::Error),
+    /// The schema is behind this build: fewer migrations are applied than it
+    /// knows (`applied` is 0 when the schema was never created).
+    #[error("{applied} of {known} migrations applied; run `calendar-sync-worker migrate`")]
+    MigrationsMissing {
+        /// Migrations recorded in the database.
+        applied: usize,
+        /// Migrations this build knows.
+        known: usize,
+    },
+}
+
 /// Whether the database answers and has every migration this build knows.
 ///
 /// ```no_run
@@ -280,18 +310,20 @@ pub fn unknown_key_ids_line(unknown: &[UnknownKeyId]) -> Option<String> {
 /// }
 /// # }
 /// ```
-pub async fn readiness(db: &Database) -> Result<(), String> {
-    let client = db.client().await.map_err(|e| e.to_string())?;
-    let applied: i64 = client
+pub async fn readiness(db: &Database) -> Result<(), NotReady> {
+    let known = known_migrations();
+    let client = db.client().await.map_err(NotReady::Unreachable)?;
+    let applied = match client
         .query_one("SELECT count(*) FROM calendar_sync_migrations", &[])
         .await
-        .map_err(|e| format!("migrations not applied: {}", cause(&e)))?
-        .get(0);
-    let known = known_migrations() as i64;
+    {
+        // count(*) is never negative.
+        Ok(row) => usize::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => 0,
+        Err(e) => return Err(NotReady::MigrationsUnreadable(e)),
+    };
     if applied < known {
-        return Err(format!(
-            "{applied} of {known} migrations applied; run `calendar-sync-worker migrate`"
-        ));
+        return Err(NotReady::MigrationsMissing { applied, known });
     }
     Ok(())
 }
@@ -306,7 +338,8 @@ fn cut(text: &str, max: usize) -> String {
 }
 
 fn human_duration(secs: f64) -> String {
-    let s = secs.max(0.0).round() as u64;
+    // Whole seconds; an age too large for a Duration reads as the largest.
+    let s = Duration::try_from_secs_f64(secs.max(0.0).round()).map_or(u64::MAX, |d| d.as_secs());
     match s {
         0..60 => format!("{s} s"),
         60..3600 => format!("{} min {} s", s / 60, s % 60),

@@ -65,7 +65,8 @@ impl ListQuery {
                             "Invalid value '{v}'. Values must be within the range: [1, 2500]"
                         )));
                     }
-                    q.max_results = (n as usize).min(MAX_MAX_RESULTS);
+                    q.max_results =
+                        usize::try_from(n).map_or(MAX_MAX_RESULTS, |n| n.min(MAX_MAX_RESULTS));
                 }
                 "pageToken" => q.page_token = Some(v.clone()),
                 "showDeleted" => q.show_deleted = Some(v == "true"),

@@ -40,12 +40,17 @@ impl QuotaConfig {
     /// window, so `QuotaConfig::google().scaled_to(Duration::from_secs(6))` allows 60 per user
     /// and 1,000 per project per 6-second window (same rates and same user:project ratio, but a
     /// burst's effect is over ten times sooner).
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a scaled quota, at least 1: float to int saturates, which is right"
+    )]
     pub fn scaled_to(self, window: Duration) -> Self {
         let f = window.as_secs_f64() / self.window.as_secs_f64();
         QuotaConfig {
             window,
-            per_user: ((self.per_user as f64) * f).round().max(1.0) as u32,
-            per_project: ((self.per_project as f64) * f).round().max(1.0) as u32,
+            per_user: (f64::from(self.per_user) * f).round().max(1.0) as u32,
+            per_project: (f64::from(self.per_project) * f).round().max(1.0) as u32,
             reject_status: self.reject_status,
         }
     }

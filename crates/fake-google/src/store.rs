@@ -119,7 +119,7 @@ impl Store {
             now = last + ChronoDuration::milliseconds(1);
         }
         self.last_updated = Some(now);
-        let base = now.timestamp_micros().max(0) as u64;
+        let base = u64::try_from(now.timestamp_micros()).unwrap_or(0);
         self.etag_seq = (self.etag_seq + 1).max(base);
         self.write_seq += 1;
         body.insert("etag".into(), json!(format!("\"{}\"", self.etag_seq)));

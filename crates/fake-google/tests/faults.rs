@@ -70,7 +70,10 @@ async fn error_faults_surface_as_bad_request_with_code_and_reason() {
             body["error"].get("status").is_none(),
             "legacy shape by default"
         );
-        assert_eq!(g.requests().last().unwrap().status, Some(code as u16));
+        assert_eq!(
+            g.requests().last().unwrap().status,
+            Some(u16::try_from(code).unwrap())
+        );
     }
 }
 

@@ -36,10 +36,16 @@ pub struct DesiredEvent {
     pub event: EventDetails,
 }
 
-/// A boxed future, so that [`EventSource`] can be used as a trait object:
-/// `Box::pin(async move { ... })` (see [`EventSource`]'s example).
-pub type SourceFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<Vec<DesiredEvent>, String>> + Send + 'a>>;
+/// A boxed future, so that [`EventSource`] can be used as a trait object. Its
+/// error is the application's own, boxed: a failed page is retried with
+/// backoff, and `last_error` reads `[event_source]` and the error's chain.
+pub type SourceFuture<'a> = Pin<
+    Box<
+        dyn Future<Output = Result<Vec<DesiredEvent>, Box<dyn std::error::Error + Send + Sync>>>
+            + Send
+            + 'a,
+    >,
+>;
 
 /// The application's current state, for REBUILD_ALL. Give it to
 /// [`OutboxDrainer::with_event_source`](crate::OutboxDrainer::with_event_source).
@@ -134,7 +140,7 @@ pub(crate) struct Wanted {
 
 impl Desired {
     /// The first configured source.
-    pub async fn choose(
+    pub(crate) async fn choose(
         source: Option<&Arc<dyn EventSource>>,
         db: &Database,
     ) -> Result<Self, ApplyError> {
@@ -148,7 +154,7 @@ impl Desired {
     }
 
     /// Which source this is, for the row's `result`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Source(_) => "event_source",
             Self::View => "sql_view",
@@ -160,7 +166,7 @@ impl Desired {
     /// calendar (its own id first): the application may list a source under
     /// `primary` or under the owner's address. The bindings are keyed by the
     /// calendar's own id alone: they read the first name only.
-    pub async fn page_of_names(
+    pub(crate) async fn page_of_names(
         &self,
         db: &Database,
         names: &[CalendarKey],
@@ -183,7 +189,7 @@ impl Desired {
     }
 
     /// The next page of desired sources after `after`.
-    pub async fn page(
+    pub(crate) async fn page(
         &self,
         db: &Database,
         calendar: &CalendarKey,
@@ -194,7 +200,7 @@ impl Desired {
             Self::Source(source) => source
                 .desired_events(calendar, after, limit)
                 .await
-                .map_err(|e| ApplyError::Database(format!("the event source failed: {e}")))?
+                .map_err(ApplyError::Source)?
                 .into_iter()
                 .map(|d| {
                     wanted(
@@ -210,7 +216,7 @@ impl Desired {
                 &**db.client().await?,
                 calendar,
                 after,
-                limit as i64,
+                i64::try_from(limit).unwrap_or(i64::MAX),
             )
             .await?
             .into_iter()
@@ -241,7 +247,8 @@ impl Desired {
             })
             .collect(),
             Self::Bindings => {
-                store::live_bindings_page(&**db.client().await?, calendar, after, limit as i64)
+                let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+                store::live_bindings_page(&**db.client().await?, calendar, after, limit)
                     .await?
                     .into_iter()
                     .map(|b| Wanted {
@@ -302,9 +309,11 @@ mod tests {
     async fn a_pool_failure_names_host_port_and_the_cause() {
         let url = "postgres://postgres@127.0.0.1:1/app?sslmode=disable&connect_timeout=5";
         let db = Database::connect(url, 1).unwrap();
-        let Err(ApplyError::Database(message)) = Desired::choose(None, &db).await else {
+        let Err(ApplyError::Database(error)) = Desired::choose(None, &db).await else {
             panic!("the pool cannot connect");
         };
+        assert!(matches!(error, crate::Error::Connect { .. }), "{error:?}");
+        let message = ApplyError::Database(error).to_string();
         assert!(
             message.contains("127.0.0.1:1, database \"app\""),
             "{message}"

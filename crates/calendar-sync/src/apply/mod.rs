@@ -47,7 +47,7 @@ pub(crate) struct Applied {
 
 impl Applied {
     /// Nothing to do: the desired state already holds.
-    pub fn unchanged() -> Self {
+    pub(crate) fn unchanged() -> Self {
         Self {
             binding: None,
             result: None,
@@ -58,14 +58,22 @@ impl Applied {
 }
 
 /// Why an operation could not be applied.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub(crate) enum ApplyError {
     /// The calendar refused or failed.
+    #[error(transparent)]
     Calendar(CalendarError),
-    /// Our own bookkeeping failed (retryable): what was tried and the cause,
-    /// PostgreSQL's own words included.
-    Database(String),
+    /// Our own bookkeeping failed (retryable): a statement, or a pooled
+    /// session that could not be had. tokio-postgres' `to_string()` is only
+    /// "db error": PostgreSQL's own message is in the source chain, which
+    /// [`database_message`] renders.
+    #[error("{}", database_message(.0))]
+    Database(#[source] Error),
+    /// The application's [`EventSource`](desired::EventSource) failed (retryable).
+    #[error("the event source failed: {}", cause(&**.0))]
+    Source(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Another worker took the row over; stop quietly.
+    #[error("another worker took the row over")]
     ClaimLost,
 }
 
@@ -75,18 +83,27 @@ impl From<CalendarError> for ApplyError {
     }
 }
 
-// tokio-postgres' `to_string()` is only "db error": the server's message is
-// in the source chain. Pooled sessions come from `Database::client`, whose
-// error names host:port, database and user.
 impl From<tokio_postgres::Error> for ApplyError {
     fn from(e: tokio_postgres::Error) -> Self {
-        Self::Database(cause(&e))
+        Self::Database(Error::Database(e))
     }
 }
 
+// Pooled sessions come from `Database::client`, whose error names host:port,
+// database and user.
 impl From<Error> for ApplyError {
     fn from(e: Error) -> Self {
-        Self::Database(cause(&e))
+        Self::Database(e)
+    }
+}
+
+/// A failure of our own bookkeeping in words, for `last_error` after
+/// `[database]`: a statement's error is the driver's chain, PostgreSQL's
+/// message included, without the "database error" the code already says.
+pub(crate) fn database_message(error: &Error) -> String {
+    match error {
+        Error::Database(e) => cause(e),
+        other => cause(other),
     }
 }
 
@@ -146,7 +163,10 @@ pub fn event_body(upsert: &UpsertEvent) -> EventBody {
 }
 
 /// The private extended properties that mark an event as ours.
-pub fn source_properties(source: &SourceKey, event_type: Option<&str>) -> BTreeMap<String, String> {
+pub(crate) fn source_properties(
+    source: &SourceKey,
+    event_type: Option<&str>,
+) -> BTreeMap<String, String> {
     let mut props = BTreeMap::from([
         (
             PROP_WORKSPACE.to_owned(),
@@ -162,7 +182,7 @@ pub fn source_properties(source: &SourceKey, event_type: Option<&str>) -> BTreeM
 }
 
 /// SHA-256 (hex) of the body as we would send it.
-pub fn content_hash(body: &EventBody) -> String {
+pub(crate) fn content_hash(body: &EventBody) -> String {
     let bytes = serde_json::to_vec(body).expect("an EventBody always serialises");
     data_encoding::HEXLOWER.encode(&Sha256::digest(&bytes))
 }
@@ -576,5 +596,32 @@ mod tests {
         assert_ne!(a, b);
         assert_ne!(a, c);
         assert_eq!(a, event_id(&source("1"), 0));
+    }
+
+    /// A failed statement keeps the driver's error as the source (PostgreSQL's
+    /// SQLSTATE and words in it), and says the words without the wrapper.
+    #[tokio::test]
+    async fn a_failed_statement_keeps_the_driver_error_as_its_source() {
+        use std::error::Error as _;
+        let url = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+        let db = Database::connect(&url, 1).unwrap();
+        let failed = db
+            .client()
+            .await
+            .unwrap()
+            .query_one("SELECT 1 / 0", &[])
+            .await
+            .unwrap_err();
+        let error = ApplyError::from(failed);
+        assert_eq!(error.to_string(), "ERROR: division by zero");
+        let source = error.source().expect("a source");
+        let Some(Error::Database(pg)) = source.downcast_ref::<Error>() else {
+            panic!("{source:?}");
+        };
+        assert_eq!(
+            pg.code(),
+            Some(&tokio_postgres::error::SqlState::DIVISION_BY_ZERO)
+        );
     }
 }

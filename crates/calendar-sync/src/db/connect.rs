@@ -129,12 +129,12 @@ pub struct ConnectOptions {
 }
 
 /// The session name when neither the URL nor the caller sets one.
-pub const DEFAULT_APPLICATION_NAME: &str = "calendar-sync";
+pub(crate) const DEFAULT_APPLICATION_NAME: &str = "calendar-sync";
 /// How long opening a session may take when the URL does not say.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle time before TCP keepalives start when the URL does not say (the
 /// kernel's 2 h would let a dead peer behind a NAT go unnoticed for hours).
-pub const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(60);
+pub(crate) const DEFAULT_KEEPALIVES_IDLE: Duration = Duration::from_secs(60);
 
 const TLS_KEYS: [&str; 4] = ["sslmode", "sslrootcert", "sslcert", "sslkey"];
 
@@ -217,7 +217,7 @@ fn apply_defaults(config: &mut tokio_postgres::Config, rest: &str, keys: &HashSe
 
 /// The error and its causes, joined: tokio-postgres puts the useful part
 /// (PostgreSQL's message, the OS error) in `source()`.
-pub fn cause(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn cause(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(error);
     while let Some(e) = next {

@@ -360,7 +360,7 @@ pub(crate) struct LockConnection {
 
 impl LockConnection {
     /// `sql` prepared on this session (the first use prepares it).
-    pub async fn prepared(
+    pub(crate) async fn prepared(
         &mut self,
         sql: &'static str,
     ) -> Result<Statement, tokio_postgres::Error> {

@@ -10,7 +10,7 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// `base · 2^(attempt-1)`, capped at `cap`, spread by `±jitter` using `sample`
 /// in `[0, 1)`, and never above `cap`. A service's `retry_after` wins when it
 /// is longer (up to a day): a short hint never undoes our own backing off.
-pub fn retry_delay(
+pub(crate) fn retry_delay(
     attempt: u32,
     base: Duration,
     cap: Duration,
@@ -18,8 +18,8 @@ pub fn retry_delay(
     sample: f64,
     retry_after: Option<Duration>,
 ) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(32) as i32;
-    let nominal = (base.as_secs_f64() * 2f64.powi(exponent)).min(cap.as_secs_f64());
+    let exponent = f64::from(attempt.saturating_sub(1).min(32));
+    let nominal = (base.as_secs_f64() * 2f64.powf(exponent)).min(cap.as_secs_f64());
     let spread = 1.0 - jitter + 2.0 * jitter * sample.clamp(0.0, 1.0);
     let ours = Duration::from_secs_f64((nominal * spread).min(cap.as_secs_f64()));
     retry_after.map_or(ours, |after| ours.max(after.min(MAX_RETRY_AFTER)))
@@ -28,7 +28,10 @@ pub fn retry_delay(
 /// A `Retry-After` header value (RFC 9110 §10.2.3): delta-seconds, or an
 /// HTTP-date (`Wed, 21 Oct 2015 07:28:00 GMT`) read against `now`; a date in
 /// the past means no wait.
-pub fn parse_retry_after(value: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+pub(crate) fn parse_retry_after(
+    value: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<Duration> {
     let value = value.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));

@@ -5,8 +5,9 @@ use std::time::Duration;
 use tokio::task::JoinError;
 
 use crate::apply::rebuild;
-use crate::apply::{self, Applied, ApplyError};
+use crate::apply::{self, Applied, ApplyError, database_message};
 use crate::calendar::{Calendar, CalendarError, ErrorClass};
+use crate::db::connect::cause;
 use crate::engine::Shared;
 use crate::engine::backoff::retry_delay;
 use crate::error::Error;
@@ -56,11 +57,28 @@ enum Verdict {
         error: CalendarError,
         workspace_id: String,
     },
-    Database(String),
+    /// Our own bookkeeping failed; `[database]` and the driver's chain.
+    Database(Error),
+    /// The application's event source failed; `[event_source]` and its chain.
+    Source(Box<dyn std::error::Error + Send + Sync>),
     Panicked(String),
     ClaimLost,
     /// Back in line under its calendar's own id (already recorded).
     SteppedBack,
+}
+
+impl Verdict {
+    /// The `last_error` of a failure, `[code] message`; `None` for no failure.
+    fn failure(&self) -> Option<String> {
+        Some(match self {
+            Self::Done(_) | Self::ClaimLost | Self::SteppedBack => return None,
+            Self::Invalid(e) => format!("[invalid_payload] {e}"),
+            Self::Failed { error, .. } => error.to_string(),
+            Self::Database(e) => format!("[database] {}", database_message(e)),
+            Self::Source(e) => format!("[event_source] {}", cause(&**e)),
+            Self::Panicked(m) => format!("[handler_panicked] {m}"),
+        })
+    }
 }
 
 /// A processed item: its outcome already recorded, or a success that the
@@ -102,6 +120,10 @@ pub(crate) async fn record_successes<C: Calendar>(
         })
         .collect();
     let started = std::time::Instant::now();
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "a row count as a metric: f64 is exact to 2^53"
+    )]
     metrics::histogram!("calendar_sync_record_batch_rows").record(batch.len() as f64);
     let recorded = async {
         let client = shared.db.client().await?;
@@ -191,7 +213,8 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
             error,
             workspace_id: operation.workspace_id().to_owned(),
         },
-        Err(ApplyError::Database(message)) => Verdict::Database(message),
+        Err(ApplyError::Database(error)) => Verdict::Database(error),
+        Err(ApplyError::Source(error)) => Verdict::Source(error),
         Err(ApplyError::ClaimLost) => Verdict::ClaimLost,
     }
 }
@@ -233,7 +256,7 @@ async fn resolve<C: Calendar>(
         }
         Ok(Resolution::Stale) => Err(failed(apply::connection_changed())),
         Ok(Resolution::ClaimLost) => Err(Verdict::ClaimLost),
-        Err(e) => Err(Verdict::Database(e.to_string())),
+        Err(e) => Err(Verdict::Database(e)),
     }
 }
 
@@ -287,11 +310,8 @@ async fn record_once<C: Calendar>(
                 store::dead_letter(client, item, &format!("[invalid_payload] {e}")).await?;
             dead_or_lost(status, 0)
         }
-        Verdict::Database(message) => {
-            retry(shared, client, item, None, &format!("[database] {message}")).await?
-        }
-        Verdict::Panicked(message) => {
-            let error = format!("[handler_panicked] {message}");
+        Verdict::Database(_) | Verdict::Source(_) | Verdict::Panicked(_) => {
+            let error = verdict.failure().unwrap_or_default();
             retry(shared, client, item, None, &error).await?
         }
         Verdict::Failed {
@@ -352,7 +372,10 @@ async fn record_failure<C: Calendar>(
             dead_or_lost(store::dead_letter(&*pooled, item, &message).await?, 0)
         }
         ErrorClass::Paused => {
-            let pause = error.retry_after.unwrap_or(config.usage_limit_pause);
+            // The calendar knows how long its pauses last (Google's usage
+            // limits: `GoogleConfig::usage_limit_pause`); one that does not say
+            // waits the longest retry delay.
+            let pause = error.retry_after.unwrap_or(config.backoff_cap);
             defer(&*pooled, item, pause, &message, Wait::Other).await?
         }
         ErrorClass::ConnectionInvalid => {
@@ -408,7 +431,7 @@ async fn retry<C: Calendar>(
     let status = store::fail_retryable(
         client,
         item,
-        config.max_attempts as i32,
+        config.attempt_limit(),
         delay.as_secs_f64(),
         error,
     )
@@ -427,7 +450,10 @@ fn backoff_for(
     retry_after: Option<Duration>,
 ) -> Duration {
     retry_delay(
-        (item.attempts.max(1) as u32).saturating_add(item.rate_limited.max(0) as u32),
+        item.attempts
+            .max(1)
+            .unsigned_abs()
+            .saturating_add(item.rate_limited.max(0).unsigned_abs()),
         config.backoff_base,
         config.backoff_cap,
         config.backoff_jitter,
@@ -444,14 +470,7 @@ fn dead_or_lost(status: FailureStatus, others: u64) -> ItemOutcome {
 }
 
 fn log_outcome(item: &ClaimedItem, verdict: &Verdict, outcome: ItemOutcome) {
-    let reason = match verdict {
-        Verdict::Done(_) | Verdict::ClaimLost | Verdict::SteppedBack => None,
-        Verdict::Invalid(e) => Some(format!("[invalid_payload] {e}")),
-        Verdict::Failed { error, .. } => Some(error.to_string()),
-        Verdict::Database(m) => Some(format!("[database] {m}")),
-        Verdict::Panicked(m) => Some(format!("[handler_panicked] {m}")),
-    };
-    match (outcome, reason) {
+    match (outcome, verdict.failure()) {
         (ItemOutcome::Completed { changed }, _) => tracing::debug!(changed, "item completed"),
         (ItemOutcome::Deferred, None) => tracing::debug!("item back in line"),
         (outcome, Some(reason)) => {

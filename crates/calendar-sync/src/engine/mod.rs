@@ -111,6 +111,16 @@ pub struct OutboxDrainer<C: Calendar> {
     shared: Arc<Shared<C>>,
 }
 
+impl<C: Calendar> std::fmt::Debug for OutboxDrainer<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxDrainer")
+            .field("db", &self.shared.db)
+            .field("config", &self.shared.config)
+            .field("event_source", &self.shared.event_source.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<C: Calendar> Clone for OutboxDrainer<C> {
     fn clone(&self) -> Self {
         Self {
@@ -274,6 +284,15 @@ pub struct DrainerHandle {
     progress: SharedProgress,
 }
 
+impl std::fmt::Debug for DrainerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainerHandle")
+            .field("stopping", &self.cancel.is_cancelled())
+            .field("finished", &self.task.is_finished())
+            .finish_non_exhaustive()
+    }
+}
+
 impl DrainerHandle {
     /// What the drainer has done so far.
     pub fn report(&self) -> DrainReport {
@@ -337,7 +356,8 @@ async fn run_until_stopped<C: Calendar>(
         if let Err(e) = outcome {
             failures += 1;
             let delay = reconnect_delay(failures);
-            tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "drainer lost the database; reconnecting");
+            let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+            tracing::warn!(error = %e, retry_in_ms, "drainer lost the database; reconnecting");
             progress.lock().expect("progress lock").last_beat = Instant::now();
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -363,9 +383,7 @@ mod tests {
 
     #[test]
     fn reconnect_delays_double_up_to_the_cap() {
-        let delays: Vec<u64> = (1..=9)
-            .map(|f| reconnect_delay(f).as_millis() as u64)
-            .collect();
+        let delays: Vec<u128> = (1..=9).map(|f| reconnect_delay(f).as_millis()).collect();
         assert_eq!(
             delays,
             [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000]

@@ -100,7 +100,7 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_cap() {
-        let delays: Vec<u64> = (1..=9).map(|f| delay(f).as_millis() as u64).collect();
+        let delays: Vec<u128> = (1..=9).map(|f| delay(f).as_millis()).collect();
         assert_eq!(delays, [50, 100, 200, 400, 800, 1600, 3200, 5000, 5000]);
         assert_eq!(delay(u32::MAX), MAX_DELAY);
     }

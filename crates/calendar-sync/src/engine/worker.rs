@@ -598,6 +598,10 @@ impl<C: Calendar> Worker<C> {
         self.backoff.succeeded();
         metrics::histogram!("calendar_sync_claim_duration_seconds")
             .record(started.elapsed().as_secs_f64());
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "a row count as a metric: f64 is exact to 2^53"
+        )]
         metrics::histogram!("calendar_sync_claim_rows").record(batch.items.len() as f64);
         Ok(batch)
     }
@@ -614,12 +618,9 @@ impl<C: Calendar> Worker<C> {
             .into_iter()
             .filter(|o| locked.contains(&o.lock_key))
             .collect();
-        let recovered = store::recover_orphans(
-            &self.lock.client,
-            &ours,
-            self.shared.config.max_attempts as i32,
-        )
-        .await;
+        let recovered =
+            store::recover_orphans(&self.lock.client, &ours, self.shared.config.attempt_limit())
+                .await;
         self.unlock(&locked).await?;
         let (requeued, dead) = recovered?;
         if requeued + dead > 0 {

@@ -106,7 +106,7 @@ pub(crate) struct Tokens {
 }
 
 impl Tokens {
-    pub fn new(
+    pub(crate) fn new(
         config: &OAuthConfig,
         db: Database,
         cipher: TokenCipher,
@@ -137,7 +137,7 @@ impl Tokens {
     }
 
     /// How many refresh requests this process has sent.
-    pub fn refresh_count(&self) -> u64 {
+    pub(crate) fn refresh_count(&self) -> u64 {
         self.refreshes.load(Ordering::Relaxed)
     }
 
@@ -156,7 +156,10 @@ impl Tokens {
     /// refresh: they wait on the workspace's slot while the first refreshes.
     /// A reconnect anywhere (a new connection version) drops the cached token
     /// before it is used again.
-    pub async fn access_token(&self, workspace_id: &str) -> Result<SecretString, CalendarError> {
+    pub(crate) async fn access_token(
+        &self,
+        workspace_id: &str,
+    ) -> Result<SecretString, CalendarError> {
         let version = self.version(workspace_id).await?;
         let slot = self.slot(workspace_id);
         let mut slot = slot.lock().await;
@@ -184,7 +187,7 @@ impl Tokens {
 
     /// Drops `stale` from the cache (after Google answered 401 to it), unless
     /// another caller already replaced it.
-    pub async fn forget(&self, workspace_id: &str, stale: &SecretString) {
+    pub(crate) async fn forget(&self, workspace_id: &str, stale: &SecretString) {
         let slot = self.slot(workspace_id);
         let mut slot = slot.lock().await;
         if slot
@@ -197,7 +200,7 @@ impl Tokens {
     }
 
     /// Drops whatever is cached, so the next call reads the connection again.
-    pub async fn forget_all(&self, workspace_id: &str) {
+    pub(crate) async fn forget_all(&self, workspace_id: &str) {
         self.slot(workspace_id).lock().await.cached = None;
     }
 
@@ -351,7 +354,9 @@ fn classify_token_error<RE: std::error::Error + 'static>(
     status: u16,
 ) -> CalendarError {
     let retryable_status = status >= 500 || status == 408 || status == 429;
-    match error {
+    // 0: no answer arrived.
+    let answered = (status != 0).then_some(status);
+    let error = match error {
         RequestTokenError::ServerResponse(response) => {
             let code = response.error().as_ref().to_owned();
             let description = response.error_description().cloned().unwrap_or_default();
@@ -386,5 +391,6 @@ fn classify_token_error<RE: std::error::Error + 'static>(
             format!("oauth_{status}"),
             format!("token endpoint answered {status} with an unreadable body"),
         ),
-    }
+    };
+    error.with_status(answered)
 }

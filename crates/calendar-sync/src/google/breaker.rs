@@ -22,7 +22,7 @@ struct Breaker {
 impl Breakers {
     /// Opens a connection's breaker after `threshold` consecutive retryable
     /// failures, for `cool_down`.
-    pub fn new(threshold: u32, cool_down: Duration) -> Self {
+    pub(super) fn new(threshold: u32, cool_down: Duration) -> Self {
         Self {
             threshold: threshold.max(1),
             cool_down,
@@ -31,7 +31,7 @@ impl Breakers {
     }
 
     /// How long the connection's breaker stays open, if it is open.
-    pub fn open_for(&self, connection: &str) -> Option<Duration> {
+    pub(super) fn open_for(&self, connection: &str) -> Option<Duration> {
         let state = self.state.lock().expect("breaker state");
         let until = state.get(connection)?.open_until?;
         until.checked_duration_since(Instant::now())
@@ -39,7 +39,7 @@ impl Breakers {
 
     /// Records a call's result: success closes the breaker; a retryable failure
     /// counts towards opening it. Returns true when this failure opened it.
-    pub fn record(&self, connection: &str, retryable_failure: bool) -> bool {
+    pub(super) fn record(&self, connection: &str, retryable_failure: bool) -> bool {
         let mut state = self.state.lock().expect("breaker state");
         if !retryable_failure {
             // A closed breaker is no entry: the map holds only connections
@@ -58,7 +58,7 @@ impl Breakers {
     }
 
     /// Connections whose breaker is open now (for metrics and status).
-    pub fn open_connections(&self) -> Vec<String> {
+    pub(super) fn open_connections(&self) -> Vec<String> {
         let now = Instant::now();
         let state = self.state.lock().expect("breaker state");
         state

@@ -83,7 +83,9 @@ pub struct GoogleConfig {
     pub breaker_threshold: u32,
     /// How long an open breaker pauses its connection. Default: 60 s.
     pub breaker_cool_down: Duration,
-    /// How long Google's usage limits (403 `quotaExceeded`) pause a connection. Default: 1 h.
+    /// How long Google's usage limits (403 `quotaExceeded`) pause a
+    /// connection. The only setting of this pause: its errors carry it as
+    /// their retry-after, which the engine waits out. Default: 1 h.
     pub usage_limit_pause: Duration,
 }
 
@@ -155,6 +157,18 @@ pub struct GoogleCalendar {
     /// What each (workspace, calendar name) resolved to, and under which
     /// connection version.
     resolved: Mutex<IdleMap<Option<(i64, String)>>>,
+}
+
+impl std::fmt::Debug for GoogleCalendar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the tokens.
+        f.debug_struct("GoogleCalendar")
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .field("budget", &self.budget)
+            .field("usage_pause", &self.usage_pause)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GoogleCalendar {
@@ -312,11 +326,11 @@ impl GoogleCalendar {
                 Ok(result) => result.map_err(|e| classify(e, &capture)),
             };
             match result {
-                Err(e) if e.code.starts_with("google_401") && !refreshed => {
+                Err(e) if e.status == Some(401) && !refreshed => {
                     self.tokens.forget(workspace, &token).await;
                     refreshed = true;
                 }
-                Err(e) if e.code.starts_with("google_401") => {
+                Err(e) if e.status == Some(401) => {
                     break Err(CalendarError::new(
                         CalendarErrorKind::ConnectionInvalid,
                         e.code,
@@ -324,7 +338,8 @@ impl GoogleCalendar {
                             "Google refused a freshly refreshed access token: {}",
                             e.message
                         ),
-                    ));
+                    )
+                    .with_status(e.status));
                 }
                 other => break other,
             }
@@ -490,7 +505,7 @@ fn classify(error: google_calendar3::common::Error, capture: &Capture) -> Calend
             let err = &body["error"];
             let status = err["code"]
                 .as_u64()
-                .map(|c| c as u16)
+                .and_then(|c| u16::try_from(c).ok())
                 .or(capture.status)
                 .unwrap_or(400);
             let reason = err["errors"][0]["reason"]
@@ -535,6 +550,7 @@ fn classify(error: google_calendar3::common::Error, capture: &Capture) -> Calend
         first_line(&message),
     )
     .with_retry_after(capture.retry_after)
+    .with_status(Some(status))
 }
 
 fn first_line(text: &str) -> String {
@@ -659,9 +675,7 @@ impl Calendar for GoogleCalendar {
             // Whether Google lets a cancelled event be updated is undocumented;
             // if it refuses, look: a cancelled event needs a fresh id, which the
             // engine takes when it sees `cancelled`.
-            Err(e)
-                if e.kind == CalendarErrorKind::Permanent && e.code.starts_with("google_403") =>
-            {
+            Err(e) if e.kind == CalendarErrorKind::Permanent && e.status == Some(403) => {
                 let current = expect_event(self.call(target, &Request::Get(event_id)).await?)?;
                 if current.cancelled {
                     Ok(current)

@@ -26,7 +26,7 @@ pub const NOTIFY_CHANNEL: &str = "calendar_sync_outbox";
 /// The advisory-lock key of an outbox row: its insertion sequence folded into
 /// 1..=i32::MAX, so rows in flight (never 2^31 apart) never share a key.
 pub fn row_lock_key(seq: i64) -> i32 {
-    ((seq - 1).rem_euclid(i64::from(i32::MAX)) + 1) as i32
+    i32::try_from((seq - 1).rem_euclid(i64::from(i32::MAX)) + 1).expect("folded into 1..=i32::MAX")
 }
 
 /// Writes an outbox row. Call it with the caller's transaction so the row
@@ -228,7 +228,7 @@ where
         match r.get::<_, &str>("outcome") {
             "CLAIMED" => {
                 claimed += 1;
-                batch.stale += r.get::<_, i32>("superseded_older") as usize;
+                batch.stale += usize::try_from(r.get::<_, i32>("superseded_older")).unwrap_or(0);
                 batch.items.push(claimed_item(r));
             }
             "SUPERSEDED" => batch.superseded += 1,
@@ -241,7 +241,7 @@ where
             _ => batch.more = true,
         }
     }
-    batch.more |= claimed >= limit as usize;
+    batch.more |= claimed >= usize::try_from(limit).unwrap_or(usize::MAX);
     Ok(batch)
 }
 
@@ -347,7 +347,12 @@ pub async fn own_row_locks(client: &impl GenericClient) -> Result<Vec<i32>, toki
             &[&LOCK_NAMESPACE],
         )
         .await?;
-    Ok(rows.iter().map(|r| r.get::<_, i64>(0) as i32).collect())
+    // objid is the key's bits as an oid.
+    Ok(rows
+        .iter()
+        .filter_map(|r| u32::try_from(r.get::<_, i64>(0)).ok())
+        .map(u32::cast_signed)
+        .collect())
 }
 
 /// Releases row locks however many times this session took them.
@@ -786,7 +791,7 @@ SELECT (SELECT count(*) FROM this), (SELECT count(*) FROM others)
     } else {
         FailureStatus::ClaimLost
     };
-    Ok((status, row.get::<_, i64>(1) as u64))
+    Ok((status, u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)))
 }
 
 fn failure_status(row: Option<tokio_postgres::Row>) -> FailureStatus {
@@ -811,7 +816,7 @@ pub async fn requeue_dead_letters(
             &[&ids, &workspace_id],
         )
         .await?;
-    Ok(row.get::<_, i32>(0) as u64)
+    Ok(u64::try_from(row.get::<_, i32>(0)).unwrap_or(0))
 }
 
 /// Deletes finished rows older than `days` days; returns how many.
@@ -822,7 +827,7 @@ pub async fn cleanup_old_items(
     let row = client
         .query_one("SELECT cleanup_old_outbox_items($1)", &[&days])
         .await?;
-    Ok(row.get::<_, i32>(0) as u64)
+    Ok(u64::try_from(row.get::<_, i32>(0)).unwrap_or(0))
 }
 
 /// A stored Google connection, as the token refresher reads it.
