@@ -20,19 +20,11 @@ use crate::operation::{CalendarKey, Operation, SourceKey};
 /// value as SQL's `calendar_sync_lock_namespace()` (tests/schema.rs checks it);
 /// the migration lock needs it before the migrations exist.
 pub const LOCK_NAMESPACE: i32 = 0x6373_796e;
-// Row keys are 1..=i32::MAX (`calendar_sync_row_key`); key 0 is the claim
-// mutex (taken inside `calendar_sync_claim`), key -1 the migration lock.
+// Row keys are 1..=i32::MAX, computed by SQL's `calendar_sync_row_key` and
+// returned by the claim and the orphan scan; key 0 is the claim mutex (taken
+// inside `calendar_sync_claim`), key -1 the migration lock.
 /// The channel the insert trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "calendar_sync_outbox";
-
-/// The advisory-lock key of an outbox row: its insertion sequence folded into
-/// 1..=i32::MAX, so rows in flight (never 2^31 apart) never share a key.
-/// The worker does not use it: the claim and the orphan scan return each
-/// row's key, computed by SQL's `calendar_sync_row_key` (tests/schema.rs
-/// checks that the two agree).
-pub fn row_lock_key(seq: i64) -> i32 {
-    ((seq - 1).rem_euclid(i64::from(i32::MAX)) + 1) as i32
-}
 
 /// Writes an outbox row. Call it with the caller's transaction so the row
 /// commits (or not) together with the change it describes. Returns the row's id.
