@@ -71,13 +71,12 @@ GRANT EXECUTE ON FUNCTION requeue_dead_letter_items(uuid[], text), cleanup_old_o
 -- calendar_sync::enqueue does). The wake-up trigger (calendar_sync_notify, run
 -- at commit with the producer's rights) reads calendar_sync_waiters to see
 -- whether a worker waits for a wake-up. Of sync_outbox a producer can read
--- id for RETURNING (and status, next_attempt_at, xmin, which an earlier
--- wake-up trigger read): not the payloads of other rows, not last_error. The
+-- id, for RETURNING: not the payloads of other rows, not last_error. The
 -- trigger that keys a row naming "primary" by its calendar's own id
 -- (calendar_sync_key_calendar, SECURITY DEFINER) reads calendar_aliases with
 -- its owner's rights: no grant needed.
 CREATE ROLE calendar_sync_producer NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
 GRANT INSERT ON sync_outbox TO calendar_sync_producer;
-GRANT SELECT (id, status, next_attempt_at, xmin) ON sync_outbox TO calendar_sync_producer;
+GRANT SELECT (id) ON sync_outbox TO calendar_sync_producer;
 GRANT SELECT ON calendar_sync_waiters TO calendar_sync_producer;
 -- Then: GRANT calendar_sync_producer TO your_application_role;
