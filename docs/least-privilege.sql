@@ -20,9 +20,11 @@
 -- grant them back to both roles); the advisory-lock functions
 -- pg_try_advisory_lock / pg_advisory_unlock / pg_advisory_xact_lock and
 -- gen_random_uuid (EXECUTE granted to PUBLIC); the claim, calendar_sync_claim,
--- the group commit of outcomes, calendar_sync_complete, and
--- calendar_sync_event_id (EXECUTE granted to PUBLIC; they run with the caller's
--- rights, so the table grants below are what they need); reading pg_locks and
+-- the group commit of outcomes, calendar_sync_complete, the binding writes,
+-- calendar_sync_put_bindings, and the other functions of
+-- migrations/V2__functions.sql (EXECUTE granted to PUBLIC; all but three run
+-- with the caller's rights, so the table grants below are what they need; the
+-- three SECURITY DEFINER ones are named below); reading pg_locks and
 -- pg_database (readable by PUBLIC); LISTEN and pg_notify (no privilege at all).
 -- The identity sequence behind sync_outbox.seq needs no USAGE grant: an
 -- identity column takes its value with the table's INSERT privilege.
@@ -37,10 +39,11 @@ CREATE ROLE calendar_sync_worker LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREP
 GRANT SELECT, UPDATE, DELETE ON sync_outbox TO calendar_sync_worker;
 -- calendar_event_bindings: written as INSERT … ON CONFLICT DO UPDATE; never
 -- deleted (a binding written under another name of its calendar moves to the
--- calendar's own id inside calendar_sync_record_alias, SECURITY DEFINER, V11).
+-- calendar's own id inside calendar_sync_record_alias, SECURITY DEFINER).
 GRANT SELECT, INSERT, UPDATE ON calendar_event_bindings TO calendar_sync_worker;
--- calendar_aliases: what each calendar name resolves to (V11); read by a
--- REBUILD_ALL, written only by the SECURITY DEFINER functions of V11.
+-- calendar_aliases: what each calendar name resolves to; read by a
+-- REBUILD_ALL, written only by SECURITY DEFINER functions
+-- (calendar_sync_record_alias, and the trigger calendar_sync_forget_aliases).
 GRANT SELECT ON calendar_aliases TO calendar_sync_worker;
 -- google_connections: `connections put` (INSERT … ON CONFLICT DO UPDATE), a
 -- rotated refresh token or an invalid grant (UPDATE), the token refresher (SELECT).
@@ -67,13 +70,13 @@ GRANT EXECUTE ON FUNCTION requeue_dead_letter_items(uuid[], text), cleanup_old_o
 -- A producer: the application role that enqueues (INSERT … RETURNING id, as
 -- calendar_sync::enqueue does). The wake-up trigger (calendar_sync_notify, run
 -- at commit with the producer's rights) reads calendar_sync_waiters to see
--- whether a worker waits for a wake-up (V9). Of sync_outbox a producer can read
--- id for RETURNING (and status, next_attempt_at, xmin, which V5's trigger read):
--- not the payloads of other rows, not last_error. The trigger that keys a row
--- by its calendar's own id (V11) reads calendar_aliases with its owner's rights:
--- no grant needed.
+-- whether a worker waits for a wake-up. Of sync_outbox a producer can read
+-- id, for RETURNING: not the payloads of other rows, not last_error. The
+-- trigger that keys a row naming "primary" by its calendar's own id
+-- (calendar_sync_key_calendar, SECURITY DEFINER) reads calendar_aliases with
+-- its owner's rights: no grant needed.
 CREATE ROLE calendar_sync_producer NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
 GRANT INSERT ON sync_outbox TO calendar_sync_producer;
-GRANT SELECT (id, status, next_attempt_at, xmin) ON sync_outbox TO calendar_sync_producer;
+GRANT SELECT (id) ON sync_outbox TO calendar_sync_producer;
 GRANT SELECT ON calendar_sync_waiters TO calendar_sync_producer;
 -- Then: GRANT calendar_sync_producer TO your_application_role;

@@ -1,4 +1,4 @@
-//! The shared budget and the fair claim of migration V8, at the SQL level:
+//! The shared budget and the fair claim (`calendar_sync_claim`), at the SQL level:
 //! bucket shapes, claims bounded by the buckets, round robin between tenants,
 //! and a claim's cost bounded by what it hands out, not by what is blocked.
 

@@ -978,7 +978,7 @@ async fn a_settle_time_collapses_a_burst_of_separate_commits_into_one_call() {
     }
 }
 
-/// Producers notify only while a worker waits (V9): an idle worker is
+/// Producers notify only while a worker waits (`calendar_sync_waiters`): an idle worker is
 /// registered, a saturated one is not, a stopped one has left.
 #[tokio::test]
 async fn only_a_worker_with_free_slots_and_nothing_to_claim_waits_for_a_wake_up() {

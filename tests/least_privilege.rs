@@ -116,7 +116,7 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
         cancel("ws1", "ws1@example.com", "s1"),
     ));
     rows.push(("REBUILD_ALL".into(), rebuild("ws2", "ws2@example.com")));
-    // Through "primary": resolved, re-keyed, bindings carried over (V11).
+    // Through "primary": resolved, re-keyed, bindings carried over.
     rows.push(("UPSERT_EVENT".into(), upsert("ws0", "primary", "p1", "v1")));
     rows.push(("REBUILD_ALL".into(), rebuild("ws0", "primary")));
     rows.push((

@@ -26,6 +26,231 @@ async fn migrations_rerun_cleanly_and_concurrently() {
     );
 }
 
+/// What a fresh migrate creates in the schema: every table, index, view,
+/// function (with its signature: the worker, the operator commands and
+/// docs/least-privilege.sql call them by it) and trigger, and nothing else.
+/// Exactly three functions run with their owner's rights.
+const SCHEMA_OBJECTS: &[&str] = &[
+    "function (security definer) calendar_sync_forget_aliases()",
+    "function (security definer) calendar_sync_key_calendar()",
+    "function (security definer) calendar_sync_record_alias(text,text,text,bigint)",
+    "function calendar_sync_base32hex20(bytea)",
+    "function calendar_sync_base32hex_digit(bytea,integer)",
+    "function calendar_sync_bucket_shape(integer,double precision)",
+    "function calendar_sync_bucket_store(\"char\",text,double precision,timestamp with time zone)",
+    "function calendar_sync_bucket_tokens(\"char\",text,double precision,double precision,timestamp with time zone)",
+    "function calendar_sync_claim(integer,integer,double precision,integer,integer,double precision)",
+    "function calendar_sync_complete(uuid[],uuid[],jsonb[],text[],text[],text[],text[],text[],integer[],text[],text[],text[],jsonb[],text[])",
+    "function calendar_sync_event_digest(text,text,text,text,integer)",
+    "function calendar_sync_event_id(text,text,text,text,integer)",
+    "function calendar_sync_fences(text,text)",
+    "function calendar_sync_lock_namespace()",
+    "function calendar_sync_notify()",
+    "function calendar_sync_put_bindings(text[],text[],text[],text[],text[],integer[],text[],text[],text[],jsonb[],text[],uuid[])",
+    "function calendar_sync_resolve_item(uuid,uuid,text,text,text,bigint)",
+    "function calendar_sync_row_key(bigint)",
+    "function calendar_sync_take_budget(text,integer,integer,double precision)",
+    "function calendar_sync_uuid_v7()",
+    "function calendar_sync_wake_workers()",
+    "function cleanup_old_outbox_items(integer)",
+    "function requeue_dead_letter_items(uuid[],text)",
+    "index calendar_aliases_pkey",
+    "index calendar_aliases_resolved_idx",
+    "index calendar_event_bindings_event_idx",
+    "index calendar_event_bindings_pkey",
+    "index calendar_sync_budget_pkey",
+    "index calendar_sync_claim_cursor_pkey",
+    "index calendar_sync_migrations_pkey",
+    "index calendar_sync_waiters_pkey",
+    "index google_connections_pkey",
+    "index sync_outbox_dead_letter_idx",
+    "index sync_outbox_finished_idx",
+    "index sync_outbox_group_pending_idx",
+    "index sync_outbox_pair_unfinished_idx",
+    "index sync_outbox_pending_idx",
+    "index sync_outbox_pkey",
+    "index sync_outbox_rebuild_idx",
+    "index sync_outbox_source_idx",
+    "index sync_outbox_source_processing_idx",
+    "table calendar_aliases",
+    "table calendar_event_bindings",
+    "table calendar_sync_budget",
+    "table calendar_sync_claim_cursor",
+    "table calendar_sync_migrations",
+    "table calendar_sync_waiters",
+    "table google_connections",
+    "table sync_outbox",
+    "trigger google_connections_forget_aliases on google_connections",
+    "trigger sync_outbox_key_calendar on sync_outbox",
+    "trigger sync_outbox_notify on sync_outbox",
+    "view sync_outbox_dead_letters",
+    "view sync_outbox_oldest_pending",
+    "view sync_outbox_status",
+];
+
+#[tokio::test]
+async fn a_fresh_migrate_creates_the_schema_and_a_second_changes_nothing() {
+    let t = TestDb::new().await;
+    assert_eq!(
+        calendar_sync::testing::known_migrations(),
+        3,
+        "V1 schema, V2 functions, V3 operator functions"
+    );
+    let client = t.client().await;
+    let objects = || async {
+        client
+            .query(
+                "SELECT kind || ' ' || name FROM (
+                     SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view' ELSE 'index' END AS kind,
+                            c.relname::text AS name
+                       FROM pg_class c
+                      WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'v', 'i')
+                     UNION ALL
+                     SELECT CASE WHEN p.prosecdef THEN 'function (security definer)' ELSE 'function' END,
+                            p.oid::regprocedure::text
+                       FROM pg_proc p WHERE p.pronamespace = 'public'::regnamespace
+                     UNION ALL
+                     SELECT 'trigger', t.tgname || ' on ' || t.tgrelid::regclass::text
+                       FROM pg_trigger t WHERE NOT t.tgisinternal
+                 ) o ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+    };
+    let fresh = objects().await;
+    assert_eq!(fresh, SCHEMA_OBJECTS);
+
+    // Producers write only operation and payload: the calendar key is the
+    // resolved id once known, else the payload's name.
+    let calendar_id: String = client
+        .query_one(
+            "SELECT pg_get_expr(d.adbin, d.adrelid) FROM pg_attrdef d
+               JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+              WHERE d.adrelid = 'sync_outbox'::regclass AND a.attname = 'calendar_id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        calendar_id,
+        "COALESCE(calendar_key, (payload ->> 'calendarId'::text))"
+    );
+
+    assert_eq!(
+        calendar_sync::migrate(&t.db).await.unwrap(),
+        0,
+        "nothing to apply"
+    );
+    assert_eq!(objects().await, fresh, "the second migrate changed nothing");
+}
+
+/// A database migrated before the squash (other migrations recorded under the
+/// same versions) is refused, never patched up: it must be recreated.
+#[tokio::test]
+async fn a_database_of_the_development_migrations_is_refused() {
+    let t = TestDb::new().await;
+    t.client()
+        .await
+        .batch_execute(
+            "UPDATE calendar_sync_migrations SET name = 'create_sync_outbox', checksum = '1'
+              WHERE version = 1",
+        )
+        .await
+        .unwrap();
+    let err = calendar_sync::migrate(&t.db)
+        .await
+        .expect_err("a divergent history is refused");
+    let message = err.to_string();
+    assert!(
+        message.contains("V1__create_sync_outbox") && message.contains("V1__schema"),
+        "{message}"
+    );
+}
+
+/// Lock keys: the namespace is written in Rust (the migration lock needs it
+/// before the schema exists) and in SQL, and both must agree; a row's key is
+/// computed by SQL alone (`calendar_sync_row_key`, returned by the claim and
+/// the orphan scan): its seq folded into 1..=i32::MAX.
+#[tokio::test]
+async fn sql_and_rust_agree_on_lock_keys() {
+    let t = TestDb::new().await;
+    let client = t.client().await;
+    let namespace: i32 = client
+        .query_one("SELECT calendar_sync_lock_namespace()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(namespace, store::LOCK_NAMESPACE);
+    let max = i64::from(i32::MAX);
+    for (seq, expected) in [
+        (1, 1),
+        (2, 2),
+        (max - 1, i32::MAX - 1),
+        (max, i32::MAX),
+        (max + 1, 1),
+        (2 * max, i32::MAX),
+        (2 * max + 1, 1),
+        (i64::MAX, 1),
+    ] {
+        let key: i32 = client
+            .query_one("SELECT calendar_sync_row_key($1)", &[&seq])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(key, expected, "seq {seq}");
+    }
+}
+
+/// The helpers used inside the claim's statements are inlined by the planner
+/// (plain SQL, no SET clause, volatility no stricter than their body's): no
+/// function call per row, and the fences are read through their index.
+#[tokio::test]
+async fn the_claims_helpers_are_inlined() {
+    let t = TestDb::new().await;
+    let client = t.client().await;
+    let explain = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(sql, &[])
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    let fences = explain(
+        "EXPLAIN (VERBOSE, COSTS OFF)
+         SELECT min(f.seq) FROM calendar_sync_fences('w', 'c') f",
+    )
+    .await;
+    assert!(fences.contains("sync_outbox_rebuild_idx"), "{fences}");
+    assert!(!fences.contains("Function Scan"), "{fences}");
+    let per_row = explain(
+        "EXPLAIN (VERBOSE, COSTS OFF)
+         SELECT calendar_sync_base32hex20(h.digest), calendar_sync_row_key(x.seq),
+                calendar_sync_lock_namespace()
+           FROM sync_outbox x
+          CROSS JOIN LATERAL (
+                SELECT calendar_sync_event_digest(x.workspace_id, x.calendar_id, x.source_type,
+                                                  x.source_id, x.attempts) AS digest
+                OFFSET 0) h",
+    )
+    .await;
+    assert!(!per_row.contains("calendar_sync_"), "{per_row}");
+    assert!(
+        per_row.contains("get_byte") && per_row.contains("sha256"),
+        "{per_row}"
+    );
+}
+
 #[tokio::test]
 async fn producer_writes_only_operation_and_payload() {
     let t = TestDb::new().await;
@@ -233,7 +458,7 @@ async fn notifications_after(t: &TestDb, sql: &str) -> usize {
     n
 }
 
-/// V9: a commit notifies, once per transaction, while a worker is registered
+/// A commit notifies, once per transaction, while a worker is registered
 /// as waiting for a wake-up, whatever else is in the outbox, savepoints included;
 /// and never while none is (busy workers do not register).
 #[tokio::test]

@@ -102,8 +102,8 @@ impl MemoryCalendar {
         self.state().page_size = size.max(1);
     }
 
-    /// Makes the drainer pay every call from the shared budget (migration
-    /// V8), as it does for Google.
+    /// Makes the drainer pay every call from the shared budget
+    /// (`calendar_sync_budget`), as it does for Google.
     pub fn set_budget(&self, budget: calendar_sync::Budget) {
         self.state().budget = Some(budget);
     }

@@ -127,9 +127,6 @@ mod error;
 mod google;
 mod operation;
 pub mod ops;
-// Its items are written `pub` in a crate-private module; they become
-// `pub(crate)` once the schema squash (issue 15 §1) has landed in store.
-#[expect(unreachable_pub, reason = "store is being rewritten by the SQL squash")]
 mod store;
 #[doc(hidden)]
 pub mod testing;

@@ -16,18 +16,15 @@ use crate::google::budget::Budget;
 use crate::operation::{CalendarKey, Operation, SourceKey};
 
 /// First key of every advisory lock we take (`"csyn"`), so our locks cannot
-/// collide with the host application's own two-key advisory locks.
+/// collide with the host application's own two-key advisory locks. The same
+/// value as SQL's `calendar_sync_lock_namespace()` (tests/schema.rs checks it);
+/// the migration lock needs it before the migrations exist.
 pub const LOCK_NAMESPACE: i32 = 0x6373_796e;
-// Row keys are 1..=i32::MAX; key 0 is the claim mutex (taken inside
-// `calendar_sync_claim`), key -1 the migration lock.
+// Row keys are 1..=i32::MAX, computed by SQL's `calendar_sync_row_key` and
+// returned by the claim and the orphan scan; key 0 is the claim mutex (taken
+// inside `calendar_sync_claim`), key -1 the migration lock.
 /// The channel the insert trigger notifies.
 pub const NOTIFY_CHANNEL: &str = "calendar_sync_outbox";
-
-/// The advisory-lock key of an outbox row: its insertion sequence folded into
-/// 1..=i32::MAX, so rows in flight (never 2^31 apart) never share a key.
-pub fn row_lock_key(seq: i64) -> i32 {
-    i32::try_from((seq - 1).rem_euclid(i64::from(i32::MAX)) + 1).expect("folded into 1..=i32::MAX")
-}
 
 /// Writes an outbox row. Call it with the caller's transaction so the row
 /// commits (or not) together with the change it describes. Returns the row's id.
@@ -190,7 +187,7 @@ where
 }
 
 /// [`claim`], each claimed row paying one call from the shared `budget`
-/// (migration V8); rows it cannot pay for are left, and
+/// (`calendar_sync_budget`); rows it cannot pay for are left, and
 /// [`ClaimBatch::budget_wait`] says when the next token is due.
 pub async fn claim_within<S>(
     client: &impl GenericClient,
@@ -261,7 +258,7 @@ fn claimed_item(r: &tokio_postgres::Row) -> ClaimedItem {
         });
     ClaimedItem {
         id: r.get("id"),
-        lock_key: row_lock_key(r.get("seq")),
+        lock_key: r.get("lock_key"),
         operation: r.get("operation"),
         payload: r.get("payload"),
         attempts: r.get("attempts"),
@@ -397,24 +394,24 @@ pub async fn find_orphans(
         .query(
             r#"
 -- find_orphans: in-flight rows whose lock vanished with their worker's connection.
-SELECT o.id, o.seq, o.claim_token
+SELECT o.id, calendar_sync_row_key(o.seq) AS lock_key, o.claim_token
   FROM sync_outbox o
  WHERE o.status = 'PROCESSING'
    AND NOT EXISTS (
        SELECT 1 FROM pg_locks l
         WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
           AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-          AND l.classid = $1::int4::oid
-          AND l.objid = ((o.seq - 1) % 2147483647 + 1)::int4::oid)
+          AND l.classid = calendar_sync_lock_namespace()::oid
+          AND l.objid = calendar_sync_row_key(o.seq)::oid)
 "#,
-            &[&LOCK_NAMESPACE],
+            &[],
         )
         .await?;
     Ok(rows
         .iter()
         .map(|r| Orphan {
             id: r.get("id"),
-            lock_key: row_lock_key(r.get("seq")),
+            lock_key: r.get("lock_key"),
             claim_token: r.get("claim_token"),
         })
         .collect())
@@ -537,14 +534,15 @@ where
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
-/// The statement of [`complete_many`]: `calendar_sync_complete` (migrations,
-/// V7) writes COMPLETED where the claim still holds, and their bindings.
+/// The statement of [`complete_many`]: `calendar_sync_complete` (in the
+/// migrations) writes COMPLETED where the claim still holds, and their bindings.
 pub const COMPLETE_MANY: &str = "SELECT * FROM calendar_sync_complete($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
 
 /// Writes a binding while the claim still holds (returns false if it was
 /// lost). Used to persist the id about to be inserted (state INSERTING) before
 /// calling Google, so a crash between Google's answer and our write cannot lead
-/// to a second event; and by REBUILD_ALL for each source it repairs.
+/// to a second event; and by REBUILD_ALL for each source it repairs. The write
+/// is `calendar_sync_put_bindings`, as the claim's and the group commit's are.
 pub async fn put_binding(
     client: &impl GenericClient,
     item: &ClaimedItem,
@@ -553,19 +551,13 @@ pub async fn put_binding(
     let n = client
         .execute(
             r#"
--- put_binding
-INSERT INTO calendar_event_bindings AS b
-       (workspace_id, calendar_id, source_type, source_id, google_event_id, generation,
-        state, etag, content_hash, content, event_type, last_outbox_id)
-SELECT $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, o.id
+-- put_binding: written only while the claim holds
+SELECT calendar_sync_put_bindings(
+           ARRAY[$3::text], ARRAY[$4::text], ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text],
+           ARRAY[$8::int4], ARRAY[$9::text], ARRAY[$10::text], ARRAY[$11::text],
+           ARRAY[$12::jsonb], ARRAY[$13::text], ARRAY[o.id])
   FROM sync_outbox o
  WHERE o.id = $1 AND o.claim_token = $2
-ON CONFLICT (workspace_id, calendar_id, source_type, source_id) DO UPDATE
-   SET google_event_id = excluded.google_event_id, generation = excluded.generation,
-       state = excluded.state, etag = excluded.etag, content_hash = excluded.content_hash,
-       content = coalesce(excluded.content, b.content),
-       event_type = coalesce(excluded.event_type, b.event_type),
-       last_outbox_id = excluded.last_outbox_id, updated_at = now()
 "#,
             &[
                 &item.id,
@@ -705,7 +697,8 @@ pub async fn dead_letter(
 }
 
 /// Registers this session as a worker waiting for a wake-up: producers'
-/// commits notify while some worker is registered (see V9). Also removes the
+/// commits notify while some worker is registered (`calendar_sync_notify`).
+/// Also removes the
 /// registrations of sessions that no longer exist (workers that died).
 pub async fn register_waiter(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     client
@@ -902,7 +895,7 @@ pub enum Resolution {
 
 /// An item whose payload names its calendar `name` learnt that it is
 /// `resolved` (under connection `version`): see `calendar_sync_resolve_item`
-/// in migration V11.
+/// in the migrations.
 pub async fn resolve_item(
     client: &impl GenericClient,
     item: &ClaimedItem,
@@ -934,7 +927,7 @@ pub async fn resolve_item(
 }
 
 /// Records that `calendar` names `resolved` and carries its bindings over
-/// (migration V11): `None` when the connection changed since `version`, else
+/// (`calendar_sync_record_alias`): `None` when the connection changed since `version`, else
 /// how many sources had a binding under both names with different events.
 pub async fn record_alias(
     client: &impl GenericClient,
