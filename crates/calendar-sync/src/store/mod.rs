@@ -24,7 +24,7 @@ pub const LOCK_NAMESPACE: i32 = 0x6373_796e;
 // returned by the claim and the orphan scan; key 0 is the claim mutex (taken
 // inside `calendar_sync_claim`), key -1 the migration lock.
 /// The channel the insert trigger notifies.
-pub const NOTIFY_CHANNEL: &str = "calendar_sync_outbox";
+pub(crate) const NOTIFY_CHANNEL: &str = "calendar_sync_outbox";
 
 /// Writes an outbox row. Call it with the caller's transaction so the row
 /// commits (or not) together with the change it describes. Returns the row's id.
@@ -297,7 +297,7 @@ pub async fn take_budget(
 /// Tries to take the advisory lock of each key; returns the keys it got.
 /// The lock call sits in the select list of a plain `unnest`, so PostgreSQL
 /// evaluates it exactly once per key (no planner-multiplied, leaked locks).
-pub async fn try_lock_rows(
+pub(crate) async fn try_lock_rows(
     client: &impl GenericClient,
     keys: &[i32],
 ) -> Result<Vec<i32>, tokio_postgres::Error> {
@@ -335,7 +335,9 @@ pub const UNLOCK: &str =
 
 /// The row locks this session holds (after a failed claim, some may belong
 /// to rows it did not claim: session-level advisory locks survive a rollback).
-pub async fn own_row_locks(client: &impl GenericClient) -> Result<Vec<i32>, tokio_postgres::Error> {
+pub(crate) async fn own_row_locks(
+    client: &impl GenericClient,
+) -> Result<Vec<i32>, tokio_postgres::Error> {
     let rows = client
         .query(
             "SELECT objid::int8 FROM pg_locks
@@ -353,7 +355,7 @@ pub async fn own_row_locks(client: &impl GenericClient) -> Result<Vec<i32>, toki
 }
 
 /// Releases row locks however many times this session took them.
-pub async fn release_row_locks(
+pub(crate) async fn release_row_locks(
     client: &impl GenericClient,
     keys: &[i32],
 ) -> Result<(), tokio_postgres::Error> {
@@ -377,7 +379,7 @@ pub async fn release_row_locks(
 /// A PROCESSING row whose advisory lock nobody holds: its worker died or lost
 /// its lock connection.
 #[derive(Debug, Clone, Copy)]
-pub struct Orphan {
+pub(crate) struct Orphan {
     /// Row id.
     pub id: Uuid,
     /// Its lock key.
@@ -387,7 +389,7 @@ pub struct Orphan {
 }
 
 /// PROCESSING rows with no advisory lock held in this database.
-pub async fn find_orphans(
+pub(crate) async fn find_orphans(
     client: &impl GenericClient,
 ) -> Result<Vec<Orphan>, tokio_postgres::Error> {
     let rows = client
@@ -420,7 +422,7 @@ SELECT o.id, calendar_sync_row_key(o.seq) AS lock_key, o.claim_token
 /// Puts orphans (whose locks the caller now holds) back to PENDING, or to
 /// DEAD_LETTER when they have used up their attempts: an item that kills its
 /// worker every time must not loop forever. Returns (requeued, dead-lettered).
-pub async fn recover_orphans(
+pub(crate) async fn recover_orphans(
     client: &impl GenericClient,
     orphans: &[Orphan],
     max_attempts: i32,
@@ -543,7 +545,7 @@ pub const COMPLETE_MANY: &str = "SELECT * FROM calendar_sync_complete($1, $2, $3
 /// calling Google, so a crash between Google's answer and our write cannot lead
 /// to a second event; and by REBUILD_ALL for each source it repairs. The write
 /// is `calendar_sync_put_bindings`, as the claim's and the group commit's are.
-pub async fn put_binding(
+pub(crate) async fn put_binding(
     client: &impl GenericClient,
     item: &ClaimedItem,
     binding: &BindingWrite,
@@ -581,7 +583,7 @@ SELECT calendar_sync_put_bindings(
 
 /// A binding row as REBUILD_ALL reads it.
 #[derive(Debug, Clone)]
-pub struct StoredBinding {
+pub(crate) struct StoredBinding {
     /// The source.
     pub source: SourceKey,
     /// Binding state and ids.
@@ -594,7 +596,7 @@ pub struct StoredBinding {
 
 /// The outcome of a failed attempt, as stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FailureStatus {
+pub(crate) enum FailureStatus {
     /// Will be retried.
     Pending,
     /// Given up.
@@ -605,7 +607,7 @@ pub enum FailureStatus {
 
 /// Schedules a retry `delay_secs` from now (database clock), or dead-letters
 /// the row when this was its last allowed attempt.
-pub async fn fail_retryable(
+pub(crate) async fn fail_retryable(
     client: &impl GenericClient,
     item: &ClaimedItem,
     max_attempts: i32,
@@ -639,7 +641,7 @@ RETURNING status
 
 /// Why an item waits without using an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wait {
+pub(crate) enum Wait {
     /// Google asked us to slow down; counted in `rate_limited`.
     RateLimited,
     /// A pause, a breaker cool-down, a shutdown.
@@ -648,7 +650,7 @@ pub enum Wait {
 
 /// Puts the row back to wait `delay_secs` without counting the attempt: the
 /// failure was not the item's (rate limits, usage-limit pause, shutdown).
-pub async fn defer(
+pub(crate) async fn defer(
     client: &impl GenericClient,
     item: &ClaimedItem,
     delay_secs: f64,
@@ -680,7 +682,7 @@ RETURNING status
 }
 
 /// Dead-letters the row at once.
-pub async fn dead_letter(
+pub(crate) async fn dead_letter(
     client: &impl GenericClient,
     item: &ClaimedItem,
     error: &str,
@@ -700,7 +702,9 @@ pub async fn dead_letter(
 /// commits notify while some worker is registered (`calendar_sync_notify`).
 /// Also removes the
 /// registrations of sessions that no longer exist (workers that died).
-pub async fn register_waiter(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn register_waiter(
+    client: &impl GenericClient,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             r#"
@@ -719,7 +723,9 @@ ON CONFLICT (pid) DO UPDATE SET since = now()
 }
 
 /// Removes this session's registration: it has work and needs no wake-up.
-pub async fn unregister_waiter(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn unregister_waiter(
+    client: &impl GenericClient,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "DELETE FROM calendar_sync_waiters WHERE pid = pg_backend_pid()",
@@ -732,7 +738,7 @@ pub async fn unregister_waiter(client: &impl GenericClient) -> Result<(), tokio_
 /// Holds claims off until the end of the caller's transaction (the claim
 /// mutex, shared: such transactions do not wait for one another), so a
 /// statement that locks many PENDING rows cannot deadlock with a claim.
-pub async fn lock_claims(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
+pub(crate) async fn lock_claims(client: &impl GenericClient) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "-- lock_claims: claims wait until this transaction ends\nSELECT pg_advisory_xact_lock_shared($1, 0)",
@@ -745,7 +751,7 @@ pub async fn lock_claims(client: &impl GenericClient) -> Result<(), tokio_postgr
 /// Dead-letters the row, marks the workspace's Google connection invalid, and
 /// dead-letters the workspace's other waiting items: none of them can succeed
 /// until the connection is re-authorised. Returns how many others it moved.
-pub async fn invalidate_connection(
+pub(crate) async fn invalidate_connection(
     client: &impl GenericClient,
     item: &ClaimedItem,
     workspace_id: &str,
@@ -797,7 +803,7 @@ fn failure_status(row: Option<tokio_postgres::Row>) -> FailureStatus {
 
 /// Moves DEAD_LETTER rows back to PENDING with attempts reset: the given ids,
 /// or every dead letter (optionally of one workspace) when `ids` is `None`.
-pub async fn requeue_dead_letters(
+pub(crate) async fn requeue_dead_letters(
     client: &impl GenericClient,
     ids: Option<&[Uuid]>,
     workspace_id: Option<&str>,
@@ -813,7 +819,7 @@ pub async fn requeue_dead_letters(
 }
 
 /// Deletes finished rows older than `days` days; returns how many.
-pub async fn cleanup_old_items(
+pub(crate) async fn cleanup_old_items(
     client: &impl GenericClient,
     days: i32,
 ) -> Result<u64, tokio_postgres::Error> {
@@ -825,7 +831,7 @@ pub async fn cleanup_old_items(
 
 /// A stored Google connection, as the token refresher reads it.
 #[derive(Clone)]
-pub struct ConnectionRow {
+pub(crate) struct ConnectionRow {
     /// The Google account.
     pub google_email: String,
     /// The encrypted refresh token (an envelope, never plaintext).
@@ -849,7 +855,7 @@ impl std::fmt::Debug for ConnectionRow {
 }
 
 /// The workspace's connection, if one is stored.
-pub async fn connection(
+pub(crate) async fn connection(
     client: &impl GenericClient,
     workspace_id: &str,
 ) -> Result<Option<ConnectionRow>, tokio_postgres::Error> {
@@ -872,12 +878,12 @@ pub async fn connection(
 
 /// Connections' versions, read by primary key before each Google call so
 /// that a reconnect is never missed (see `versions`).
-pub const CONNECTION_VERSIONS: &str =
+pub(crate) const CONNECTION_VERSIONS: &str =
     "SELECT workspace_id, connection_version FROM google_connections WHERE workspace_id = ANY ($1)";
 
 /// What [`resolve_item`] found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resolution {
+pub(crate) enum Resolution {
     /// The row is keyed by the calendar's own id: go on.
     Keyed,
     /// It was keyed by another name: re-keyed (with its workspace's waiting
@@ -896,7 +902,7 @@ pub enum Resolution {
 /// An item whose payload names its calendar `name` learnt that it is
 /// `resolved` (under connection `version`): see `calendar_sync_resolve_item`
 /// in the migrations.
-pub async fn resolve_item(
+pub(crate) async fn resolve_item(
     client: &impl GenericClient,
     item: &ClaimedItem,
     calendar: &CalendarKey,
@@ -929,7 +935,7 @@ pub async fn resolve_item(
 /// Records that `calendar` names `resolved` and carries its bindings over
 /// (`calendar_sync_record_alias`): `None` when the connection changed since `version`, else
 /// how many sources had a binding under both names with different events.
-pub async fn record_alias(
+pub(crate) async fn record_alias(
     client: &impl GenericClient,
     calendar: &CalendarKey,
     resolved: &str,
@@ -951,7 +957,7 @@ pub async fn record_alias(
 }
 
 /// The calendar names a workspace's bindings use, other than `except`.
-pub async fn binding_calendar_names(
+pub(crate) async fn binding_calendar_names(
     client: &impl GenericClient,
     workspace_id: &str,
     except: &str,
@@ -967,7 +973,7 @@ pub async fn binding_calendar_names(
 }
 
 /// The names known to resolve to `calendar`'s id, other than that id.
-pub async fn calendar_aliases(
+pub(crate) async fn calendar_aliases(
     client: &impl GenericClient,
     calendar: &CalendarKey,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
@@ -983,7 +989,7 @@ pub async fn calendar_aliases(
 }
 
 /// Stores (or replaces) a workspace's connection and marks it valid.
-pub async fn put_connection(
+pub(crate) async fn put_connection(
     client: &impl GenericClient,
     workspace_id: &str,
     google_email: &str,
@@ -1006,7 +1012,7 @@ pub async fn put_connection(
 
 /// Replaces the stored refresh token after Google rotated it, unless someone
 /// stored a different one meanwhile.
-pub async fn replace_refresh_token(
+pub(crate) async fn replace_refresh_token(
     client: &impl GenericClient,
     workspace_id: &str,
     old_envelope: &str,
@@ -1023,7 +1029,7 @@ pub async fn replace_refresh_token(
 }
 
 /// Records that Google's usage limits made the workspace's calendar read-only.
-pub async fn pause_connection(
+pub(crate) async fn pause_connection(
     client: &impl GenericClient,
     workspace_id: &str,
     pause_secs: f64,
@@ -1054,7 +1060,7 @@ pub struct ConnectionInfo {
 }
 
 /// Every stored connection, without tokens.
-pub async fn list_connections(
+pub(crate) async fn list_connections(
     client: &impl GenericClient,
 ) -> Result<Vec<ConnectionInfo>, tokio_postgres::Error> {
     let rows = client
@@ -1078,7 +1084,7 @@ pub async fn list_connections(
 }
 
 /// Whether the application defines the desired-state view.
-pub async fn desired_view_exists(
+pub(crate) async fn desired_view_exists(
     client: &impl GenericClient,
 ) -> Result<bool, tokio_postgres::Error> {
     let row = client
@@ -1092,7 +1098,7 @@ pub async fn desired_view_exists(
 
 /// A row of the application's `calendar_sync_desired_events` view.
 #[derive(Debug, Clone)]
-pub struct DesiredRow {
+pub(crate) struct DesiredRow {
     /// Source type.
     pub source_type: String,
     /// Source id.
@@ -1116,7 +1122,7 @@ pub struct DesiredRow {
 /// The next page of the view's rows of one calendar after `after`, in byte
 /// order of (source_type, source_id). Timestamps and dates are read through
 /// JSON, which renders them in ISO 8601 whatever their column type.
-pub async fn desired_view_page(
+pub(crate) async fn desired_view_page(
     client: &impl GenericClient,
     calendar: &CalendarKey,
     after: Option<&crate::operation::SourceCursor>,
@@ -1163,7 +1169,7 @@ fn split_cursor(cursor: Option<&crate::operation::SourceCursor>) -> (Option<&str
 }
 
 /// LIVE bindings of one calendar after `after`, in byte order, at most `limit`.
-pub async fn live_bindings_page(
+pub(crate) async fn live_bindings_page(
     client: &impl GenericClient,
     calendar: &CalendarKey,
     after: Option<&crate::operation::SourceCursor>,
@@ -1173,7 +1179,7 @@ pub async fn live_bindings_page(
 }
 
 /// Bindings (any state) of one calendar with keys in `(after, upto]`.
-pub async fn bindings_in_range(
+pub(crate) async fn bindings_in_range(
     client: &impl GenericClient,
     calendar: &CalendarKey,
     after: Option<&crate::operation::SourceCursor>,
@@ -1240,7 +1246,7 @@ fn stored_binding(calendar: &CalendarKey, r: &tokio_postgres::Row) -> StoredBind
 }
 
 /// Event ids the calendar's bindings want kept (LIVE or being inserted).
-pub async fn bound_event_ids(
+pub(crate) async fn bound_event_ids(
     client: &impl GenericClient,
     calendar: &CalendarKey,
 ) -> Result<std::collections::HashSet<String>, tokio_postgres::Error> {
@@ -1256,7 +1262,7 @@ pub async fn bound_event_ids(
 
 /// Stores a long item's checkpoint and puts it back in line without using an
 /// attempt, so that it resumes from there (after other work had a turn).
-pub async fn checkpoint(
+pub(crate) async fn checkpoint(
     client: &impl GenericClient,
     item: &ClaimedItem,
     progress: &Value,
