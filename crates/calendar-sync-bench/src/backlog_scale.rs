@@ -27,7 +27,7 @@ const MAX_EXAMINED: usize = 1_000;
 /// Timed claims per measurement.
 const CLAIMS: usize = 20;
 
-/// The walk `calendar_sync_claim` makes for each page (V7: at most 256 rows
+/// The walk `calendar_sync_claim` makes for each page (at most 256 rows
 /// inside, the page size outside), with the first page's values written in
 /// (after seq 0, page size 32), without the per-row judging subqueries.
 const PAGE_QUERY: &str = "SELECT * FROM (SELECT o.id, o.seq, o.operation, o.workspace_id, \
@@ -98,7 +98,7 @@ pub async fn run(quick: bool) {
          sees right after a burst into a new or truncated outbox until autovacuum gets to \
          it; the claim is timed there (\"stale statistics\"), then again after VACUUM \
          ANALYZE, then the worker drains. The claim is the library's own: \
-         `store::claim` with `store::CLAIM` (`SELECT * FROM calendar_sync_claim($1, $2)`), \
+         `store::claim` with `store::CLAIM` (`SELECT * FROM calendar_sync_claim($1, ..., $6)`), \
          limit {CLAIM_LIMIT}, max_examined {MAX_EXAMINED} (what the drainer passes for a claim \
          of {CLAIM_LIMIT}), prepared once on a new session as the drainer does; \"first\" is the first \
          claim of the session (plpgsql compiles the function and plans its queries), \

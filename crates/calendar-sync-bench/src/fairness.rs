@@ -1,5 +1,5 @@
 //! Scenarios "noisy-neighbour" and "workers-come-and-go": Google's quotas
-//! shared through PostgreSQL (migration V8) by drainers against the fake
+//! shared through PostgreSQL (`calendar_sync_budget`) by drainers against the fake
 //! Google enforcing both quotas over scaled windows.
 //!
 //! * noisy-neighbour: tenant A has a backlog of minutes of its own quota;

@@ -12,7 +12,7 @@ const KEY: &str = "sync_outbox_key_calendar";
 /// Producer cost of the triggers on `sync_outbox`: the wake-up (a deferred
 /// constraint trigger that checks once per transaction, at commit, whether a
 /// worker waits for a wake-up and notifies only if one does) and the
-/// calendar key (V11: a row's calendar id resolved through
+/// calendar key (a row's calendar id resolved through
 /// `calendar_aliases`). Single-row INSERT transactions from concurrent
 /// producers with both, with the wake-up alone, and with neither, alternating
 /// rounds so drift on a noisy machine hits all alike.
@@ -84,13 +84,13 @@ pub async fn run(quick: bool) {
         "The wake-up trigger is a deferred constraint trigger: at commit, once per \
          transaction, it looks whether a worker is registered in calendar_sync_waiters \
          (a worker with free slots whose last claim came up short) and sends NOTIFY only if \
-         one is (V9__wake_only_waiting_workers.sql). No worker runs here, so no NOTIFY is \
+         one is (`calendar_sync_notify`, migrations/V2__functions.sql). No worker runs here, so no NOTIFY is \
          sent: the cost below is that check (one look at a tiny table) and the trigger's \
          firing, not the notification queue's lock. Busy workers do not register, so busy \
-         producers pay the same with workers running. V5's trigger (look for a due PENDING \
+         producers pay the same with workers running. The earlier trigger (look for a due PENDING \
          row other than the transaction's own) measured 12.0 % in an earlier session, under \
          load (1,351 vs 1,534 inserts/s, load average 7.5). The calendar-key trigger \
-         (V11__calendar_identity.sql) fires only for a row whose calendarId is \
+         (`calendar_sync_key_calendar`) fires only for a row whose calendarId is \
          \"primary\": one primary-key read of calendar_aliases keys it by the calendar's own \
          id; for any other row it costs the evaluation of its WHEN condition."
     )
@@ -110,7 +110,7 @@ pub async fn run(quick: bool) {
     .unwrap();
     writeln!(
         report,
-        "| the calendar's own id | wake-up only (before V11) | {wake_only:.0} |"
+        "| the calendar's own id | wake-up only (no calendar key) | {wake_only:.0} |"
     )
     .unwrap();
     writeln!(report, "| the calendar's own id | neither | {neither:.0} |").unwrap();

@@ -2,7 +2,7 @@
 //! (sliding windows, per user and per project, time scaled so the run stays
 //! short: same rates, shorter windows) and answers after 100 ms; 100 workspaces;
 //! a backlog larger than the quota. The drainers pay from the budgets shared
-//! through the database (migration V8) at their documented shape (a burst of a
+//! through the database (`calendar_sync_budget`) at their documented shape (a burst of a
 //! sixtieth, refilled over the window plus a sixtieth of it).
 
 use std::time::{Duration, SystemTime};
@@ -145,7 +145,7 @@ pub async fn run(quick: bool) {
     ));
     let window_s = window.as_secs_f64();
     report.para(&format!(
-        "Budget window: the buckets (migration V8, `calendar_sync_budget`) count over \
+        "Budget window: the buckets (`calendar_sync_budget`) count over \
          `GoogleConfig::quota_window`, a minute by default; here it is scaled like the \
          fake's, to {window_s} s, with the quotas per window set to the fake's ({} per \
          project, {} per connection), shared by however many drainers run. A bucket lets a \

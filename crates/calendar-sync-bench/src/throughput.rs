@@ -148,7 +148,7 @@ pub async fn run(quick: bool) {
          INSERTING binding, insert call, complete with the LIVE binding), already waiting when \
          one worker starts. Calendar: the in-process MemoryCalendar, zero latency (Google is not \
          the point here); in the last row every call is paid from the shared budget \
-         (migration V8) as Google's calls are, with quotas raised far enough never to bind, \
+         (`calendar_sync_budget`) as Google's calls are, with quotas raised far enough never to bind, \
          so that row is the engine at the defaults a Google deployment runs with, and the \
          target is judged on it. Throughput is items finished / seconds from start to \
          the last one. CPU: this process (the worker) and the PostgreSQL backends serving the \

@@ -47,7 +47,7 @@ async fn hard_stop(cancel: &CancellationToken, grace: Duration) {
 /// A claim looks at no more than this many due rows and (workspace, calendar)
 /// groups per row it may claim (and at least [`MIN_EXAMINED`]), so that many
 /// blocked groups cannot make one claim expensive; the next claim goes on
-/// where a capped one stopped (V8's cursor).
+/// where a capped one stopped (the claim's persisted cursor).
 const MAX_EXAMINED_PER_CLAIMED: usize = 20;
 const MIN_EXAMINED: usize = 1000;
 

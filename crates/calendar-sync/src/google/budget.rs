@@ -1,4 +1,4 @@
-//! Google's quotas, shared by every worker through PostgreSQL (migration V8):
+//! Google's quotas, shared by every worker through PostgreSQL (`calendar_sync_budget`):
 //! a token bucket per connection and one for the project. The claim pays an
 //! item's first call (a row the buckets cannot pay for is never claimed);
 //! each further call of the item (a 409 adoption, a list page, a 401 retry)

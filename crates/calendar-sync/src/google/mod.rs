@@ -77,7 +77,7 @@ pub struct GoogleConfig {
     /// down change it. Default: 60 s.
     pub quota_window: Duration,
     /// Deprecated and ignored: every worker pays from budgets shared through
-    /// the database (migration V8), however many are running. Default: 1.
+    /// the database (`calendar_sync_budget`), however many are running. Default: 1.
     pub worker_processes: u32,
     /// Consecutive retryable failures that open a connection's circuit breaker. Default: 5.
     pub breaker_threshold: u32,
