@@ -216,3 +216,283 @@ async fn security_headers_and_stylesheet() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn search_finds_an_item_by_source_id_and_by_id() {
+    let t = TestDb::new().await;
+    seed_counts(&t).await;
+    let wanted = t
+        .insert(
+            "UPSERT_EVENT",
+            upsert("ws-a", "cal", "task-4711", "Find me"),
+        )
+        .await;
+    set_status(&t, wanted, "COMPLETED", None).await;
+    let app = nested(&t, "/dashboard", DashboardOptions::default());
+
+    let page = get(&app, "/dashboard/items?q=task-4711").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains(&format!("/dashboard/items/{wanted}")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("Find me"));
+    assert!(!page.body.contains("pending"), "only the source's items");
+
+    let page = get(&app, &format!("/dashboard/items?q={wanted}")).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(
+        page.headers["location"],
+        format!("/dashboard/items/{wanted}").as_str()
+    );
+
+    let page = get(&app, &format!("/dashboard/items?q={}", Uuid::new_v4())).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"no-items\""));
+}
+
+#[tokio::test]
+async fn items_filter_and_paginate() {
+    let t = TestDb::new().await;
+    seed_counts(&t).await;
+    let options = DashboardOptions {
+        page_size: 2,
+        scan_window: 4,
+        ..DashboardOptions::default()
+    };
+    let app = nested(&t, "/ops/cs", options);
+    let ids_on = |body: &str| -> Vec<String> {
+        body.match_indices("href=\"/ops/cs/items/")
+            .map(|(i, m)| body[i + m.len()..i + m.len() + 36].to_owned())
+            .collect()
+    };
+    let next_on = |body: &str| -> Option<String> {
+        let i = body.find("rel=\"next\" href=\"")? + "rel=\"next\" href=\"".len();
+        Some(body[i..i + body[i..].find('"')?].replace("&amp;", "&"))
+    };
+    // Every filter mode pages through all its items exactly once.
+    for (filter, expected) in [
+        ("status=PENDING", 5),
+        ("status=DEAD_LETTER", 3),
+        ("status=DEAD_LETTER&code=calendar_not_found", 2),
+        ("status=COMPLETED", 3),
+        ("", 13),
+        ("workspace=ws-b", 3),
+        ("operation=UPSERT_EVENT&source_type=task&source_id=p3", 1),
+    ] {
+        let mut seen = Vec::new();
+        let mut uri = format!("/ops/cs/items?{filter}");
+        for _ in 0..20 {
+            let page = get(&app, &uri).await;
+            assert_eq!(page.status, StatusCode::OK, "{uri}: {}", page.body);
+            seen.extend(ids_on(&page.body));
+            match next_on(&page.body) {
+                Some(next) => uri = next,
+                None => break,
+            }
+        }
+        let unique: std::collections::BTreeSet<_> = seen.iter().collect();
+        assert_eq!(unique.len(), seen.len(), "{filter}: no item twice");
+        assert_eq!(seen.len(), expected, "{filter}: {seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn item_detail_shows_payload_source_items_and_binding() {
+    let t = TestDb::new().await;
+    let old = t
+        .insert("UPSERT_EVENT", upsert("ws-a", "cal", "task-1", "v1"))
+        .await;
+    let new = t
+        .insert("UPSERT_EVENT", upsert("ws-a", "cal", "task-1", "v2"))
+        .await;
+    let client = t.client().await;
+    client
+        .execute(
+            "UPDATE sync_outbox SET status = 'SUPERSEDED', superseded_by = $2, processed_at = now() WHERE id = $1",
+            &[&old, &new],
+        )
+        .await
+        .expect("supersede");
+    client
+        .execute(
+            "INSERT INTO calendar_event_bindings
+                 (workspace_id, calendar_id, source_type, source_id, google_event_id, state, content_hash, last_outbox_id)
+             VALUES ('ws-a', 'cal', 'task', 'task-1', 'csabc123', 'LIVE', 'hash-xyz', $1)",
+            &[&new],
+        )
+        .await
+        .expect("binding");
+    let app = nested(&t, "/dashboard", DashboardOptions::default());
+    let page = get(&app, &format!("/dashboard/items/{old}")).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains("SUPERSEDED"));
+    assert!(
+        page.body
+            .contains(&format!("href=\"/dashboard/items/{new}\"")),
+        "superseded_by linked"
+    );
+    assert!(
+        page.body.contains("&quot;title&quot;: &quot;v1&quot;"),
+        "pretty-printed payload: {}",
+        page.body
+    );
+    assert!(
+        page.body.contains("csabc123") && page.body.contains("hash-xyz"),
+        "binding"
+    );
+    let siblings = &page.body[page.body.find("id=\"source-items\"").expect("source items")..];
+    assert!(
+        siblings.find(&old.to_string()) < siblings.find(&new.to_string()),
+        "in order"
+    );
+
+    assert_eq!(
+        get(&app, &format!("/dashboard/items/{}", Uuid::new_v4()))
+            .await
+            .status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        get(&app, "/dashboard/items/not-a-uuid").await.status,
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn user_content_is_escaped() {
+    let t = TestDb::new().await;
+    let img = "<img src=x onerror=alert(1)>";
+    let script = "</script><script>alert(1)</script>";
+    let mut payload = upsert("ws-<b>x</b>", "cal", "<i>src</i>", img);
+    payload["event"]["description"] = serde_json::Value::from(script);
+    let id = t.insert("UPSERT_EVENT", payload).await;
+    set_status(
+        &t,
+        id,
+        "DEAD_LETTER",
+        Some(&format!("[bad_request] {script}")),
+    )
+    .await;
+    t.client()
+        .await
+        .execute(
+            "INSERT INTO google_connections (workspace_id, google_email, refresh_token_encrypted, is_valid, invalid_reason)
+             VALUES ('ws-<b>x</b>', '<svg onload=alert(1)>@example.com', 'v1:k:SECRET-ENVELOPE', false, $1)",
+            &[&script],
+        )
+        .await
+        .expect("connection");
+    let app = nested(&t, "/dashboard", DashboardOptions::default());
+    for uri in [
+        "/dashboard".to_owned(),
+        "/dashboard/items".to_owned(),
+        "/dashboard/items?status=DEAD_LETTER".to_owned(),
+        format!("/dashboard/items/{id}"),
+        "/dashboard/items?q=%3Ci%3Esrc%3C%2Fi%3E".to_owned(),
+    ] {
+        let page = get(&app, &uri).await;
+        assert_eq!(page.status, StatusCode::OK, "{uri}");
+        for raw in [img, script, "<script", "<img", "<svg", "<b>", "<i>"] {
+            assert!(!page.body.contains(raw), "{uri} contains {raw} raw");
+        }
+        assert!(page.body.contains("&lt;"), "{uri}: escaped content shown");
+    }
+    let detail = get(&app, &format!("/dashboard/items/{id}")).await.body;
+    assert!(
+        detail.contains("&lt;img src=x onerror=alert(1)&gt;"),
+        "{detail}"
+    );
+    assert!(detail.contains("&lt;/script&gt;&lt;script&gt;alert(1)&lt;/script&gt;"));
+}
+
+#[tokio::test]
+async fn links_work_under_two_prefixes() {
+    let t = TestDb::new().await;
+    seed_counts(&t).await;
+    for prefix in ["/dashboard", "/ops/cs"] {
+        let app = nested(&t, prefix, DashboardOptions::default());
+        let mut queue = vec![prefix.to_owned()];
+        let mut visited = std::collections::BTreeSet::new();
+        while let Some(uri) = queue.pop() {
+            if !visited.insert(uri.clone()) || visited.len() > 60 {
+                continue;
+            }
+            let page = get(&app, &uri).await;
+            assert!(
+                page.status == StatusCode::OK,
+                "{prefix}: {uri} -> {}",
+                page.status
+            );
+            for attr in ["href=\"", "action=\""] {
+                for (i, m) in page.body.match_indices(attr) {
+                    let rest = &page.body[i + m.len()..];
+                    let link = rest[..rest.find('"').expect("quoted")].replace("&amp;", "&");
+                    assert!(
+                        link.starts_with(&format!("{prefix}/")) || link == prefix,
+                        "{prefix}: {uri} links outside the prefix: {link}"
+                    );
+                    queue.push(link);
+                }
+            }
+        }
+        assert!(
+            visited.iter().any(|u| u.contains("/items/")),
+            "{prefix}: an item page was visited"
+        );
+        assert!(
+            visited.iter().any(|u| u.contains("/assets/")),
+            "{prefix}: the stylesheet was fetched"
+        );
+    }
+    // At the root too.
+    let app = router(t.db.clone(), DashboardOptions::default());
+    let page = get(&app, "/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("href=\"/items?status=PENDING\""));
+}
+
+#[tokio::test]
+async fn no_token_in_any_page() {
+    let t = TestDb::new().await;
+    seed_counts(&t).await;
+    let envelope = "v1:key-2024:U0VDUkVULVJFRlJFU0gtVE9LRU4tZW52ZWxvcGU";
+    t.client()
+        .await
+        .execute(
+            "INSERT INTO google_connections (workspace_id, google_email, refresh_token_encrypted, is_valid, invalid_reason, paused_until)
+             VALUES ('ws-a', 'a@example.com', $1, false, 'invalid_grant', now() + interval '1 hour'),
+                    ('ws-b', 'b@example.com', $1, true, NULL, now() + interval '1 hour')",
+            &[&envelope],
+        )
+        .await
+        .expect("connections");
+    let app = nested(&t, "/dashboard", DashboardOptions::default());
+    let overview = get(&app, "/dashboard").await.body;
+    assert!(
+        overview.contains("invalid_grant") && overview.contains("a@example.com"),
+        "{overview}"
+    );
+    let mut uris = vec![
+        "/dashboard".to_owned(),
+        "/dashboard/items".to_owned(),
+        "/dashboard/items?workspace=ws-a".to_owned(),
+    ];
+    let items = get(&app, "/dashboard/items").await.body;
+    for (i, m) in items.match_indices("href=\"/dashboard/items/") {
+        uris.push(format!(
+            "/dashboard/items/{}",
+            &items[i + m.len()..i + m.len() + 36]
+        ));
+    }
+    for uri in &uris {
+        let body = get(&app, uri).await.body;
+        for part in envelope.split(':') {
+            assert!(
+                !body.contains(part),
+                "{uri} shows a part of the token envelope: {part}"
+            );
+        }
+    }
+}
