@@ -70,7 +70,7 @@ pub enum Command {
 pub struct RunArgs {
     #[command(flatten)]
     pub drain: DrainerArgs,
-    /// Address of /healthz, /readyz and /metrics.
+    /// Address of /healthz, /readyz, /metrics and the read-only dashboard (/dashboard/).
     #[arg(
         long,
         env = "CALENDAR_SYNC_HTTP_ADDR",

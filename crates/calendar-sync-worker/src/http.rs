@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz` and `/metrics` on CALENDAR_SYNC_HTTP_ADDR.
+//! `/healthz`, `/readyz`, `/metrics` and the read-only dashboard
+//! (`/dashboard/`) on CALENDAR_SYNC_HTTP_ADDR.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use calendar_sync::{Database, DrainerHandle, TokenCipher};
+use calendar_sync_dashboard::DashboardOptions;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::commands::Failure;
@@ -52,7 +54,12 @@ pub async fn serve(
         // An idle loop goes round once per poll interval.
         stuck_after: (poll_interval * 3).max(Duration::from_secs(30)),
     };
+    // Read-only (nothing it serves writes), and local by default like the
+    // rest of this server. `nest_service` routes both `/dashboard` and
+    // `/dashboard/` to its overview.
+    let dashboard = calendar_sync_dashboard::router(state.db.clone(), DashboardOptions::default());
     let app = Router::new()
+        .nest_service("/dashboard", dashboard)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))

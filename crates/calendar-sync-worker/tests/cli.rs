@@ -297,6 +297,29 @@ async fn http_get(port: u16, path: &str) -> (u16, String) {
     (status, response)
 }
 
+async fn http_post(port: u16, path: &str) -> (u16, String) {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, response)
+}
+
 #[tokio::test]
 async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
     let g = FakeGoogle::start().await;
@@ -368,6 +391,41 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
     ] {
         assert!(metrics.contains(name), "{name} in /metrics");
     }
+    // The read-only dashboard, at /dashboard/ and /dashboard.
+    for path in ["/dashboard/", "/dashboard"] {
+        let (status, page) = http_get(port, path).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        assert!(page.contains("data-status=\"COMPLETED\""), "{path}: {page}");
+        assert!(
+            page.contains("href=\"/dashboard/items\""),
+            "{path}: links under the prefix"
+        );
+        let lower = page.to_ascii_lowercase();
+        assert!(
+            lower.contains("content-security-policy: default-src 'none'"),
+            "{page}"
+        );
+        assert!(lower.contains("cache-control: no-store"), "{page}");
+    }
+    let (status, page) = http_get(port, "/dashboard/items?q=s7").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("/dashboard/items/"),
+        "search by source id: {page}"
+    );
+    let envelope: String = t
+        .client()
+        .await
+        .query_one(
+            "SELECT refresh_token_encrypted FROM google_connections WHERE workspace_id = 'w1'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!page.contains(&envelope) && !page.contains("rt-1"));
+    let (status, _) = http_post(port, "/dashboard/items").await;
+    assert_eq!(status, 405, "the dashboard is read-only");
 
     // SIGTERM mid-load: exit 0 within the grace period, nothing left behind.
     assert!(t.count("PENDING").await > 0, "still under load");
