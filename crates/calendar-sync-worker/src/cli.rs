@@ -26,6 +26,14 @@ pub struct Cli {
 pub enum Command {
     /// Run the drainer until SIGTERM or SIGINT (the default command).
     Run(RunArgs),
+    /// Serve the read-only dashboard without draining, until SIGTERM or SIGINT.
+    ///
+    /// The dashboard at /dashboard/ (and /dashboard), with /healthz and
+    /// /readyz, on CALENDAR_SYNC_HTTP_ADDR, as `run` serves it. It claims
+    /// nothing and reads only the database: no encryption key, no Google
+    /// settings. /readyz answers 200 once the database is reachable and its
+    /// schema is current.
+    Dashboard(DashboardArgs),
     /// Process everything due now and exit (cron-style runs).
     Drain(DrainArgs),
     /// Apply database migrations (idempotent).
@@ -71,11 +79,20 @@ pub struct RunArgs {
     #[command(flatten)]
     pub drain: DrainerArgs,
     /// Address of /healthz, /readyz, /metrics and the read-only dashboard (/dashboard/).
-    #[arg(
-        long,
-        env = "CALENDAR_SYNC_HTTP_ADDR",
-        default_value = "127.0.0.1:9464"
-    )]
+    #[arg(long, env = "CALENDAR_SYNC_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
+    pub http_addr: SocketAddr,
+}
+
+/// Where `run` and `dashboard` listen unless told: local only.
+const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
+
+/// `dashboard`: the database and the HTTP address, nothing else.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address of the read-only dashboard (/dashboard/), /healthz and /readyz.
+    #[arg(long, env = "CALENDAR_SYNC_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
 }
 
@@ -289,8 +306,9 @@ fn required<'a>(value: &'a Option<String>, name: &str) -> Result<&'a str, Config
 }
 
 /// Subcommand names; a command line starting with none of them runs `run`.
-const SUBCOMMANDS: [&str; 9] = [
+const SUBCOMMANDS: [&str; 10] = [
     "run",
+    "dashboard",
     "drain",
     "migrate",
     "status",

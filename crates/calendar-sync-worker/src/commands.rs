@@ -7,7 +7,8 @@ use calendar_sync::{ConnectOptions, Database, GoogleCalendar, OutboxDrainer};
 use secrecy::SecretString;
 
 use crate::cli::{
-    ConfigError, ConnectionsCommand, DatabaseArgs, DrainerArgs, KeyArgs, RequeueArgs, RunArgs,
+    ConfigError, ConnectionsCommand, DashboardArgs, DatabaseArgs, DrainerArgs, KeyArgs,
+    RequeueArgs, RunArgs,
 };
 
 /// Why a command failed: bad configuration (exit 2) or a runtime failure (exit 1).
@@ -75,14 +76,7 @@ pub async fn run(args: &RunArgs) -> Outcome {
     let (db, drainer) = drainer(settings)?;
     let cipher = settings.keys.cipher()?;
     let metrics = crate::http::install_metrics()?;
-    let listener = tokio::net::TcpListener::bind(args.http_addr)
-        .await
-        .map_err(|e| {
-            Failure::Runtime(format!(
-                "cannot listen on CALENDAR_SYNC_HTTP_ADDR {}: {e}",
-                args.http_addr
-            ))
-        })?;
+    let listener = listen(args.http_addr).await?;
     if let Err(e) = calendar_sync::ops::readiness(&db).await {
         tracing::warn!(error = %e, "not ready yet; the drainer keeps trying");
     }
@@ -112,6 +106,33 @@ pub async fn run(args: &RunArgs) -> Outcome {
     let report = handle.stop().await;
     tracing::info!(?report, "stopped");
     Ok(())
+}
+
+/// `dashboard`: the read-only dashboard with /healthz and /readyz until
+/// SIGTERM/SIGINT; it claims nothing, and needs only the database.
+pub async fn dashboard(args: &DashboardArgs) -> Outcome {
+    // A page's queries, a few pages at once.
+    let db = database(&args.database, 4)?;
+    let listener = listen(args.http_addr).await?;
+    if let Err(e) = calendar_sync::ops::readiness(&db).await {
+        tracing::warn!(error = %e, "not ready yet; the dashboard's pages fail until it is");
+    }
+    tracing::info!(http = %args.http_addr, "calendar-sync dashboard serving /dashboard/ (no draining)");
+    let server = tokio::spawn(crate::http::serve_dashboard(listener, db));
+    shutdown_signal().await;
+    tracing::info!("signal received; stopping");
+    server.abort();
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn listen(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, Failure> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+        Failure::Runtime(format!(
+            "cannot listen on CALENDAR_SYNC_HTTP_ADDR {addr}: {e}"
+        ))
+    })
 }
 
 async fn shutdown_signal() {

@@ -1,5 +1,6 @@
 //! `/healthz`, `/readyz`, `/metrics` and the read-only dashboard
-//! (`/dashboard/`) on CALENDAR_SYNC_HTTP_ADDR.
+//! (`/dashboard/`) on CALENDAR_SYNC_HTTP_ADDR: all of them for `run`; the
+//! dashboard, `/healthz` and `/readyz` for `dashboard`, which does not drain.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,16 +55,35 @@ pub async fn serve(
         // An idle loop goes round once per poll interval.
         stuck_after: (poll_interval * 3).max(Duration::from_secs(30)),
     };
-    // Read-only (nothing it serves writes), and local by default like the
-    // rest of this server. `nest_service` routes both `/dashboard` and
-    // `/dashboard/` to its overview.
-    let dashboard = calendar_sync_dashboard::router(state.db.clone(), DashboardOptions::default());
     let app = Router::new()
-        .nest_service("/dashboard", dashboard)
+        .nest_service("/dashboard", dashboard(&state.db))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
         .with_state(state);
+    serve_app(listener, app).await;
+}
+
+/// `dashboard`: the dashboard, `/healthz` and `/readyz` alone (no drainer,
+/// no keys), until the task is aborted.
+pub async fn serve_dashboard(listener: tokio::net::TcpListener, db: Database) {
+    let app = Router::new()
+        .nest_service("/dashboard", dashboard(&db))
+        // Serving is all this process does: it is healthy while it answers.
+        .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
+        .route("/readyz", get(dashboard_readyz))
+        .with_state(db);
+    serve_app(listener, app).await;
+}
+
+/// The dashboard, mounted with `nest_service("/dashboard", ..)`, which routes
+/// both `/dashboard` and `/dashboard/` to its overview. Read-only (nothing it
+/// serves writes), and local by default like the rest of this server.
+fn dashboard(db: &Database) -> Router {
+    calendar_sync_dashboard::router(db.clone(), DashboardOptions::default())
+}
+
+async fn serve_app(listener: tokio::net::TcpListener, app: Router) {
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(error = %e, "HTTP server failed");
     }
@@ -84,8 +104,8 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
 /// Not ready while stored tokens are sealed with a key this worker lacks: a
 /// rollout that forgot TOKEN_ENCRYPTION_OLD_KEYS stops at its first pod.
 async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
-    if let Err(e) = calendar_sync::ops::readiness(&s.db).await {
-        return (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n"));
+    if let Err(not_ready) = database_ready(&s.db).await {
+        return not_ready;
     }
     match calendar_sync::ops::unknown_key_ids(&s.db, &s.cipher).await {
         Ok(unknown) => match calendar_sync::ops::unknown_key_ids_line(&unknown) {
@@ -94,6 +114,21 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
         },
         Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")),
     }
+}
+
+/// `dashboard`'s: the database answers and its schema is current (it holds
+/// no keys to check).
+async fn dashboard_readyz(State(db): State<Database>) -> (StatusCode, String) {
+    match database_ready(&db).await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(not_ready) => not_ready,
+    }
+}
+
+async fn database_ready(db: &Database) -> Result<(), (StatusCode, String)> {
+    calendar_sync::ops::readiness(db)
+        .await
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, format!("{e}\n")))
 }
 
 async fn metrics_page(State(s): State<AppState>) -> (StatusCode, String) {

@@ -45,6 +45,7 @@ async fn main() -> ExitCode {
     init_tracing(cli.log_format, Logs::Stderr);
     let result = match cli.command {
         Command::Run(args) => commands::run(&args).await,
+        Command::Dashboard(args) => commands::dashboard(&args).await,
         Command::Drain(args) => commands::drain(&args.drain, args.once, &mut stdout).await,
         Command::Migrate(db) => commands::migrate(&db, &mut stdout).await,
         Command::Status {

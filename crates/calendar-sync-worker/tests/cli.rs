@@ -56,6 +56,17 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
             "CALENDAR_SYNC_HTTP_ADDR",
         ),
         (vec!["status", "--bogus"], vec![db], "--bogus"),
+        (vec!["dashboard"], vec![], "DATABASE_URL is not set"),
+        (
+            vec!["dashboard"],
+            vec![db, ("CALENDAR_SYNC_HTTP_ADDR", "here")],
+            "CALENDAR_SYNC_HTTP_ADDR",
+        ),
+        (
+            vec!["dashboard"],
+            vec![("DATABASE_URL", "not a url at all ::")],
+            "DATABASE_URL",
+        ),
         (
             vec!["run"],
             vec![db, ("TOKEN_ENCRYPTION_KEY", "c2hvcnQ=")],
@@ -429,6 +440,23 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
 
     // SIGTERM mid-load: exit 0 within the grace period, nothing left behind.
     assert!(t.count("PENDING").await > 0, "still under load");
+    let (status, stderr) = terminate(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(t.count("PROCESSING").await, 0);
+    assert_eq!(t.held_row_locks().await, 0);
+    assert!(
+        stderr.lines().all(|l| l.starts_with('{')),
+        "LOG_FORMAT=json: {stderr}"
+    );
+    assert!(!stderr.contains("secret-1") && !stderr.contains("rt-1"));
+}
+
+/// Sends SIGTERM to `child` and returns its exit status and stderr, failing
+/// unless it exits within `within`.
+async fn terminate(
+    child: &mut std::process::Child,
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -439,22 +467,129 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "exited within the grace period"
-        );
+        assert!(started.elapsed() < within, "exited within {within:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(0), "{stderr}");
-    assert_eq!(t.count("PROCESSING").await, 0);
+    if let Some(mut pipe) = child.stderr.take() {
+        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+    }
+    (status, stderr)
+}
+
+/// The status count the overview shows on its card for `status`.
+fn card_count(page: &str, status: &str) -> Option<String> {
+    let card = page.split(&format!("data-status=\"{status}\"")).nth(1)?;
+    let card = &card[..card.find("</a>")?];
+    let count = card.split("class=\"count\">").nth(1)?;
+    Some(count[..count.find('<')?].to_owned())
+}
+
+/// `dashboard` serves the dashboard, /healthz and /readyz with only
+/// DATABASE_URL, claims nothing (a due item stays PENDING), and stops on
+/// SIGTERM with exit 0.
+#[tokio::test]
+async fn dashboard_serves_the_dashboard_alone_and_claims_nothing() {
+    let t = TestDb::new().await;
+    let id = t
+        .insert("UPSERT_EVENT", upsert("w1", "w1@example.com", "s1", "v"))
+        .await;
+    let due: bool = t
+        .client()
+        .await
+        .query_one(
+            "SELECT next_attempt_at <= now() FROM sync_outbox WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(due, "the item is due: a drainer would claim it at once");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let url = t.url();
+    let mut child = command(
+        &["dashboard"],
+        &[
+            ("DATABASE_URL", &url),
+            ("CALENDAR_SYNC_HTTP_ADDR", &addr),
+            // What `run` would need, and `dashboard` does not read.
+            ("TOKEN_ENCRYPTION_KEY", "not a key"),
+            ("CALENDAR_SYNC_BATCH_SIZE", "abc"),
+            ("LOG_FORMAT", "json"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut listening = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            listening = true;
+            break;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "dashboard exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(listening, "dashboard listens on {addr}");
+
+    let (status, body) = http_get(port, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get(port, "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("ready\n"), "{body}");
+    for path in ["/dashboard/", "/dashboard"] {
+        let (status, page) = http_get(port, path).await;
+        assert_eq!(status, 200, "{path}: {page}");
+        assert_eq!(
+            card_count(&page, "PENDING").as_deref(),
+            Some("1"),
+            "{path}: {page}"
+        );
+        for other in ["PROCESSING", "COMPLETED", "DEAD_LETTER"] {
+            assert_eq!(
+                card_count(&page, other).as_deref(),
+                Some("0"),
+                "{path} {other}: {page}"
+            );
+        }
+        assert!(
+            page.contains("href=\"/dashboard/items\""),
+            "{path}: links under the prefix"
+        );
+    }
+    let (status, page) = http_get(port, "/dashboard/items?q=s1").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(&id.to_string()),
+        "search by source id: {page}"
+    );
+    let (status, _) = http_get(port, "/metrics").await;
+    assert_eq!(status, 404, "no metrics: nothing is drained here");
+
+    // Past any poll interval, the due item is still untouched.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let row = t.row(id).await;
+    assert_eq!(row.status, "PENDING");
+    assert_eq!(row.attempts, 0, "never claimed");
     assert_eq!(t.held_row_locks().await, 0);
+
+    let (status, stderr) = terminate(&mut child, Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(0), "{stderr}");
     assert!(
         stderr.lines().all(|l| l.starts_with('{')),
         "LOG_FORMAT=json: {stderr}"
     );
-    assert!(!stderr.contains("secret-1") && !stderr.contains("rt-1"));
+    assert_eq!(t.counts().await.get("PENDING"), Some(&1), "nothing changed");
+    let row = t.row(id).await;
+    assert_eq!((row.status.as_str(), row.attempts), ("PENDING", 0));
 }
 
 /// Issue 13 §4: a new TOKEN_ENCRYPTION_KEY without the old one is reported at

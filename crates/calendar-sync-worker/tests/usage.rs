@@ -38,6 +38,13 @@ fn each_subcommands_help_lists_only_what_it_reads() {
     {
         assert!(h.contains(var), "run --help lacks {var}");
     }
+    let h = help("dashboard");
+    for var in ["DATABASE_URL", "CALENDAR_SYNC_HTTP_ADDR", "127.0.0.1:9464"] {
+        assert!(h.contains(var), "dashboard --help lacks {var}: {h}");
+    }
+    for var in google {
+        assert!(!h.contains(var), "dashboard --help shows {var}: {h}");
+    }
     let h = help("drain");
     assert!(
         h.contains("GOOGLE_CLIENT_ID") && !h.contains("CALENDAR_SYNC_HTTP_ADDR"),
