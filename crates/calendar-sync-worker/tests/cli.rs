@@ -288,39 +288,25 @@ async fn status_requeue_cleanup_and_connections_do_what_they_say() {
 }
 
 async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap();
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (status, response)
+    http(port, &format!("GET {path} HTTP/1.1\r\n")).await
 }
 
 async fn http_post(port: u16, path: &str) -> (u16, String) {
+    http(
+        port,
+        &format!("POST {path} HTTP/1.1\r\nContent-Length: 0\r\n"),
+    )
+    .await
+}
+
+/// Sends one request (its request line and any headers) and reads the whole
+/// response: (status, raw response).
+async fn http(port: u16, head: &str) -> (u16, String) {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    stream
-        .write_all(
-            format!(
-                "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
+    let request = format!("{head}Host: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let status = response
