@@ -868,3 +868,34 @@ async fn buttons_only_when_writes_are_enabled_and_the_token_is_never_shown() {
         }
     }
 }
+
+/// Two operators requeue the same dead letters at once: each row leaves
+/// DEAD_LETTER once, and the notices add up to the rows moved.
+#[tokio::test]
+async fn concurrent_requeues_move_each_row_once() {
+    let t = TestDb::new().await;
+    let s = seed(&t).await;
+    let app = app(&t, Some(TOKEN));
+    let bearer = format!("Bearer {TOKEN}");
+    let headers = [("authorization", bearer.as_str())];
+    let form = format!("id={}&id={}&id={}", s.dead[0], s.dead[1], s.dead[2]);
+    let before = snapshot(&t).await;
+    let (a, b, c) = tokio::join!(
+        post(&app, "/dashboard/requeue", &form, &headers),
+        post(&app, "/dashboard/requeue", &form, &headers),
+        post(&app, "/dashboard/requeue", "workspace=ws-a", &headers),
+    );
+    let n = |p: &Page| -> u64 {
+        assert_eq!(p.status, StatusCode::SEE_OTHER, "{}", p.body);
+        let l = p.location();
+        l[l.find("done=requeued-").expect("notice") + "done=requeued-".len()..]
+            .parse()
+            .expect("a number")
+    };
+    assert_eq!(n(&a) + n(&b) + n(&c), 3, "every row requeued exactly once");
+    let mut moved = changed(&before, &snapshot(&t).await);
+    moved.sort();
+    let mut expected = s.dead[..3].to_vec();
+    expected.sort();
+    assert_eq!(moved, expected);
+}
