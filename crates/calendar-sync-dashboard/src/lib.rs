@@ -1,15 +1,23 @@
 //! # calendar-sync-dashboard
 //!
-//! A read-only operator dashboard for the calendar-sync outbox, as an
-//! [`axum::Router`] that an embedding service mounts under any prefix:
+//! An operator dashboard for the calendar-sync outbox, as an
+//! [`axum::Router`] that an embedding service mounts under any prefix.
+//! Read-only unless [`DashboardOptions::token`] is set; then an operator who
+//! logs in with the token (or a script sending it as a bearer token) can
+//! requeue dead letters and enqueue a REBUILD_ALL, by POST only, and never
+//! from another site:
 //!
 //! ```no_run
-//! # fn example(db: calendar_sync::Database) {
-//! use calendar_sync_dashboard::{DashboardOptions, router};
+//! # fn example(db: calendar_sync::Database) -> Result<(), Box<dyn std::error::Error>> {
+//! use calendar_sync_dashboard::{DashboardOptions, DashboardToken, router};
 //!
-//! let app: axum::Router = axum::Router::new()
-//!     .nest("/dashboard", router(db, DashboardOptions::default()));
-//! # let _ = app; }
+//! let options = DashboardOptions {
+//!     // None (the default): read-only.
+//!     token: Some(DashboardToken::new(std::env::var("CALENDAR_SYNC_DASHBOARD_TOKEN")?)?),
+//!     ..DashboardOptions::default()
+//! };
+//! let app: axum::Router = axum::Router::new().nest("/dashboard", router(db, options));
+//! # let _ = app; Ok(()) }
 //! ```
 //!
 //! Every link is built from the prefix the router is nested at (axum's
