@@ -23,6 +23,7 @@
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
 mod assets;
+mod charts;
 mod items;
 mod layout;
 mod overview;
