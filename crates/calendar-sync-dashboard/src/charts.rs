@@ -362,7 +362,7 @@ fn y_axis(top: i64, ticks: &[i64]) -> Markup {
             @for t in ticks {
                 @let y = coord(y_of(*t, top));
                 line.grid x1=(coord(LEFT)) x2=(coord(WIDTH - RIGHT)) y1=(y) y2=(y)
-                    stroke=(if *t == 0 { "#8a939c" } else { "#e3e7eb" }) stroke-width="1";
+                    stroke=(if *t == 0 { "#8a939c" } else { "#e3e7eb" }) stroke-width="1" {}
                 text x=(coord(LEFT - 6.0)) y=(coord(y_of(*t, top) + 4.0)) text-anchor="end" { (short(*t)) }
             }
         }
@@ -378,7 +378,7 @@ fn x_axis(slots: &[DateTime<Utc>], every: u32) -> Markup {
             @for (i, t) in slots.iter().enumerate() {
                 @if (t.hour() * 60 + t.minute()) % every == 0 {
                     @let x = LEFT + (index_float(i) + 0.5) * slot_w;
-                    line x1=(coord(x)) x2=(coord(x)) y1=(coord(BASELINE)) y2=(coord(BASELINE + 4.0)) stroke="#8a939c" stroke-width="1";
+                    line x1=(coord(x)) x2=(coord(x)) y1=(coord(BASELINE)) y2=(coord(BASELINE + 4.0)) stroke="#8a939c" stroke-width="1" {}
                     text x=(coord(x)) y=(coord(BASELINE + 17.0)) text-anchor="middle" { (hhmm(t)) }
                 }
             }
@@ -400,10 +400,13 @@ fn empty_message(id: &str, slot_minutes: i64) -> Markup {
     }
 }
 
-fn caption(title: &str, units: &str) -> Markup {
+fn caption(title: &str, units: &str, headline: Option<String>) -> Markup {
     html! {
         figcaption {
             span.chart-title { (title) }
+            @if let Some(headline) = headline {
+                span.chart-headline { (headline) }
+            }
             span.chart-units { "y: " (units) " · x: time (UTC)" }
         }
     }
@@ -446,7 +449,7 @@ fn stacked_chart(c: &StackedChart<'_>) -> Markup {
     let last = c.minutes.last().map(hhmm).unwrap_or_default();
     html! {
         figure.chart data-chart=(c.id) data-total=(total) {
-            (caption(c.title, c.units))
+            (caption(c.title, c.units, (!c.empty).then(|| format!("{} {} in 60 min", thousands(total), c.unit))))
             @if c.empty {
                 (empty_message(c.id, 1))
             } @else {
@@ -491,7 +494,7 @@ fn stacked_chart(c: &StackedChart<'_>) -> Markup {
                                     "("
                                     @for (n, (label, count)) in s.parts.iter().enumerate() {
                                         @if n > 0 { ", " }
-                                        span.part data-status=(label) { code { (label) } " " (thousands(*count)) }
+                                        span.part data-status=(label) { code { (label) } ": " (thousands(*count)) }
                                     }
                                     ")"
                                 }
@@ -586,7 +589,7 @@ fn depth_chart(c: &DepthChart<'_>) -> Markup {
     let gaps = c.values.iter().filter(|v| v.is_none()).count();
     html! {
         figure.chart.depth data-chart=(c.id) data-total=(c.latest.unwrap_or(0)) {
-            (caption(c.title, c.units))
+            (caption(c.title, c.units, c.latest.filter(|_| samples > 0).map(|n| format!("now {}", thousands(n)))))
             @if samples == 0 {
                 (empty_message(c.id, c.slot_minutes))
             } @else {
@@ -599,8 +602,10 @@ fn depth_chart(c: &DepthChart<'_>) -> Markup {
                         path.line d=(line) fill="none" stroke=(DEPTH_COLOR) stroke-width="2" stroke-linejoin="round" stroke-linecap="round" {}
                         @for (i, v) in c.values.iter().enumerate() {
                             @if let Some(v) = v {
-                                circle.point cx=(coord(x(i))) cy=(coord(y_of(*v, top))) r=(if c.slot_minutes == 1 { "2.6" } else { "2" })
-                                    fill="#fff" stroke=(DEPTH_COLOR) stroke-width="1.5" {
+                                @let isolated = (i == 0 || c.values[i - 1].is_none()) && c.values.get(i + 1).is_none_or(Option::is_none);
+                                circle.point cx=(coord(x(i))) cy=(coord(y_of(*v, top)))
+                                    r=(if isolated { "3.2" } else if c.slot_minutes == 1 { "2.4" } else { "1.6" })
+                                    fill=(if c.slot_minutes == 1 && !isolated { "#fff" } else { DEPTH_COLOR }) stroke=(DEPTH_COLOR) stroke-width=(if c.slot_minutes == 1 { "1.5" } else { "0" }) {
                                     title { (hhmm(&c.slots[i])) " UTC: " (thousands(*v)) " items" }
                                 }
                             }

@@ -172,7 +172,7 @@ async fn item_and_google_charts_total_the_last_hour() {
     }
     // The 5xx group is 503 three times and 500 once; the old 500s are not in it.
     assert!(
-        legend(google, "5xx").contains("<code>500</code> 1"),
+        legend(google, "5xx").contains("<code>500</code>: 1"),
         "{google}"
     );
     assert!(!body.contains("<script>"), "a label is not escaped");
@@ -378,4 +378,41 @@ async fn chart_queries_read_the_window_through_the_primary_key() {
     assert_eq!(attr(figure(&body, "depth-1h"), "data-total"), "3");
     let s = series(figure(&body, "depth-24h"), "queue_depth").expect("depth");
     assert_eq!(attr(s, "data-points"), "96", "{s}");
+}
+
+/// Writes an overview with a day of plausible activity to the file named by
+/// `CHARTS_HTML`, to look at in a browser:
+/// `CHARTS_HTML=/tmp/page.html cargo test -p calendar-sync-dashboard --test charts -- --ignored`.
+#[tokio::test]
+#[ignore = "writes a sample page for screenshots"]
+async fn sample_page() {
+    let Ok(path) = std::env::var("CHARTS_HTML") else {
+        return;
+    };
+    let t = TestDb::new().await;
+    seed(
+        &t,
+        &[
+            rows("completed", "", "generate_series(0, 59)", "(40 + 25 * sin(g / 6.0) + (g % 7) * 3)::bigint"),
+            rows("retried", "", "generate_series(0, 59)", "CASE WHEN g BETWEEN 12 AND 18 THEN 6 + g % 4 WHEN g % 11 = 0 THEN 2 ELSE 0 END"),
+            rows("dead_lettered", "", "unnest(ARRAY[14, 15, 33])", "CASE WHEN g = 33 THEN 1 ELSE 3 END"),
+            rows("superseded", "", "generate_series(0, 59)", "(g % 5 = 0)::int * 4"),
+            rows("google_calls", "200", "generate_series(0, 59)", "(45 + 25 * sin(g / 6.0) + (g % 7) * 3)::bigint"),
+            rows("google_calls", "204", "generate_series(0, 59)", "3"),
+            rows("google_calls", "429", "generate_series(12, 18)", "8 + g % 3"),
+            rows("google_calls", "404", "unnest(ARRAY[3, 27, 44])", "1"),
+            rows("google_calls", "503", "unnest(ARRAY[14, 15])", "4"),
+            rows("google_calls", "timeout", "unnest(ARRAY[15, 40])", "2"),
+            rows("queue_depth", "", "generate_series(0, 22)", "(120 + 60 * sin(g / 5.0))::bigint"),
+            rows("queue_depth", "", "generate_series(31, 59)", "(300 - g * 3)::bigint"),
+            rows("queue_depth", "", "generate_series(60, 1439)", "CASE WHEN g BETWEEN 600 AND 700 THEN 0 ELSE (200 + 150 * sin(g / 90.0) + (g % 13) * 8)::bigint END"),
+            "DELETE FROM calendar_sync_minute_counts WHERE metric = 'queue_depth' AND minute < now() - interval '8 hours' AND minute > now() - interval '10 hours';".to_owned(),
+            "INSERT INTO google_connections (workspace_id, google_email, refresh_token_encrypted, is_valid, invalid_reason, paused_until, breaker_open_until)
+             VALUES ('ws-acme', 'ops@acme.example', 'x', true, NULL, NULL, now() + interval '4 minutes'),
+                    ('ws-globex', 'it@globex.example', 'x', false, 'invalid_grant', NULL, NULL);".to_owned(),
+        ]
+        .concat(),
+    )
+    .await;
+    std::fs::write(&path, overview(&t).await).expect("write the page");
 }
