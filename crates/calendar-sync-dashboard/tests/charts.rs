@@ -286,6 +286,56 @@ async fn empty_charts_say_so() {
 }
 
 #[tokio::test]
+async fn charts_need_no_inline_style_or_script() {
+    let t = TestDb::new().await;
+    seed(
+        &t,
+        &[
+            rows("completed", "", "generate_series(0, 30)", "5"),
+            rows("google_calls", "200", "generate_series(0, 30)", "5"),
+            rows("queue_depth", "", "generate_series(0, 300)", "5"),
+        ]
+        .concat(),
+    )
+    .await;
+    let body = overview(&t).await;
+    let start = body.find("<div class=\"charts\">").expect("charts");
+    let end = start + body[start..].find("<h2>").expect("the next section");
+    let charts = &body[start..end];
+    for forbidden in [" style=", "<style", "<script", "javascript:", "href="] {
+        assert!(
+            !charts.contains(forbidden),
+            "the charts contain {forbidden}"
+        );
+    }
+    for (i, _) in charts.match_indices(" on") {
+        let name: String = charts[i + 1..]
+            .chars()
+            .take_while(char::is_ascii_alphabetic)
+            .collect();
+        assert!(
+            !charts[i + 1 + name.len()..].starts_with('='),
+            "an event handler attribute: {name}"
+        );
+    }
+    // Every SVG element is closed explicitly (an HTML parser does not know
+    // SVG's void elements).
+    assert!(!charts.contains("/>"), "{charts}");
+    for chart in ["items", "google", "depth-1h", "depth-24h"] {
+        let f = figure(&body, chart);
+        assert_eq!(
+            f.matches("<svg").count(),
+            f.matches("</svg>").count(),
+            "{f}"
+        );
+        assert!(
+            f.contains("role=\"img\" ") || f.contains("role=\"img\">"),
+            "{f}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn circuit_open_connections_are_listed_and_counted() {
     let t = TestDb::new().await;
     seed(
@@ -382,7 +432,8 @@ async fn chart_queries_read_the_window_through_the_primary_key() {
 
 /// Writes an overview with a day of plausible activity to the file named by
 /// `CHARTS_HTML`, to look at in a browser:
-/// `CHARTS_HTML=/tmp/page.html cargo test -p calendar-sync-dashboard --test charts -- --ignored`.
+/// `CHARTS_HTML=/tmp/page.html cargo test -p calendar-sync-dashboard --test charts -- --ignored`
+/// (with `CHARTS_EMPTY=1`: an overview without any counts).
 #[tokio::test]
 #[ignore = "writes a sample page for screenshots"]
 async fn sample_page() {
@@ -390,6 +441,10 @@ async fn sample_page() {
         return;
     };
     let t = TestDb::new().await;
+    if std::env::var_os("CHARTS_EMPTY").is_some() {
+        std::fs::write(&path, overview(&t).await).expect("write the page");
+        return;
+    }
     seed(
         &t,
         &[
