@@ -504,7 +504,7 @@ fn stacked_chart(c: &StackedChart<'_>) -> Markup {
                 }
                 details {
                     summary { "The numbers" }
-                    table.chart-data {
+                    div.chart-table { table.chart-data {
                         thead { tr {
                             th { "Minute (UTC)" }
                             @for s in c.series.iter().rev() { th.num { (s.name) } }
@@ -513,13 +513,13 @@ fn stacked_chart(c: &StackedChart<'_>) -> Markup {
                         tbody {
                             @for (i, t) in c.minutes.iter().enumerate() {
                                 tr {
-                                    td { (t.format("%Y-%m-%d %H:%M")) }
+                                    td { (hhmm(t)) }
                                     @for s in c.series.iter().rev() { td.num { (thousands(s.values[i])) } }
                                     td.num { (thousands(c.series.iter().map(|s| s.values[i]).sum::<i64>())) }
                                 }
                             }
                         }
-                    }
+                    } }
                 }
             }
         }
@@ -625,20 +625,20 @@ fn depth_chart(c: &DepthChart<'_>) -> Markup {
                 }
                 details {
                     summary { "The numbers" }
-                    table.chart-data {
+                    div.chart-table { table.chart-data {
                         thead { tr {
-                            th { @if c.slot_minutes == 1 { "Minute (UTC)" } @else { "15 minutes from (UTC)" } }
+                            th { @if c.slot_minutes == 1 { "Minute (UTC)" } @else { "From (UTC)" } }
                             th.num { @if c.slot_minutes == 1 { "Depth" } @else { "Largest depth" } }
                         } }
                         tbody {
                             @for (t, v) in c.slots.iter().zip(c.values) {
                                 tr {
-                                    td { (t.format("%Y-%m-%d %H:%M")) }
+                                    td { (t.format("%m-%d %H:%M")) }
                                     td.num { @match v { Some(v) => (thousands(*v)), None => "no sample" } }
                                 }
                             }
                         }
-                    }
+                    } }
                 }
             }
         }
