@@ -171,7 +171,9 @@ fn hour_axis(now_minute: DateTime<Utc>) -> Vec<DateTime<Utc>> {
         .collect()
 }
 
-/// The first bucket of the 24-hour axis (buckets on quarter hours, UTC).
+/// The 24-hour axis: 96 buckets of 15 minutes on the quarter hours (UTC,
+/// as `date_bin` in `DAY_SQL` cuts them), the last holding the current
+/// minute.
 fn day_axis(now_minute: DateTime<Utc>) -> Vec<DateTime<Utc>> {
     let past_quarter = i64::from(now_minute.minute()) % DAY_BUCKET_MINUTES;
     let last = now_minute - Duration::minutes(past_quarter);
@@ -234,6 +236,7 @@ pub(crate) fn render(c: &Charts) -> Markup {
     let buckets = day_axis(c.now_minute);
     let mut depth_day: Vec<Option<i64>> = vec![None; DAY_SLOTS];
     let mut day_latest = None;
+    // In bucket order: the last one read holds the latest sample.
     for (bucket, depth, latest) in &c.day {
         if let Some(slot) = buckets.iter().position(|b| b == bucket) {
             depth_day[slot] = Some(*depth);
@@ -642,5 +645,62 @@ fn depth_chart(c: &DepthChart<'_>) -> Markup {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn y_ticks_are_round_and_cover_the_maximum() {
+        assert_eq!(y_ticks(0), (1, vec![0, 1]));
+        assert_eq!(y_ticks(7), (8, vec![0, 2, 4, 6, 8]));
+        assert_eq!(y_ticks(96), (100, vec![0, 20, 40, 60, 80, 100]));
+        assert_eq!(y_ticks(446), (500, vec![0, 100, 200, 300, 400, 500]));
+        assert_eq!(y_ticks(120_001).0, 150_000);
+    }
+
+    #[test]
+    fn axis_labels_are_short() {
+        assert_eq!(short(950), "950");
+        assert_eq!(short(5_000), "5,000");
+        assert_eq!(short(20_000), "20k");
+        assert_eq!(short(1_500_000), "1.5M");
+        assert_eq!(short(2_000_000), "2M");
+    }
+
+    #[test]
+    fn statuses_are_grouped() {
+        for (label, group) in [
+            ("200", "2xx"),
+            ("204", "2xx"),
+            ("429", "429"),
+            ("404", "4xx"),
+            ("400", "4xx"),
+            ("500", "5xx"),
+            ("503", "5xx"),
+            ("timeout", "timeout"),
+            ("error", "error"),
+            ("302", "other"),
+            ("<b>", "other"),
+        ] {
+            assert_eq!(google_group(label), group, "{label}");
+        }
+    }
+
+    #[test]
+    fn the_day_axis_ends_in_the_current_quarter_hour() {
+        let now = DateTime::parse_from_rfc3339("2026-01-02T10:37:00Z")
+            .expect("time")
+            .with_timezone(&Utc);
+        let axis = day_axis(now);
+        assert_eq!(axis.len(), 96);
+        assert_eq!(hhmm(&axis[95]), "10:30");
+        assert_eq!(hhmm(&axis[0]), "10:45");
+        assert_eq!(hour_slot(now, now), Some(59));
+        assert_eq!(hour_slot(now, now - Duration::minutes(59)), Some(0));
+        assert_eq!(hour_slot(now, now - Duration::minutes(60)), None);
+        assert_eq!(hour_slot(now, now + Duration::minutes(1)), None);
     }
 }
