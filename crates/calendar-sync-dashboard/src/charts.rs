@@ -578,27 +578,38 @@ fn depth_chart(c: &DepthChart<'_>) -> Markup {
         }
     }
     flush(&mut run, &mut line, &mut area);
-    let (every, what) = if c.slot_minutes == 1 {
-        (10, "minute")
-    } else {
-        (180, "15 minutes")
+    let every = if c.slot_minutes == 1 { 10 } else { 180 };
+    let slot_end = |t: &DateTime<Utc>| hhmm(&(*t + Duration::minutes(c.slot_minutes - 1)));
+    let span = match (c.slots.first(), c.slots.last()) {
+        (Some(first), Some(last)) if c.slot_minutes == 1 => {
+            format!("{} to {} UTC", hhmm(first), hhmm(last))
+        }
+        (_, Some(last)) => format!("the 24 hours to {} UTC", slot_end(last)),
+        _ => String::new(),
     };
-    let first = c.slots.first().map(hhmm).unwrap_or_default();
-    let last = c
-        .slots
-        .last()
-        .map(|t| hhmm(&(*t + Duration::minutes(c.slot_minutes - 1))))
-        .unwrap_or_default();
     let gaps = c.values.iter().filter(|v| v.is_none()).count();
+    // When the latest sample was taken: its minute, or its bucket.
+    let latest_at = c.values.iter().rposition(Option::is_some).map(|i| {
+        if c.slot_minutes == 1 {
+            format!("at {} UTC", hhmm(&c.slots[i]))
+        } else {
+            format!("in {}–{} UTC", hhmm(&c.slots[i]), slot_end(&c.slots[i]))
+        }
+    });
+    let headline = c
+        .latest
+        .zip(latest_at)
+        .map(|(n, at)| format!("latest {} {at}", thousands(n)));
     html! {
         figure.chart.depth data-chart=(c.id) data-total=(c.latest.unwrap_or(0)) {
-            (caption(c.title, c.units, c.latest.filter(|_| samples > 0).map(|n| format!("now {}", thousands(n)))))
+            (caption(c.title, c.units, headline))
             @if samples == 0 {
                 (empty_message(c.id, c.slot_minutes))
             } @else {
                 svg viewBox={ "0 0 " (WIDTH) " " (HEIGHT) } role="img" preserveAspectRatio="xMidYMid meet"
-                    aria-label={ (c.title) ", " (first) " to " (last) " UTC: latest " (thousands(c.latest.unwrap_or(0)))
-                        " items, at most " (thousands(max)) "; " (gaps) " of " (c.slots.len()) " " (what) " slots without a sample" } {
+                    aria-label={ (c.title) ", " (span) ": latest " (thousands(c.latest.unwrap_or(0)))
+                        " items, at most " (thousands(max)) "; " (gaps) " of " (c.slots.len())
+                        @if c.slot_minutes == 1 { " minutes" } @else { " quarter hours" } " without a sample" } {
                     (y_axis(top, &ticks))
                     g.series data-series="queue_depth" data-points=(samples) data-runs=(runs) {
                         path.area d=(area) fill=(DEPTH_COLOR) fill-opacity="0.12" stroke="none" {}
