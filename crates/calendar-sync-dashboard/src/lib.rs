@@ -33,6 +33,7 @@
 mod actions;
 mod assets;
 mod auth;
+mod charts;
 mod connections;
 mod items;
 mod layout;
