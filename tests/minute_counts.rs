@@ -307,3 +307,30 @@ async fn rows_older_than_two_days_are_deleted() {
         .collect();
     assert_eq!(left, [2, 3], "older than 48 h deleted, newer kept");
 }
+
+#[tokio::test]
+async fn a_failing_flush_fails_no_item_and_loses_no_count() {
+    let e = GoogleEnv::start(&["w1"]).await;
+    let d = e.drainer();
+    let client = e.t.client().await;
+    // The table is away: every flush fails.
+    client
+        .batch_execute("ALTER TABLE calendar_sync_minute_counts RENAME TO minute_counts_away")
+        .await
+        .unwrap();
+    e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s1", "v"))
+        .await;
+    let report = d.drain_once().await.unwrap();
+    assert_eq!(report.completed, 1, "the item did not fail: {report:?}");
+    client
+        .batch_execute("ALTER TABLE minute_counts_away RENAME TO calendar_sync_minute_counts")
+        .await
+        .unwrap();
+    // The next flush (this drain's last) writes what the failed ones kept.
+    e.t.insert("UPSERT_EVENT", upsert("w1", CAL1, "s2", "v"))
+        .await;
+    d.drain_once().await.unwrap();
+    let sums = sums(&e.t).await;
+    assert_eq!(items(&sums, "completed"), 2, "{sums:?}");
+    assert_eq!(google_calls(&sums), seen_by_fake(&e));
+}

@@ -210,17 +210,23 @@ impl MinuteCounts {
                     tracing::warn!(error = %e, rows = taken.len(), "could not write the per-minute counts; keeping them for the next try");
                 }
                 state.failing = true;
-                let oldest = minute.saturating_sub(i64::try_from(KEEP.as_secs()).unwrap_or(0));
-                for (key, n) in taken {
-                    if key.0 >= oldest {
-                        let count = state.counts.entry(key).or_default();
-                        *count = count.saturating_add(n);
-                    }
-                }
-                state.counts.retain(|key, _| key.0 >= oldest);
+                keep(&mut state.counts, taken, minute);
             }
         }
     }
+}
+
+/// Puts the counts of a failed flush back with those noted since, dropping
+/// minutes older than [`KEEP`] before `minute`.
+fn keep(counts: &mut HashMap<Key, i64>, failed: HashMap<Key, i64>, minute: i64) {
+    let oldest = minute.saturating_sub(i64::try_from(KEEP.as_secs()).unwrap_or(0));
+    for (key, n) in failed {
+        if key.0 >= oldest {
+            let count = counts.entry(key).or_default();
+            *count = count.saturating_add(n);
+        }
+    }
+    counts.retain(|key, _| key.0 >= oldest);
 }
 
 /// The flush's statements, on one pooled connection.
@@ -254,4 +260,43 @@ async fn write(
         client.execute(TRIM, &[&RETENTION_HOURS]).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_of_a_failed_flush_wait_for_the_next_but_not_for_ever() {
+        let now = 1_800_000_000 - 1_800_000_000 % 60;
+        let hours = |h: i64| now - h * 3600;
+        let key = |minute: i64, label: &str| (minute, GOOGLE_CALLS, label.to_owned());
+        let mut counts = HashMap::from([(key(now, "200"), 2), (key(hours(4), "500"), 1)]);
+        let failed = HashMap::from([
+            (key(now, "200"), 3),
+            (key(hours(2), "429"), 4),
+            (key(hours(3) - 60, "200"), 5),
+        ]);
+        keep(&mut counts, failed, now);
+        let mut kept: Vec<_> = counts.into_iter().collect();
+        kept.sort();
+        assert_eq!(kept, [(key(hours(2), "429"), 4), (key(now, "200"), 5)]);
+    }
+
+    #[test]
+    fn counts_add_up_per_minute_metric_and_label() {
+        let counts = MinuteCounts::default();
+        counts.add(COMPLETED, "", 1);
+        counts.add(COMPLETED, "", 2);
+        counts.add(GOOGLE_CALLS, "200", 1);
+        counts.add(RETRIED, "", 0);
+        let state = counts.state.lock().unwrap();
+        let mut seen: Vec<_> = state
+            .counts
+            .iter()
+            .map(|((_, m, l), n)| (*m, l.as_str(), *n))
+            .collect();
+        seen.sort_unstable();
+        assert_eq!(seen, [(COMPLETED, "", 3), (GOOGLE_CALLS, "200", 1)]);
+    }
 }

@@ -166,9 +166,11 @@ impl<C: Calendar> Worker<C> {
         cancel: &CancellationToken,
     ) -> Result<(), Error> {
         let grace = self.shared.config.shutdown_grace;
+        let mut unanswered = false;
         let result = tokio::select! {
             result = self.run_loop(mode, cancel) => result,
             _ = hard_stop(cancel, grace) => {
+                unanswered = true;
                 tracing::warn!(
                     in_flight = self.in_flight.len(),
                     recording = self.recording_keys.len(),
@@ -180,9 +182,11 @@ impl<C: Calendar> Worker<C> {
                 Ok(())
             }
         };
-        if result.is_ok() {
+        if result.is_ok() && !unanswered {
             // A graceful stop: what this process counted (its calendar's
             // calls included, when it shares the database) is written now.
+            // (Not when the database stopped answering: the stop would wait
+            // longer for it.)
             MinuteCounts::flush(&self.shared.db, SHUTDOWN_MARGIN).await;
         }
         if result.is_err() {
