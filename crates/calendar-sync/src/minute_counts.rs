@@ -268,7 +268,7 @@ mod tests {
 
     #[test]
     fn counts_of_a_failed_flush_wait_for_the_next_but_not_for_ever() {
-        let now = 1_800_000_000 - 1_800_000_000 % 60;
+        let now: i64 = 1_800_000_000; // a whole minute
         let hours = |h: i64| now - h * 3600;
         let key = |minute: i64, label: &str| (minute, GOOGLE_CALLS, label.to_owned());
         let mut counts = HashMap::from([(key(now, "200"), 2), (key(hours(4), "500"), 1)]);
