@@ -190,27 +190,57 @@ impl MinuteCounts {
         if taken.is_empty() && !sample && !trim {
             return;
         }
-        let result = write(db, &taken, sample, trim).await;
+        // Each statement on its own: counts written are never put back
+        // because a later statement failed (they would be added twice).
+        let mut failure: Option<Error> = None;
+        let mut written = taken.is_empty();
+        let mut sampled = false;
+        match db.client().await {
+            Err(e) => failure = Some(e),
+            Ok(client) => {
+                if !written {
+                    match add_counts(&client, &taken).await {
+                        Ok(()) => written = true,
+                        Err(e) => failure = Some(e.into()),
+                    }
+                }
+                if sample {
+                    match client.execute(SAMPLE_DEPTH, &[]).await {
+                        Ok(_) => sampled = true,
+                        Err(e) => {
+                            failure.get_or_insert(e.into());
+                        }
+                    }
+                }
+                if trim && let Err(e) = client.execute(TRIM, &[&RETENTION_HOURS]).await {
+                    failure.get_or_insert(e.into());
+                }
+            }
+        }
         let mut state = self.state.lock().expect("minute counts");
-        match result {
-            Ok(()) => {
+        if sampled {
+            state.sampled_minute = Some(minute);
+        }
+        if trim {
+            // Tried: at most once an hour, whatever came of it.
+            state.last_trim = Some(Instant::now());
+        }
+        let unwritten = if written { 0 } else { taken.len() };
+        if !written {
+            keep(&mut state.counts, taken, minute);
+        }
+        match failure {
+            None => {
                 if state.failing {
                     tracing::info!("the per-minute counts are written again");
                 }
                 state.failing = false;
-                if sample {
-                    state.sampled_minute = Some(minute);
-                }
-                if trim {
-                    state.last_trim = Some(Instant::now());
-                }
             }
-            Err(e) => {
+            Some(e) => {
                 if !state.failing {
-                    tracing::warn!(error = %e, rows = taken.len(), "could not write the per-minute counts; keeping them for the next try");
+                    tracing::warn!(error = %e, unwritten, "could not write the per-minute counts; what was not written waits for the next try");
                 }
                 state.failing = true;
-                keep(&mut state.counts, taken, minute);
             }
         }
     }
@@ -229,36 +259,25 @@ fn keep(counts: &mut HashMap<Key, i64>, failed: HashMap<Key, i64>, minute: i64) 
     counts.retain(|key, _| key.0 >= oldest);
 }
 
-/// The flush's statements, on one pooled connection.
-async fn write(
-    db: &Database,
+/// Adds `counts` to the table: one statement, one row per key.
+async fn add_counts(
+    client: &deadpool_postgres::Object,
     counts: &HashMap<Key, i64>,
-    sample: bool,
-    trim: bool,
-) -> Result<(), Error> {
-    let client = db.client().await?;
-    if !counts.is_empty() {
-        let mut minutes: Vec<DateTime<Utc>> = Vec::with_capacity(counts.len());
-        let mut metrics = Vec::with_capacity(counts.len());
-        let mut labels = Vec::with_capacity(counts.len());
-        let mut ns = Vec::with_capacity(counts.len());
-        for ((minute, metric, label), n) in counts {
-            minutes.push(Utc.timestamp_opt(*minute, 0).single().unwrap_or_default());
-            metrics.push(*metric);
-            labels.push(label.as_str());
-            ns.push(*n);
-        }
-        let add = client.prepare_cached(ADD).await?;
-        client
-            .execute(&add, &[&minutes, &metrics, &labels, &ns])
-            .await?;
+) -> Result<(), tokio_postgres::Error> {
+    let mut minutes: Vec<DateTime<Utc>> = Vec::with_capacity(counts.len());
+    let mut metrics = Vec::with_capacity(counts.len());
+    let mut labels = Vec::with_capacity(counts.len());
+    let mut ns = Vec::with_capacity(counts.len());
+    for ((minute, metric, label), n) in counts {
+        minutes.push(Utc.timestamp_opt(*minute, 0).single().unwrap_or_default());
+        metrics.push(*metric);
+        labels.push(label.as_str());
+        ns.push(*n);
     }
-    if sample {
-        client.execute(SAMPLE_DEPTH, &[]).await?;
-    }
-    if trim {
-        client.execute(TRIM, &[&RETENTION_HOURS]).await?;
-    }
+    let add = client.prepare_cached(ADD).await?;
+    client
+        .execute(&add, &[&minutes, &metrics, &labels, &ns])
+        .await?;
     Ok(())
 }
 
