@@ -10,7 +10,13 @@
 //! **What a crash loses:** the counts noted since the last flush, at most
 //! [`FLUSH_EVERY`] (a few seconds) of them. A failing database loses nothing
 //! until it has failed for [`KEEP`]: the counts wait for the next flush, and
-//! minutes older than that are dropped.
+//! minutes older than that are dropped. (A flush whose commit succeeded but
+//! whose answer was lost is tried again: those counts are then added twice.
+//! The charts are for operators, not for billing.)
+//!
+//! Not counted: rows a worker supersedes when it re-keys a calendar's rows
+//! under the calendar's own id (`calendar_sync_resolve_item` does not say how
+//! many), rows an operator's `requeue` supersedes.
 //!
 //! Counting never waits for the database: [`MinuteCounts::add`] takes a
 //! mutex for a map insert; flushes run on a task of their own, one at a time,
