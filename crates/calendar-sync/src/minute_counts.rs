@@ -22,8 +22,8 @@
 //! mutex for a map insert; flushes run on a task of their own, one at a time,
 //! and a failed one is logged (once per streak of failures) and retried later.
 //!
-//! Besides the counts, the flushes that a worker starts also sample the queue
-//! depth once a minute (the first worker per minute writes it; a gauge, never
+//! Besides the counts, where a worker uses the database, the flushes also
+//! sample the queue depth once a minute (the first worker per minute writes it; a gauge, never
 //! added to) and delete rows older than [`RETENTION_HOURS`], at most once an
 //! hour per process.
 
@@ -42,7 +42,7 @@ pub(crate) const FLUSH_EVERY: Duration = Duration::from_secs(5);
 pub(crate) const KEEP: Duration = Duration::from_secs(3 * 3600);
 /// How often a process deletes old rows, at most.
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
-/// Rows older than this many hours are deleted (`RETENTION` in SQL).
+/// Rows older than this many hours are deleted (`TRIM`'s `$1`).
 pub(crate) const RETENTION_HOURS: i32 = 48;
 
 /// Metric names (the `metric` column).
