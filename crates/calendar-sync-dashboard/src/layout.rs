@@ -40,7 +40,7 @@ pub(crate) fn page_for(base: &str, title: &str, access: Option<Access>, content:
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
-                meta name="referrer" content="no-referrer";
+                meta name="referrer" content="same-origin";
                 title { (title) " · calendar-sync" }
                 link rel="stylesheet" href=(assets::stylesheet_href(base));
             }

@@ -181,7 +181,7 @@ async fn security_headers_and_stylesheet() {
     assert_eq!(h("x-frame-options"), "DENY");
     assert_eq!(h("cache-control"), "no-store");
     assert_eq!(h("x-content-type-options"), "nosniff");
-    assert_eq!(h("referrer-policy"), "no-referrer");
+    assert_eq!(h("referrer-policy"), "same-origin");
     assert!(h("content-type").starts_with("text/html"));
     assert!(
         !page.body.contains("<script"),
