@@ -1,0 +1,656 @@
+//! The dashboard in a real browser: headless Chromium driven through
+//! chromedriver (WebDriver) against a real `calendar-sync-worker run`
+//! serving /dashboard/ on its own port, a fresh PostgreSQL database and the
+//! fake Google. Chromium and chromedriver must be installed (see
+//! `browser/harness.rs`); every test fails, never skips, without them.
+//!
+//! Screenshots go to docs/dashboard/ with `CALENDAR_SYNC_UPDATE_SCREENSHOTS=1`
+//! (else to a scratch directory, so a test run leaves the committed PNGs
+//! alone).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::Duration;
+
+use calendar_sync_tests::{
+    GoogleWorld, TestDb, WORKER_CLIENT_SECRET, WORKER_KEY_B64, WorkerProcess, set_env, upsert,
+};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+mod common;
+#[path = "browser/harness.rs"]
+mod harness;
+use harness::{Browser, http_get, poll, save_screenshot};
+
+/// A worker serving the dashboard, its database and its fake Google.
+struct Dash {
+    t: TestDb,
+    world: GoogleWorld,
+    /// Kept for its `Drop` (it kills the process).
+    _worker: WorkerProcess,
+    port: u16,
+}
+
+impl Dash {
+    /// A fresh database with `workspaces` connected workspaces (`ws0..`, see
+    /// [`GoogleWorld`]) and `calendar-sync-worker run` on it with `env` added,
+    /// its dashboard answering.
+    async fn start(name: &str, workspaces: usize, env: &[(&str, &str)]) -> Self {
+        let (t, world) = GoogleWorld::with_database(workspaces).await;
+        Self::start_on(name, t, world, env).await
+    }
+
+    async fn start_on(name: &str, t: TestDb, world: GoogleWorld, env: &[(&str, &str)]) -> Self {
+        let mut full = world.worker_env(&t.url());
+        for (k, v) in env {
+            set_env(&mut full, k, v);
+        }
+        let addr = full
+            .iter()
+            .find(|(k, _)| k == "CALENDAR_SYNC_HTTP_ADDR")
+            .map(|(_, v)| v.clone())
+            .expect("worker_env sets CALENDAR_SYNC_HTTP_ADDR");
+        let port: u16 = addr.rsplit(':').next().unwrap().parse().unwrap();
+        let mut worker = common::worker(name, &full);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if matches!(http_get(port, "/dashboard/").await, Ok((200, _))) {
+                break;
+            }
+            assert!(
+                worker.is_running(),
+                "the worker exited: {}",
+                worker.log_tail(30)
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the dashboard answers on {addr}: {}",
+                worker.log_tail(30)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Self {
+            t,
+            world,
+            _worker: worker,
+            port,
+        }
+    }
+
+    /// The dashboard's URL for `path` (under /dashboard).
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}/dashboard{path}", self.port)
+    }
+
+    /// Inserts an item that waits a day before its first attempt.
+    async fn insert_later(&self, operation: &str, payload: Value) -> Uuid {
+        self.t
+            .client()
+            .await
+            .query_one(
+                "INSERT INTO sync_outbox (operation, payload, next_attempt_at)
+                 VALUES ($1, $2, now() + interval '1 day') RETURNING id",
+                &[&operation, &payload],
+            )
+            .await
+            .expect("insert a later item")
+            .get(0)
+    }
+
+    /// Inserts an item and makes it a dead letter with `last_error`, as the
+    /// worker would after its last attempt.
+    async fn insert_dead_letter(&self, payload: Value, last_error: &str) -> Uuid {
+        let id = self.insert_later("UPSERT_EVENT", payload).await;
+        self.t
+            .client()
+            .await
+            .execute(
+                "UPDATE sync_outbox SET status = 'DEAD_LETTER', attempts = 5, last_error = $2,
+                        updated_at = now() - interval '5 minutes'
+                  WHERE id = $1",
+                &[&id, &last_error],
+            )
+            .await
+            .expect("make a dead letter");
+        id
+    }
+
+    /// Waits until nothing is due: every item is finished or waits for a
+    /// later attempt.
+    async fn wait_until_idle(&self) {
+        let client = self.t.client().await;
+        poll(Duration::from_secs(45), "the worker drains every due item", || async {
+            let due: i64 = client
+                .query_one(
+                    "SELECT count(*) FROM sync_outbox
+                      WHERE status = 'PROCESSING' OR (status = 'PENDING' AND next_attempt_at <= now())",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            due == 0
+        })
+        .await;
+    }
+
+    /// Every status with its count.
+    async fn counts(&self) -> BTreeMap<String, i64> {
+        self.t.counts().await
+    }
+}
+
+/// An UPSERT_EVENT payload with a description.
+fn upsert_described(workspace: &str, source_id: &str, title: &str, description: &str) -> Value {
+    let mut payload = upsert(
+        workspace,
+        &GoogleWorld::calendar_of(workspace),
+        source_id,
+        title,
+    );
+    payload["event"]["description"] = json!(description);
+    payload
+}
+
+/// A busy-looking history: completed, superseded, pending, dead letters with
+/// two error codes, and a workspace whose grant was revoked (its connection
+/// becomes invalid and its item a dead letter). Returns the id of a
+/// completed item.
+async fn seed_history(d: &Dash) -> Uuid {
+    let titles = [
+        "Quarterly planning",
+        "Design review: dashboard",
+        "Release 1.4 go/no-go",
+        "Customer call (ACME)",
+        "Incident retro",
+        "Hiring sync",
+    ];
+    let mut completed = None;
+    for (i, title) in titles.iter().enumerate() {
+        let id =
+            d.t.insert(
+                "UPSERT_EVENT",
+                upsert_described("ws0", &format!("task-{i}"), title, "Agenda in the doc"),
+            )
+            .await;
+        completed.get_or_insert(id);
+    }
+    // Three versions of one task enqueued at once.
+    for v in 1..=3 {
+        d.t.insert(
+            "UPSERT_EVENT",
+            upsert_described("ws0", "task-edited", &format!("Budget v{v}"), ""),
+        )
+        .await;
+    }
+    d.t.insert(
+        "CANCEL_EVENT",
+        calendar_sync_tests::cancel("ws0", &GoogleWorld::calendar_of("ws0"), "task-4"),
+    )
+    .await;
+    for i in 0..2 {
+        d.insert_later(
+            "UPSERT_EVENT",
+            upsert_described("ws0", &format!("later-{i}"), "Offsite", ""),
+        )
+        .await;
+    }
+    for (i, error) in [
+        "[google_404_notFound] Not Found",
+        "[google_404_notFound] Not Found",
+        "[google_403_forbidden] The caller does not have permission",
+    ]
+    .iter()
+    .enumerate()
+    {
+        d.insert_dead_letter(
+            upsert_described("ws0", &format!("dead-{i}"), "Old sync", ""),
+            error,
+        )
+        .await;
+    }
+    d.world
+        .google
+        .revoke_refresh_token(&GoogleWorld::refresh_token_of("ws1"));
+    d.t.insert(
+        "UPSERT_EVENT",
+        upsert_described("ws1", "task-revoked", "Standup", ""),
+    )
+    .await;
+    d.wait_until_idle().await;
+    completed.unwrap()
+}
+
+/// The counts the overview's cards show, by status.
+async fn overview_counts(b: &Browser) -> BTreeMap<String, i64> {
+    let cards = b
+        .js(
+            "return Array.from(document.querySelectorAll('a.card[data-status]')).map(c =>
+                 [c.dataset.status, c.querySelector('.count').textContent])",
+            vec![],
+        )
+        .await;
+    let mut counts = BTreeMap::new();
+    for card in cards.as_array().expect("an array") {
+        let status = card[0].as_str().unwrap().to_owned();
+        let text = card[1].as_str().unwrap();
+        let digits: String = text.chars().filter(char::is_ascii_digit).collect();
+        assert_eq!(
+            digits.len(),
+            text.chars().filter(|c| *c != ',').count(),
+            "{status}: an exact count, not {text:?}"
+        );
+        counts.insert(status, digits.parse::<i64>().unwrap());
+    }
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overview_counts_match_the_database() {
+    let d = Dash::start("browser-counts", 2, &[]).await;
+    seed_history(&d).await;
+    let b = Browser::start().await;
+    // The worker is idle, but a retry may still come due: compare the page
+    // with the table until both agree (each read is a fresh page load).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        b.goto(&d.url("/")).await;
+        let shown = overview_counts(&b).await;
+        let mut actual = d.counts().await;
+        for status in shown.keys() {
+            actual.entry(status.clone()).or_insert(0);
+        }
+        if shown == actual {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the overview's counts {shown:?} match SELECT count(*) {actual:?}"
+        );
+    }
+    let shown = overview_counts(&b).await;
+    for status in [
+        "PENDING",
+        "PROCESSING",
+        "COMPLETED",
+        "DEAD_LETTER",
+        "SUPERSEDED",
+    ] {
+        assert!(shown.contains_key(status), "a card for {status}: {shown:?}");
+    }
+    assert!(shown["COMPLETED"] >= 7, "{shown:?}");
+    assert_eq!(shown["PENDING"], 2, "{shown:?}");
+    assert_eq!(
+        shown["DEAD_LETTER"], 4,
+        "three seeded, one revoked: {shown:?}"
+    );
+
+    // The dead letters by error code, as the table says.
+    let codes = b
+        .js(
+            "return Array.from(document.querySelectorAll('#dead-letters tbody tr')).map(r =>
+                 [r.cells[0].innerText.trim(), r.cells[1].innerText.trim()])",
+            vec![],
+        )
+        .await;
+    let codes: BTreeMap<String, String> = codes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r[0].as_str().unwrap().into(), r[1].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(
+        codes.get("google_404_notFound").map(String::as_str),
+        Some("2"),
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.get("google_403_forbidden").map(String::as_str),
+        Some("1"),
+        "{codes:?}"
+    );
+
+    // Clicking a card lists exactly the items with that status.
+    b.wait_for("a.card[data-status='DEAD_LETTER']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_url("the dead letters' list", |u| {
+        u.contains("status=DEAD_LETTER")
+    })
+    .await;
+    let statuses = b
+        .js(
+            "return Array.from(document.querySelectorAll('#items tbody tr .status')).map(s => s.textContent)",
+            vec![],
+        )
+        .await;
+    let statuses = statuses.as_array().unwrap();
+    assert_eq!(statuses.len(), 4, "{statuses:?}");
+    assert!(statuses.iter().all(|s| s == "DEAD_LETTER"), "{statuses:?}");
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_by_source_id_finds_the_item() {
+    let d = Dash::start("browser-search", 1, &[]).await;
+    let mut ids = Vec::new();
+    for source in ["task-alpha", "task-beta", "task-gamma"] {
+        ids.push(
+            d.t.insert(
+                "UPSERT_EVENT",
+                upsert_described("ws0", source, &format!("About {source}"), ""),
+            )
+            .await,
+        );
+    }
+    d.wait_until_idle().await;
+    let b = Browser::start().await;
+    b.goto(&d.url("/")).await;
+
+    // The nav's search box, by source id: the list of that source's items.
+    let q = b.wait_for("header input[name=q]").await;
+    q.send_keys("task-beta").await.unwrap();
+    b.wait_for("header form[role=search] button[type=submit]")
+        .await
+        .click()
+        .await
+        .unwrap();
+    b.wait_for_url("the search's results", |u| u.contains("q=task-beta"))
+        .await;
+    let links = b
+        .js(
+            "return Array.from(document.querySelectorAll('#items tbody tr td:first-child a')).map(a => a.textContent)",
+            vec![],
+        )
+        .await;
+    assert_eq!(links, json!([ids[1].to_string()]), "only task-beta's item");
+    assert!(b.text().await.contains("About task-beta"));
+
+    // Its link opens the item.
+    b.wait_for("#items tbody tr td:first-child a")
+        .await
+        .click()
+        .await
+        .unwrap();
+    let item = format!("/dashboard/items/{}", ids[1]);
+    b.wait_for_url("the item's page", |u| u.ends_with(&item))
+        .await;
+    let heading = b.wait_for("h1").await.text().await.unwrap();
+    assert!(heading.contains(&ids[1].to_string()), "{heading}");
+    assert!(
+        b.wait_for("#item")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("COMPLETED"),
+        "drained through the fake Google"
+    );
+    assert!(
+        b.wait_for("#payload")
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("task-beta")
+    );
+
+    // By item id: straight to the item.
+    let q = b.wait_for("header input[name=q]").await;
+    q.send_keys(&ids[2].to_string()).await.unwrap();
+    q.send_keys("\u{E007}").await.unwrap(); // Enter
+    let item = format!("/dashboard/items/{}", ids[2]);
+    b.wait_for_url("the searched item's page", |u| u.ends_with(&item))
+        .await;
+    b.close().await;
+}
+
+/// Markup that would run a script if a page did not escape it.
+const XSS_TITLE: &str = "<img src=x onerror=\"window.__xss=1\">";
+const XSS_DESCRIPTION: &str = "</script><script>window.__xss=2</script>";
+const XSS_WORKSPACE: &str = "<svg onload=\"window.__xss=3\">";
+const XSS_SOURCE: &str = "\"><script>window.__xss=4</script>";
+const XSS_ERROR: &str = "[google_400_badRequest] <img src=y onerror=\"window.__xss=5\">";
+
+/// Fails unless the page ran no injected script and has no injected
+/// element. The CSP (`default-src 'none'`) alone would stop the scripts, so
+/// the DOM is checked too: a missed escape would show up as an element.
+async fn assert_inert(b: &Browser, page: &str) {
+    let verdict = b
+        .js(
+            "return {
+                 xss: typeof window.__xss,
+                 scripts: document.querySelectorAll('script').length,
+                 imgs: document.querySelectorAll('img, svg').length,
+                 handlers: Array.from(document.querySelectorAll('*')).filter(e =>
+                     Array.from(e.attributes).some(a => a.name.startsWith('on'))).length,
+             }",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        verdict,
+        json!({"xss": "undefined", "scripts": 0, "imgs": 0, "handlers": 0}),
+        "{page}: no injected script ran and no injected element exists"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xss_payloads_run_no_script_and_show_as_text() {
+    let d = Dash::start("browser-xss", 1, &[]).await;
+    // In the title, description, workspace and source id (a workspace with
+    // no connection: the item waits or dead-letters, either way it is shown).
+    let mut payload = upsert_described(XSS_WORKSPACE, XSS_SOURCE, XSS_TITLE, XSS_DESCRIPTION);
+    payload["calendarId"] = json!("xss@example.com");
+    let item = d.insert_later("UPSERT_EVENT", payload).await;
+    // And in last_error, shown on the overview and the lists.
+    let dead = d
+        .insert_dead_letter(
+            upsert_described("ws0", XSS_SOURCE, XSS_TITLE, XSS_DESCRIPTION),
+            XSS_ERROR,
+        )
+        .await;
+    let b = Browser::start().await;
+
+    b.goto(&d.url(&format!("/items/{item}"))).await;
+    b.wait_for("#payload").await;
+    assert_inert(&b, "the item page").await;
+    let payload_text = b.wait_for("#payload").await.text().await.unwrap();
+    // Pretty-printed JSON: the quotes are escaped, the markup is not.
+    for shown in [
+        serde_json::to_string(XSS_TITLE).unwrap(),
+        serde_json::to_string(XSS_DESCRIPTION).unwrap(),
+        serde_json::to_string(XSS_WORKSPACE).unwrap(),
+        serde_json::to_string(XSS_SOURCE).unwrap(),
+    ] {
+        assert!(
+            payload_text.contains(&shown),
+            "{shown} literally in the payload: {payload_text}"
+        );
+    }
+    let fields = b.wait_for("#item").await.text().await.unwrap();
+    for shown in [XSS_WORKSPACE, XSS_SOURCE] {
+        assert!(fields.contains(shown), "{shown} literally: {fields}");
+    }
+
+    b.goto(&d.url(&format!("/items/{dead}"))).await;
+    b.wait_for("#item").await;
+    assert_inert(&b, "the dead letter's page").await;
+    assert!(b.text().await.contains(XSS_ERROR));
+
+    // The lists: all items, by workspace, and the search by source id.
+    for (path, shown) in [
+        (
+            "/items".to_owned(),
+            vec![XSS_TITLE, XSS_WORKSPACE, XSS_SOURCE, XSS_ERROR],
+        ),
+        (
+            format!("/items?workspace={}", query_value(XSS_WORKSPACE)),
+            vec![XSS_TITLE, XSS_WORKSPACE, XSS_SOURCE],
+        ),
+        (
+            format!("/items?q={}", query_value(XSS_SOURCE)),
+            vec![XSS_TITLE, XSS_SOURCE],
+        ),
+    ] {
+        b.goto(&d.url(&path)).await;
+        b.wait_for("#items").await;
+        assert_inert(&b, &path).await;
+        let text = b.text().await;
+        for s in shown {
+            assert!(text.contains(s), "{path}: {s} literally in {text}");
+        }
+    }
+    // The search box itself, typed as a user would.
+    b.goto(&d.url("/")).await;
+    let q = b.wait_for("header input[name=q]").await;
+    q.send_keys(XSS_SOURCE).await.unwrap();
+    q.send_keys("\u{E007}").await.unwrap();
+    b.wait_for_url("the search's results", |u| u.contains("q="))
+        .await;
+    b.wait_for("#items").await;
+    assert_inert(&b, "the typed search").await;
+    let value = b
+        .js(
+            "return document.querySelector('input[name=source_id]').value",
+            vec![],
+        )
+        .await;
+    assert_eq!(
+        value,
+        json!(XSS_SOURCE),
+        "the filter keeps the text as text"
+    );
+
+    b.goto(&d.url("/")).await;
+    b.wait_for("#dead-letters").await;
+    assert_inert(&b, "the overview").await;
+    assert!(b.text().await.contains(XSS_ERROR));
+    b.close().await;
+}
+
+/// `value` percent-encoded for a query string.
+fn query_value(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_secret_reaches_any_page() {
+    let d = Dash::start("browser-secrets", 2, &[]).await;
+    seed_history(&d).await;
+    // The fake minted access tokens while the worker drained: all start so.
+    assert!(
+        d.world
+            .google
+            .token_refresh_count(&GoogleWorld::refresh_token_of("ws0"))
+            > 0,
+        "the worker refreshed ws0's token"
+    );
+    let envelope = d.t.stored_token("ws0").await;
+    let mut secrets: Vec<String> = vec![
+        GoogleWorld::refresh_token_of("ws0"),
+        GoogleWorld::refresh_token_of("ws1"),
+        WORKER_CLIENT_SECRET.to_owned(),
+        WORKER_KEY_B64.to_owned(),
+        "ya29.".to_owned(),
+        envelope.clone(),
+    ];
+    // Any sizeable piece of the envelope (its ciphertext, nonce, ...).
+    secrets.extend(
+        envelope
+            .split(':')
+            .filter(|part| part.len() >= 12)
+            .map(str::to_owned),
+    );
+    let b = Browser::start().await;
+    let origin = format!("http://127.0.0.1:{}", d.port);
+    let mut queue = VecDeque::from([d.url("/")]);
+    let mut seen = BTreeSet::new();
+    const MAX_PAGES: usize = 60;
+    while let Some(url) = queue.pop_front() {
+        if seen.len() >= MAX_PAGES || !seen.insert(url.clone()) {
+            continue;
+        }
+        let path = &url[origin.len()..];
+        // The response as sent (headers and body)...
+        let (status, response) = http_get(d.port, path).await.expect("GET");
+        assert!(
+            matches!(status, 200 | 303),
+            "{path} answers: {status} {response}"
+        );
+        for secret in &secrets {
+            assert!(
+                !response.contains(secret.as_str()),
+                "{secret} in the response of {path}"
+            );
+        }
+        if path.contains("/assets/") {
+            continue;
+        }
+        // ...and the DOM the browser built from it.
+        b.goto(&url).await;
+        let dom = b.source().await;
+        for secret in &secrets {
+            assert!(
+                !dom.contains(secret.as_str()),
+                "{secret} in the DOM of {path}"
+            );
+        }
+        let links = b
+            .js(
+                "return Array.from(document.querySelectorAll('a[href], link[href]')).map(a => a.href)",
+                vec![],
+            )
+            .await;
+        for link in links.as_array().unwrap() {
+            let link = link.as_str().unwrap();
+            let link = link.split('#').next().unwrap();
+            if link.starts_with(&format!("{origin}/dashboard")) && !seen.contains(link) {
+                queue.push_back(link.to_owned());
+            }
+        }
+    }
+    // The crawl reached the overview, the lists, items and the stylesheet.
+    assert!(seen.len() >= 15, "{seen:#?}");
+    for needle in ["/items?status=", "/items/", "/assets/"] {
+        assert!(
+            seen.iter().any(|u| u.contains(needle)),
+            "the crawl reached {needle}: {seen:#?}"
+        );
+    }
+    b.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn screenshots_of_the_overview_and_an_item() {
+    let d = Dash::start("browser-screenshots", 2, &[]).await;
+    let completed = seed_history(&d).await;
+    let b = Browser::start().await;
+
+    b.goto(&d.url("/")).await;
+    b.wait_for("a.card[data-status]").await;
+    let path = save_screenshot("overview.png", &b.full_page_png().await);
+    eprintln!("wrote {}", path.display());
+
+    b.goto(&d.url(&format!("/items/{completed}"))).await;
+    b.wait_for("#binding").await;
+    let path = save_screenshot("item.png", &b.full_page_png().await);
+    eprintln!("wrote {}", path.display());
+
+    b.goto(&d.url("/items?status=DEAD_LETTER")).await;
+    b.wait_for("#items").await;
+    let path = save_screenshot("dead-letters.png", &b.full_page_png().await);
+    eprintln!("wrote {}", path.display());
+    b.close().await;
+}
