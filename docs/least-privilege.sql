@@ -46,13 +46,19 @@ GRANT SELECT, INSERT, UPDATE ON calendar_event_bindings TO calendar_sync_worker;
 -- (calendar_sync_record_alias, and the trigger calendar_sync_forget_aliases).
 GRANT SELECT ON calendar_aliases TO calendar_sync_worker;
 -- google_connections: `connections put` (INSERT … ON CONFLICT DO UPDATE), a
--- rotated refresh token or an invalid grant (UPDATE), the token refresher (SELECT).
+-- rotated refresh token or an invalid grant, a circuit breaker opening or
+-- closing (breaker_open_until), a minted access token (token_refreshed_at)
+-- (UPDATE), the token refresher (SELECT).
 GRANT SELECT, INSERT, UPDATE ON google_connections TO calendar_sync_worker;
 -- The shared quota budget (the claim and calendar_sync_take_budget read it FOR
 -- UPDATE, create a connection's bucket on first use and write it back) and the
 -- claim's round-robin cursor (one row, updated by every claim).
 GRANT SELECT, INSERT, UPDATE ON calendar_sync_budget TO calendar_sync_worker;
 GRANT SELECT, UPDATE ON calendar_sync_claim_cursor TO calendar_sync_worker;
+-- calendar_sync_minute_counts: the per-minute counts every worker adds to
+-- (INSERT … ON CONFLICT DO UPDATE, read by the queue-depth sample) and
+-- trims to two days (DELETE).
+GRANT SELECT, INSERT, UPDATE, DELETE ON calendar_sync_minute_counts TO calendar_sync_worker;
 -- `status` and /metrics read the views; /readyz and `status` count the applied migrations.
 GRANT SELECT ON sync_outbox_status, sync_outbox_dead_letters, sync_outbox_oldest_pending
     TO calendar_sync_worker;

@@ -91,6 +91,15 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
     // `connections put` as the worker role.
     let world = GoogleWorld::start(&db, 3).await;
     let g = world.google.clone();
+    // A per-minute count older than two days: the role's drainer deletes it.
+    roles
+        .admin
+        .batch_execute(
+            "INSERT INTO calendar_sync_minute_counts (minute, metric, label, n)
+             VALUES (date_trunc('minute', now() - interval '3 days'), 'completed', '', 1000)",
+        )
+        .await
+        .unwrap();
 
     // A producer enqueues with its role (INSERT … RETURNING id, as
     // calendar_sync::enqueue does, then the wake-up trigger at commit).
@@ -255,6 +264,32 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
         g.rotated_refresh_token(&GoogleWorld::refresh_token_of("ws1")),
         "the rotated refresh token was stored by the role"
     );
+
+    // The dashboard's data, written as the role: per-minute counts added to,
+    // the queue depth sampled, old minutes deleted; token refresh times.
+    let dashboard = roles
+        .admin
+        .query_one(
+            "SELECT coalesce(sum(n) FILTER (WHERE metric = 'completed'), 0)::bigint,
+                    coalesce(sum(n) FILTER (WHERE metric = 'google_calls'), 0)::bigint,
+                    count(*) FILTER (WHERE metric = 'queue_depth'),
+                    (SELECT count(*) FROM google_connections WHERE token_refreshed_at IS NOT NULL)
+               FROM calendar_sync_minute_counts",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (completed, calls, depth, refreshed): (i64, i64, i64, i64) = (
+        dashboard.get(0),
+        dashboard.get(1),
+        dashboard.get(2),
+        dashboard.get(3),
+    );
+    assert!(
+        (1..1000).contains(&completed),
+        "counted, and the old minute deleted: {completed}"
+    );
+    assert!(calls > 0 && depth > 0 && refreshed > 0, "{dashboard:?}");
 
     // Operator commands as the role.
     let status = calendar_sync::ops::status(&db).await.expect("status");

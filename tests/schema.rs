@@ -61,6 +61,7 @@ const SCHEMA_OBJECTS: &[&str] = &[
     "index calendar_sync_budget_pkey",
     "index calendar_sync_claim_cursor_pkey",
     "index calendar_sync_migrations_pkey",
+    "index calendar_sync_minute_counts_pkey",
     "index calendar_sync_waiters_pkey",
     "index google_connections_pkey",
     "index sync_outbox_dead_letter_idx",
@@ -70,6 +71,7 @@ const SCHEMA_OBJECTS: &[&str] = &[
     "index sync_outbox_pending_idx",
     "index sync_outbox_pkey",
     "index sync_outbox_rebuild_idx",
+    "index sync_outbox_source_id_idx",
     "index sync_outbox_source_idx",
     "index sync_outbox_source_processing_idx",
     "table calendar_aliases",
@@ -77,6 +79,7 @@ const SCHEMA_OBJECTS: &[&str] = &[
     "table calendar_sync_budget",
     "table calendar_sync_claim_cursor",
     "table calendar_sync_migrations",
+    "table calendar_sync_minute_counts",
     "table calendar_sync_waiters",
     "table google_connections",
     "table sync_outbox",
@@ -93,8 +96,8 @@ async fn a_fresh_migrate_creates_the_schema_and_a_second_changes_nothing() {
     let t = TestDb::new().await;
     assert_eq!(
         calendar_sync::testing::known_migrations(),
-        3,
-        "V1 schema, V2 functions, V3 operator functions"
+        4,
+        "V1 schema, V2 functions, V3 operator functions, V4 dashboard"
     );
     let client = t.client().await;
     let objects = || async {

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use tokio_postgres::types::ToSql;
 use uuid::Uuid;
 
+use crate::actions::Done;
+use crate::auth::{self, Access};
 use crate::layout::{self, CODE_SQL, encode_query_value, optional_timestamp, thousands, timestamp};
 use crate::overview::Failure;
 use crate::{AppState, server_error};
@@ -41,6 +43,8 @@ pub(crate) struct Filters {
     q: Option<String>,
     /// The id of the last item of the previous page.
     before: Option<String>,
+    /// The outcome of the action that led here (`p#notice`).
+    done: Option<String>,
 }
 
 fn present(v: Option<&String>) -> Option<&str> {
@@ -58,6 +62,7 @@ impl Filters {
             ("source_type", &self.source_type),
             ("source_id", &self.source_id),
             ("code", &self.code),
+            ("q", &self.q),
         ];
         pairs
             .iter()
@@ -142,7 +147,8 @@ async fn read_list(
     if let Some(v) = present(f.source_type.as_ref()) {
         add("source_type", v.to_owned(), &mut params);
     }
-    if let Some(v) = present(f.source_id.as_ref()).or(search) {
+    let source = present(f.source_id.as_ref()).or(search);
+    if let Some(v) = source {
         add("source_id", v.to_owned(), &mut params);
     }
     if let Some(v) = present(f.code.as_ref()) {
@@ -155,7 +161,25 @@ async fn read_list(
         .await?;
 
     let indexed = matches!(status, Some("PENDING" | "PROCESSING" | "DEAD_LETTER"));
-    let sql = if let Some(status) = status.filter(|_| indexed) {
+    // A source id (the search box, or the filter) goes through
+    // sync_outbox_source_id_idx: every item of the source, finished or not,
+    // whatever its age.
+    let by_source = !indexed && source.is_some();
+    let sql = if by_source {
+        if let Some(status) = status {
+            conditions.insert(0, format!("status = '{status}'"));
+        }
+        if let Some(before) = before {
+            params.push(Box::new(before));
+            conditions.push(format!("id < ${}", params.len()));
+        }
+        params.push(Box::new(page + 1));
+        format!(
+            "SELECT {LIST_COLUMNS} FROM sync_outbox WHERE {} ORDER BY id DESC LIMIT ${}",
+            conditions.join(" AND "),
+            params.len()
+        )
+    } else if let Some(status) = status.filter(|_| indexed) {
         // Through the status's partial index: its size is the queue's (or
         // the dead letters'), not the history's.
         conditions.insert(0, format!("status = '{status}'"));
@@ -223,7 +247,7 @@ async fn read_list(
         None
     };
     let mut window_info = None;
-    if !indexed && !full {
+    if !indexed && !by_source && !full {
         // The page came up short: was the window the whole rest of the table?
         let row = tx
             .query_one(
@@ -253,6 +277,7 @@ pub(crate) async fn list(
     parts: Parts,
 ) -> Response {
     let base = layout::base(&parts.extensions);
+    let access = auth::access(state.options.token.as_ref(), &parts.headers);
     let q = present(filters.q.as_ref()).map(str::to_owned);
     if let Some(id) = q.as_deref().and_then(|q| Uuid::parse_str(q).ok()) {
         match item_exists(&state, id).await {
@@ -264,10 +289,11 @@ pub(crate) async fn list(
         }
     }
     match read_list(&state, &filters, q.as_deref()).await {
-        Ok(listing) => layout::page(
+        Ok(listing) => layout::page_for(
             &base,
             "Items",
-            render_list(&base, &state, &filters, q.as_deref(), &listing),
+            Some(access),
+            render_list(&base, &state, &filters, q.as_deref(), &listing, access),
         )
         .into_response(),
         Err(e) => server_error(&base, &e),
@@ -288,12 +314,24 @@ fn render_list(
     f: &Filters,
     search: Option<&str>,
     listing: &Listing,
+    access: Access,
 ) -> Markup {
     let value = |v: &Option<String>| present(v.as_ref()).unwrap_or("").to_owned();
     let status = value(&f.status);
     let operation = value(&f.operation);
+    let workspace = present(f.workspace.as_ref());
+    let code = present(f.code.as_ref());
+    let dead = status == "DEAD_LETTER";
+    let writer = access == Access::Writer;
+    let back = if f.query_string().is_empty() {
+        "/items".to_owned()
+    } else {
+        format!("/items?{}", f.query_string())
+    };
+    let table = items_table(base, listing, dead && writer);
     html! {
         h1 { "Items" }
+        (layout::notice_markup(f.done.as_deref()))
         form.filters method="get" action={ (base) "/items" } {
             label { "Status"
                 select name="status" {
@@ -316,34 +354,38 @@ fn render_list(
             a href={ (base) "/items" } { "Clear" }
         }
         @if let Some(q) = search {
-            p.note { "Items whose source id is " code { (q) } " (no item has that id)." }
+            p.note { "Items whose source id is " code { (q) } ", finished or not, newest first (no item has that id)." }
         }
-        @if listing.items.is_empty() {
-            p #no-items { "No items match." }
-        } @else {
-            table #items {
-                thead { tr {
-                    th { "Item" } th { "Status" } th { "Operation" } th { "Workspace" } th { "Calendar" }
-                    th { "Source" } th { "Title" } th.num { "Attempts" } th { "Created" } th { "Updated" } th { "Last error" }
-                } }
-                tbody {
-                    @for i in &listing.items {
-                        tr {
-                            td.mono { a href={ (base) "/items/" (i.id) } { (i.id) } }
-                            td { span.status.{ "status-" (i.status) } { (i.status) } }
-                            td { (i.operation) }
-                            td { (i.workspace_id.as_deref().unwrap_or("")) }
-                            td { (i.calendar_id.as_deref().unwrap_or("")) }
-                            td { (i.source_type.as_deref().unwrap_or("")) " " (i.source_id.as_deref().unwrap_or("")) }
-                            td { (i.title.as_deref().unwrap_or("")) }
-                            td.num { (i.attempts) }
-                            td { (timestamp(&i.created_at)) }
-                            td { (timestamp(&i.updated_at)) }
-                            td { (i.last_error.as_deref().unwrap_or("")) }
-                        }
+        @if writer {
+            @if let Some(w) = workspace {
+                form #requeue-workspace .action method="post" action={ (base) "/requeue" } {
+                    input type="hidden" name="back" value=(back);
+                    input type="hidden" name="workspace" value=(w);
+                    button #requeue-workspace-button type="submit" { "Requeue every dead letter of workspace " (w) }
+                }
+            }
+            @if let Some(c) = code {
+                form #requeue-code .action method="post" action={ (base) "/requeue" } {
+                    input type="hidden" name="back" value=(back);
+                    input type="hidden" name="error_code" value=(c);
+                    @if let Some(w) = workspace { input type="hidden" name="workspace" value=(w); }
+                    button #requeue-code-button type="submit" {
+                        "Requeue every dead letter with error code " (c)
+                        @if let Some(w) = workspace { " of workspace " (w) }
                     }
                 }
             }
+        } @else if dead || workspace.is_some() || code.is_some() {
+            (layout::login_to_act(base, access))
+        }
+        @if dead && writer && !listing.items.is_empty() {
+            form #requeue-selected method="post" action={ (base) "/requeue" } {
+                input type="hidden" name="back" value=(back);
+                (table)
+                button #requeue-selected-button type="submit" { "Requeue selected" }
+            }
+        } @else {
+            (table)
         }
         @if let Some((scanned, oldest)) = listing.window {
             p.note {
@@ -359,6 +401,44 @@ fn render_list(
             }
             @if let Some(next) = listing.next {
                 a rel="next" href={ (base) "/items?" (f.query_string()) @if !f.query_string().is_empty() { "&" } "before=" (next) } { "Older →" }
+            }
+        }
+    }
+}
+
+/// The items table; with a checkbox per row (`name="id"`) when the rows can
+/// be selected for a requeue.
+fn items_table(base: &str, listing: &Listing, selectable: bool) -> Markup {
+    html! {
+        @if listing.items.is_empty() {
+            p #no-items { "No items match." }
+        } @else {
+            table #items {
+                thead { tr {
+                    @if selectable { th { span.visually-hidden { "Select" } } }
+                    th { "Item" } th { "Status" } th { "Operation" } th { "Workspace" } th { "Calendar" }
+                    th { "Source" } th { "Title" } th.num { "Attempts" } th { "Created" } th { "Updated" } th { "Last error" }
+                } }
+                tbody {
+                    @for i in &listing.items {
+                        tr {
+                            @if selectable {
+                                td { input type="checkbox" name="id" value=(i.id) aria-label={ "Select " (i.id) }; }
+                            }
+                            td.mono { a href={ (base) "/items/" (i.id) } { (i.id) } }
+                            td { span.status.{ "status-" (i.status) } { (i.status) } }
+                            td { (i.operation) }
+                            td { (i.workspace_id.as_deref().unwrap_or("")) }
+                            td { (i.calendar_id.as_deref().unwrap_or("")) }
+                            td { (i.source_type.as_deref().unwrap_or("")) " " (i.source_id.as_deref().unwrap_or("")) }
+                            td { (i.title.as_deref().unwrap_or("")) }
+                            td.num { (i.attempts) }
+                            td { (timestamp(&i.created_at)) }
+                            td { (timestamp(&i.updated_at)) }
+                            td { (i.last_error.as_deref().unwrap_or("")) }
+                        }
+                    }
+                }
             }
         }
     }
@@ -520,9 +600,11 @@ async fn read_detail(state: &AppState, id: Uuid) -> Result<Option<Detail>, Failu
 pub(crate) async fn detail(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    Query(done): Query<Done>,
     parts: Parts,
 ) -> Response {
     let base = layout::base(&parts.extensions);
+    let access = auth::access(state.options.token.as_ref(), &parts.headers);
     let not_found = || {
         (
             StatusCode::NOT_FOUND,
@@ -539,7 +621,8 @@ pub(crate) async fn detail(
     };
     match read_detail(&state, uuid).await {
         Ok(Some(d)) => {
-            layout::page(&base, "Item", render_detail(&base, &state, &d)).into_response()
+            let content = render_detail(&base, &state, &d, access, done.done.as_deref());
+            layout::page_for(&base, "Item", Some(access), content).into_response()
         }
         Ok(None) => not_found(),
         Err(e) => server_error(&base, &e),
@@ -550,11 +633,28 @@ fn pretty(value: &serde_json::Value) -> String {
     serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
 }
 
-fn render_detail(base: &str, state: &AppState, d: &Detail) -> Markup {
+fn render_detail(
+    base: &str,
+    state: &AppState,
+    d: &Detail,
+    access: Access,
+    done: Option<&str>,
+) -> Markup {
     let i = &d.item;
     let item_link = |id: &Uuid| html! { a.mono href={ (base) "/items/" (id) } { (id) } };
     html! {
         h1 { "Item " span.mono { (i.id) } }
+        (layout::notice_markup(done))
+        @if i.status == "DEAD_LETTER" {
+            @if access == Access::Writer {
+                form #requeue .action method="post" action={ (base) "/items/" (i.id) "/requeue" } {
+                    input type="hidden" name="back" value={ "/items/" (i.id) };
+                    button #requeue-button type="submit" { "Requeue this dead letter" }
+                }
+            } @else {
+                (layout::login_to_act(base, access))
+            }
+        }
         dl.fields #item {
             dt { "Status" } dd { span.status.{ "status-" (i.status) } { (i.status) } }
             dt { "Operation" } dd { (i.operation) }

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 
 use crate::assets;
+use crate::auth::Access;
 
 /// The prefix the router is nested at ("" at the root), without a trailing
 /// slash: every link is `{base}/...`.
@@ -27,6 +28,12 @@ pub(crate) fn home(base: &str) -> String {
 }
 
 pub(crate) fn page(base: &str, title: &str, content: Markup) -> Markup {
+    page_for(base, title, None, content)
+}
+
+/// [`page`], with the login or logout control of a request's [`Access`]
+/// (none on a read-only dashboard).
+pub(crate) fn page_for(base: &str, title: &str, access: Option<Access>, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -42,9 +49,17 @@ pub(crate) fn page(base: &str, title: &str, content: Markup) -> Markup {
                     a.brand href=(home(base)) { "calendar-sync" }
                     a href=(home(base)) { "Overview" }
                     a href={ (base) "/items" } { "Items" }
+                    a href={ (base) "/connections" } { "Connections" }
                     form method="get" action={ (base) "/items" } role="search" {
                         input type="search" name="q" placeholder="Item id or source id" aria-label="Item id or source id";
                         button type="submit" { "Find" }
+                    }
+                    @match access {
+                        Some(Access::Writer) => form #logout method="post" action={ (base) "/logout" } {
+                            button #logout-button type="submit" { "Log out" }
+                        },
+                        Some(Access::LoggedOut) => a #login-link href={ (base) "/login" } { "Log in" },
+                        _ => {},
                     }
                 }
                 main { (content) }
@@ -114,3 +129,40 @@ pub(crate) fn encode_query_value(value: &str) -> String {
 /// pages computes it.
 pub(crate) const CODE_SQL: &str =
     r"coalesce(substring(last_error FROM '^\[([^\]]+)\]'), 'unknown')";
+
+/// The short message of `?done=...` after an action: only known forms are
+/// shown (nothing of the query string is echoed but a number).
+pub(crate) fn notice(done: Option<&str>) -> Option<String> {
+    let done = done?;
+    if let Some(n) = done.strip_prefix("requeued-") {
+        let n: u64 = n.parse().ok()?;
+        return Some(match n {
+            0 => "Nothing was requeued: no item was a dead letter any more.".to_owned(),
+            1 => "Requeued 1 dead letter.".to_owned(),
+            n => format!("Requeued {n} dead letters."),
+        });
+    }
+    match done {
+        "rebuild-queued" => Some("Enqueued a REBUILD_ALL.".to_owned()),
+        "logged-out" => Some("Logged out.".to_owned()),
+        _ => None,
+    }
+}
+
+/// `p#notice`, when there is one.
+pub(crate) fn notice_markup(done: Option<&str>) -> Markup {
+    html! {
+        @if let Some(text) = notice(done) {
+            p #notice role="status" { (text) }
+        }
+    }
+}
+
+/// Where the write actions would be, when the visitor is not logged in.
+pub(crate) fn login_to_act(base: &str, access: Access) -> Markup {
+    html! {
+        @if access == Access::LoggedOut {
+            p.login-to-act { a href={ (base) "/login" } { "Log in to act" } " (requeue, rebuild)." }
+        }
+    }
+}

@@ -1,15 +1,23 @@
 //! # calendar-sync-dashboard
 //!
-//! A read-only operator dashboard for the calendar-sync outbox, as an
-//! [`axum::Router`] that an embedding service mounts under any prefix:
+//! An operator dashboard for the calendar-sync outbox, as an
+//! [`axum::Router`] that an embedding service mounts under any prefix.
+//! Read-only unless [`DashboardOptions::token`] is set; then an operator who
+//! logs in with the token (or a script sending it as a bearer token) can
+//! requeue dead letters and enqueue a REBUILD_ALL, by POST only, and never
+//! from another site:
 //!
 //! ```no_run
-//! # fn example(db: calendar_sync::Database) {
-//! use calendar_sync_dashboard::{DashboardOptions, router};
+//! # fn example(db: calendar_sync::Database) -> Result<(), Box<dyn std::error::Error>> {
+//! use calendar_sync_dashboard::{DashboardOptions, DashboardToken, router};
 //!
-//! let app: axum::Router = axum::Router::new()
-//!     .nest("/dashboard", router(db, DashboardOptions::default()));
-//! # let _ = app; }
+//! let options = DashboardOptions {
+//!     // None (the default): read-only.
+//!     token: Some(DashboardToken::new(std::env::var("CALENDAR_SYNC_DASHBOARD_TOKEN")?)?),
+//!     ..DashboardOptions::default()
+//! };
+//! let app: axum::Router = axum::Router::new().nest("/dashboard", router(db, options));
+//! # let _ = app; Ok(()) }
 //! ```
 //!
 //! Every link is built from the prefix the router is nested at (axum's
@@ -22,17 +30,23 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 
+mod actions;
 mod assets;
+mod auth;
+mod charts;
+mod connections;
 mod items;
 mod layout;
 mod overview;
+
+pub use auth::{DashboardToken, MIN_TOKEN_LEN, TokenError};
 
 use axum::Router;
 use axum::extract::Request;
 use axum::http::{HeaderValue, header};
 use axum::middleware::{Next, map_response};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use calendar_sync::Database;
 
 /// Limits that keep every page's cost independent of the outbox's history.
@@ -52,6 +66,9 @@ pub struct DashboardOptions {
     /// Lists that no partial index serves (finished items, a source's
     /// history) read at most this many of the newest items per page.
     pub scan_window: u32,
+    /// The token that enables the write actions (requeue, REBUILD_ALL):
+    /// `None` keeps the dashboard read-only. Its `Debug` is redacted.
+    pub token: Option<DashboardToken>,
 }
 
 impl Default for DashboardOptions {
@@ -61,6 +78,7 @@ impl Default for DashboardOptions {
             count_cap: 100_000,
             exact_count_max_bytes: 16 * 1024 * 1024,
             scan_window: 10_000,
+            token: None,
         }
     }
 }
@@ -71,14 +89,22 @@ pub(crate) struct AppState {
     pub(crate) options: DashboardOptions,
 }
 
-/// The dashboard: `/` (overview), `/items`, `/items/{id}` and its stylesheet,
-/// to nest under any prefix. Read-only: nothing it serves writes.
+/// The dashboard: `/` (overview), `/items`, `/items/{id}`, `/connections`,
+/// `/login` and its stylesheet, to nest under any prefix. Only POSTs write
+/// (`/items/{id}/requeue`, `/requeue`, `/rebuild`), and only with
+/// [`DashboardOptions::token`] set and a session or bearer token.
 pub fn router(db: Database, options: DashboardOptions) -> Router {
     let state = AppState { db, options };
     let pages = Router::new()
         .route("/", get(overview::page))
         .route("/items", get(items::list))
         .route("/items/{id}", get(items::detail))
+        .route("/items/{id}/requeue", post(actions::requeue_one))
+        .route("/requeue", post(actions::requeue_many))
+        .route("/rebuild", post(actions::rebuild))
+        .route("/connections", get(connections::page))
+        .route("/login", get(actions::login_page).post(actions::login))
+        .route("/logout", post(actions::logout))
         .layer(map_response(data_page_headers))
         .with_state(state);
     Router::new()

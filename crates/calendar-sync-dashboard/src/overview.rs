@@ -9,6 +9,7 @@ use maud::{Markup, html};
 
 use crate::layout::{self, CODE_SQL, age, encode_query_value, thousands, timestamp};
 use crate::{AppState, server_error};
+use crate::{auth, charts};
 
 pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,6 +39,7 @@ struct Connection {
     is_valid: bool,
     invalid_reason: Option<String>,
     paused_until: Option<DateTime<Utc>>,
+    breaker_open_until: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
 }
 
@@ -51,7 +53,9 @@ struct Overview {
     connections_valid: i64,
     connections_invalid: i64,
     connections_paused: i64,
+    connections_circuit_open: i64,
     attention: Vec<Connection>,
+    charts: charts::Charts,
 }
 
 /// Connections listed at most (invalid or paused ones).
@@ -179,18 +183,22 @@ async fn read(state: &AppState) -> Result<Overview, Failure> {
         .query_one(
             "SELECT count(*) FILTER (WHERE is_valid),
                     count(*) FILTER (WHERE NOT is_valid),
-                    count(*) FILTER (WHERE paused_until > now())
+                    count(*) FILTER (WHERE paused_until > now()),
+                    count(*) FILTER (WHERE breaker_open_until > now())
                FROM google_connections",
             &[],
         )
         .await?;
-    let (connections_valid, connections_invalid, connections_paused) =
-        (row.get(0), row.get(1), row.get(2));
+    let (connections_valid, connections_invalid, connections_paused, connections_circuit_open) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
     let attention = tx
         .query(
-            "SELECT workspace_id, google_email, is_valid, invalid_reason, paused_until, updated_at
+            "SELECT workspace_id, google_email, is_valid, invalid_reason,
+                    CASE WHEN paused_until > now() THEN paused_until END,
+                    CASE WHEN breaker_open_until > now() THEN breaker_open_until END,
+                    updated_at
                FROM google_connections
-              WHERE NOT is_valid OR paused_until > now()
+              WHERE NOT is_valid OR paused_until > now() OR breaker_open_until > now()
               ORDER BY is_valid, updated_at DESC
               LIMIT $1",
             &[&CONNECTIONS_LISTED],
@@ -203,9 +211,11 @@ async fn read(state: &AppState) -> Result<Overview, Failure> {
             is_valid: r.get(2),
             invalid_reason: r.get(3),
             paused_until: r.get(4),
-            updated_at: r.get(5),
+            breaker_open_until: r.get(5),
+            updated_at: r.get(6),
         })
         .collect();
+    let charts = charts::read(&tx).await?;
     tx.commit().await?;
     Ok(Overview {
         counts,
@@ -216,7 +226,9 @@ async fn read(state: &AppState) -> Result<Overview, Failure> {
         connections_valid,
         connections_invalid,
         connections_paused,
+        connections_circuit_open,
         attention,
+        charts,
     })
 }
 
@@ -224,7 +236,14 @@ pub(crate) async fn page(State(state): State<AppState>, parts: Parts) -> Respons
     let base = layout::base(&parts.extensions);
     match read(&state).await {
         Ok(overview) => {
-            layout::page(&base, "Overview", render(&base, &state, &overview)).into_response()
+            let access = auth::access(state.options.token.as_ref(), &parts.headers);
+            layout::page_for(
+                &base,
+                "Overview",
+                Some(access),
+                render(&base, &state, &overview),
+            )
+            .into_response()
         }
         Err(e) => server_error(&base, &e),
     }
@@ -270,6 +289,8 @@ fn render(base: &str, state: &AppState, o: &Overview) -> Markup {
                 "COMPLETED and SUPERSEDED are exact: the table is under the exact-count limit."
             }
         }
+        h2 { "Activity" }
+        (charts::render(&o.charts))
         h2 { "Oldest pending item" }
         @match &o.oldest_pending {
             Some((created, secs)) => p #oldest-pending { "Waiting for " strong { (age(*secs)) } " (enqueued " (timestamp(created)) ")." },
@@ -300,19 +321,25 @@ fn render(base: &str, state: &AppState, o: &Overview) -> Markup {
         p #connections {
             span.ok { (thousands(o.connections_valid)) " valid" } ", "
             span.bad { (thousands(o.connections_invalid)) " invalid" } ", "
-            span.warn { (thousands(o.connections_paused)) " paused" } "."
+            span.warn { (thousands(o.connections_paused)) " paused" } ", "
+            span.warn { (thousands(o.connections_circuit_open)) " circuit open" } "."
         }
         @if !o.attention.is_empty() {
             table #connections-attention {
-                thead { tr { th { "Workspace" } th { "Account" } th { "State" } th { "Reason" } th { "Paused until" } th { "Updated" } } }
+                thead { tr { th { "Workspace" } th { "Account" } th { "State" } th { "Reason" } th { "Paused until" } th { "Circuit open until" } th { "Updated" } } }
                 tbody {
                     @for c in &o.attention {
-                        tr {
+                        tr data-workspace=(c.workspace_id) {
                             td { a href={ (base) "/items?workspace=" (encode_query_value(&c.workspace_id)) } { (c.workspace_id) } }
                             td { (c.google_email) }
-                            td { @if c.is_valid { span.ok { "valid" } } @else { span.bad { "invalid" } } }
+                            td {
+                                @if c.is_valid { span.ok { "valid" } } @else { span.bad { "invalid" } }
+                                @if c.paused_until.is_some() { " " span.warn.state-paused { "paused" } }
+                                @if c.breaker_open_until.is_some() { " " span.warn.state-circuit-open { "circuit open" } }
+                            }
                             td { (c.invalid_reason.as_deref().unwrap_or("")) }
                             td { (layout::optional_timestamp(c.paused_until.as_ref())) }
+                            td.circuit-open-until { (layout::optional_timestamp(c.breaker_open_until.as_ref())) }
                             td { (timestamp(&c.updated_at)) }
                         }
                     }

@@ -496,3 +496,65 @@ async fn no_token_in_any_page() {
         }
     }
 }
+
+/// Issue 16 §5: the search box finds a source's items through the source-id
+/// index, however old: a COMPLETED item behind more than `scan_window`
+/// newer items is on the first page.
+#[tokio::test]
+async fn source_id_search_reaches_past_the_scan_window() {
+    let t = TestDb::new().await;
+    let old = t
+        .insert("UPSERT_EVENT", upsert("ws-a", "cal", "task-old", "Ancient"))
+        .await;
+    set_status(&t, old, "COMPLETED", None).await;
+    for i in 0..12 {
+        let id = t
+            .insert(
+                "UPSERT_EVENT",
+                upsert("ws-a", "cal", &format!("n{i}"), "newer"),
+            )
+            .await;
+        set_status(&t, id, "COMPLETED", None).await;
+    }
+    let newer = t
+        .insert("UPSERT_EVENT", upsert("ws-a", "cal", "task-old", "Again"))
+        .await;
+    let options = DashboardOptions {
+        scan_window: 5,
+        page_size: 1,
+        ..DashboardOptions::default()
+    };
+    let app = nested(&t, "/dashboard", options);
+    let page = get(&app, "/dashboard/items?q=task-old").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains(&format!("/dashboard/items/{newer}")),
+        "{}",
+        page.body
+    );
+    assert!(
+        !page.body.contains("looked at the"),
+        "no window: {}",
+        page.body
+    );
+    // The next page (keyset by id) is the old one.
+    let start =
+        page.body.find("rel=\"next\" href=\"").expect("next page") + "rel=\"next\" href=\"".len();
+    let next =
+        page.body[start..start + page.body[start..].find('"').expect("end")].replace("&amp;", "&");
+    let page = get(&app, &next).await;
+    assert!(
+        page.body.contains(&format!("/dashboard/items/{old}")),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("Ancient"));
+    assert!(!page.body.contains("rel=\"next\""), "nothing older");
+    // The source id filter goes the same way, with a status.
+    let page = get(&app, "/dashboard/items?source_id=task-old&status=COMPLETED").await;
+    assert!(
+        page.body.contains(&format!("/dashboard/items/{old}")),
+        "{}",
+        page.body
+    );
+}

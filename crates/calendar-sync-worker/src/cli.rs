@@ -78,9 +78,55 @@ pub enum Command {
 pub struct RunArgs {
     #[command(flatten)]
     pub drain: DrainerArgs,
-    /// Address of /healthz, /readyz, /metrics and the read-only dashboard (/dashboard/).
+    /// Address of /healthz, /readyz, /metrics and the dashboard (/dashboard/).
     #[arg(long, env = "CALENDAR_SYNC_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub dashboard: DashboardAuthArgs,
+}
+
+/// The dashboard's write actions: off unless a token is set.
+#[derive(Args)]
+pub struct DashboardAuthArgs {
+    /// Enables the dashboard's write actions (requeue dead letters, enqueue a
+    /// REBUILD_ALL) for whoever logs in with this token or sends it as
+    /// `Authorization: Bearer`; at least 16 characters. Unset, the dashboard
+    /// is read-only. Prefer the variable: a flag shows in `ps`.
+    #[arg(long, env = "CALENDAR_SYNC_DASHBOARD_TOKEN", hide_env_values = true)]
+    pub dashboard_token: Option<String>,
+}
+
+impl std::fmt::Debug for DashboardAuthArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DashboardAuthArgs")
+            .field(
+                "dashboard_token",
+                &self.dashboard_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+impl DashboardAuthArgs {
+    /// The token, checked: set but empty or short is a configuration error
+    /// (which never repeats the value).
+    pub fn token(&self) -> Result<Option<calendar_sync_dashboard::DashboardToken>, ConfigError> {
+        const VAR: &str = "CALENDAR_SYNC_DASHBOARD_TOKEN";
+        let value = match &self.dashboard_token {
+            Some(v) => v.clone(),
+            // clap reads an empty variable as unset; it is still a mistake.
+            None if std::env::var_os(VAR).is_some() => String::new(),
+            None => return Ok(None),
+        };
+        calendar_sync_dashboard::DashboardToken::new(value)
+            .map(Some)
+            .map_err(|_| {
+                ConfigError(format!(
+                    "{VAR} must be at least {} characters long (unset it to keep the dashboard read-only)",
+                    calendar_sync_dashboard::MIN_TOKEN_LEN
+                ))
+            })
+    }
 }
 
 /// Where `run` and `dashboard` listen unless told: local only.
@@ -91,9 +137,11 @@ const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:9464";
 pub struct DashboardArgs {
     #[command(flatten)]
     pub database: DatabaseArgs,
-    /// Address of the read-only dashboard (/dashboard/), /healthz and /readyz.
+    /// Address of the dashboard (/dashboard/), /healthz and /readyz.
     #[arg(long, env = "CALENDAR_SYNC_HTTP_ADDR", default_value = DEFAULT_HTTP_ADDR)]
     pub http_addr: SocketAddr,
+    #[command(flatten)]
+    pub dashboard: DashboardAuthArgs,
 }
 
 /// `drain --once`.

@@ -72,6 +72,7 @@ fn drainer(settings: &DrainerArgs) -> Result<(Database, OutboxDrainer<GoogleCale
 
 /// `run`: the drainer until SIGTERM/SIGINT, with /healthz, /readyz, /metrics.
 pub async fn run(args: &RunArgs) -> Outcome {
+    let dashboard_token = args.dashboard.token()?;
     let settings = &args.drain;
     let (db, drainer) = drainer(settings)?;
     let cipher = settings.keys.cipher()?;
@@ -86,7 +87,11 @@ pub async fn run(args: &RunArgs) -> Outcome {
         tracing::error!("{line}");
     }
     let handle = std::sync::Arc::new(drainer.start());
-    tracing::info!(http = %args.http_addr, "calendar-sync worker running");
+    tracing::info!(
+        http = %args.http_addr,
+        dashboard_writes = dashboard_token.is_some(),
+        "calendar-sync worker running"
+    );
     let server = crate::http::serve(
         listener,
         db,
@@ -94,6 +99,7 @@ pub async fn run(args: &RunArgs) -> Outcome {
         handle.clone(),
         metrics,
         settings.drainer().poll_interval,
+        dashboard_token,
     );
     let server = tokio::spawn(server);
     shutdown_signal().await;
@@ -111,14 +117,19 @@ pub async fn run(args: &RunArgs) -> Outcome {
 /// `dashboard`: the read-only dashboard with /healthz and /readyz until
 /// SIGTERM/SIGINT; it claims nothing, and needs only the database.
 pub async fn dashboard(args: &DashboardArgs) -> Outcome {
+    let token = args.dashboard.token()?;
     // A page's queries, a few pages at once.
     let db = database(&args.database, 4)?;
     let listener = listen(args.http_addr).await?;
     if let Err(e) = calendar_sync::ops::readiness(&db).await {
         tracing::warn!(error = %e, "not ready yet; the dashboard's pages fail until it is");
     }
-    tracing::info!(http = %args.http_addr, "calendar-sync dashboard serving /dashboard/ (no draining)");
-    let server = tokio::spawn(crate::http::serve_dashboard(listener, db));
+    tracing::info!(
+        http = %args.http_addr,
+        writes = token.is_some(),
+        "calendar-sync dashboard serving /dashboard/ (no draining)"
+    );
+    let server = tokio::spawn(crate::http::serve_dashboard(listener, db, token));
     shutdown_signal().await;
     tracing::info!("signal received; stopping");
     server.abort();

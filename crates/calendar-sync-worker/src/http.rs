@@ -1,5 +1,6 @@
-//! `/healthz`, `/readyz`, `/metrics` and the read-only dashboard
-//! (`/dashboard/`) on CALENDAR_SYNC_HTTP_ADDR: all of them for `run`; the
+//! `/healthz`, `/readyz`, `/metrics` and the dashboard (`/dashboard/`,
+//! read-only unless CALENDAR_SYNC_DASHBOARD_TOKEN is set) on
+//! CALENDAR_SYNC_HTTP_ADDR: all of them for `run`; the
 //! dashboard, `/healthz` and `/readyz` for `dashboard`, which does not drain.
 
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use calendar_sync::{Database, DrainerHandle, TokenCipher};
-use calendar_sync_dashboard::DashboardOptions;
+use calendar_sync_dashboard::{DashboardOptions, DashboardToken};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::commands::Failure;
@@ -46,6 +47,7 @@ pub async fn serve(
     drainer: Arc<DrainerHandle>,
     metrics: PrometheusHandle,
     poll_interval: Duration,
+    dashboard_token: Option<DashboardToken>,
 ) {
     let state = AppState {
         db,
@@ -56,7 +58,7 @@ pub async fn serve(
         stuck_after: (poll_interval * 3).max(Duration::from_secs(30)),
     };
     let app = Router::new()
-        .nest_service("/dashboard", dashboard(&state.db))
+        .nest_service("/dashboard", dashboard(&state.db, dashboard_token))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_page))
@@ -66,9 +68,13 @@ pub async fn serve(
 
 /// `dashboard`: the dashboard, `/healthz` and `/readyz` alone (no drainer,
 /// no keys), until the task is aborted.
-pub async fn serve_dashboard(listener: tokio::net::TcpListener, db: Database) {
+pub async fn serve_dashboard(
+    listener: tokio::net::TcpListener,
+    db: Database,
+    token: Option<DashboardToken>,
+) {
     let app = Router::new()
-        .nest_service("/dashboard", dashboard(&db))
+        .nest_service("/dashboard", dashboard(&db, token))
         // Serving is all this process does: it is healthy while it answers.
         .route("/healthz", get(|| async { (StatusCode::OK, "ok\n") }))
         .route("/readyz", get(dashboard_readyz))
@@ -77,10 +83,17 @@ pub async fn serve_dashboard(listener: tokio::net::TcpListener, db: Database) {
 }
 
 /// The dashboard, mounted with `nest_service("/dashboard", ..)`, which routes
-/// both `/dashboard` and `/dashboard/` to its overview. Read-only (nothing it
-/// serves writes), and local by default like the rest of this server.
-fn dashboard(db: &Database) -> Router {
-    calendar_sync_dashboard::router(db.clone(), DashboardOptions::default())
+/// both `/dashboard` and `/dashboard/` to its overview. Read-only without a
+/// token; with one, its POSTs requeue and rebuild for a logged-in operator.
+/// Local by default like the rest of this server.
+fn dashboard(db: &Database, token: Option<DashboardToken>) -> Router {
+    calendar_sync_dashboard::router(
+        db.clone(),
+        DashboardOptions {
+            token,
+            ..DashboardOptions::default()
+        },
+    )
 }
 
 async fn serve_app(listener: tokio::net::TcpListener, app: Router) {

@@ -342,6 +342,23 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
         )
         .await;
     }
+    // A dead letter, for the dashboard's bearer-authenticated requeue.
+    let dead = t
+        .insert(
+            "UPSERT_EVENT",
+            upsert("w1", "w1@example.com", "dead-1", "v"),
+        )
+        .await;
+    t.client()
+        .await
+        .execute(
+            "UPDATE sync_outbox SET status = 'DEAD_LETTER', last_error = '[bad_request] no', processed_at = now()
+              WHERE id = $1",
+            &[&dead],
+        )
+        .await
+        .unwrap();
+    const DASHBOARD_TOKEN: &str = "run-test-dashboard-token-0042";
     let port = free_port();
     let addr = format!("127.0.0.1:{port}");
     let url = t.url();
@@ -359,6 +376,7 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
             ("CALENDAR_SYNC_HTTP_ADDR", &addr),
             ("CALENDAR_SYNC_CONCURRENCY", "4"),
             ("CALENDAR_SYNC_SHUTDOWN_GRACE_MS", "5000"),
+            ("CALENDAR_SYNC_DASHBOARD_TOKEN", DASHBOARD_TOKEN),
             ("LOG_FORMAT", "json"),
         ],
     )
@@ -422,7 +440,34 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
         .get(0);
     assert!(!page.contains(&envelope) && !page.contains("rt-1"));
     let (status, _) = http_post(port, "/dashboard/items").await;
-    assert_eq!(status, 405, "the dashboard is read-only");
+    assert_eq!(status, 405, "the items list takes no POST");
+    // Issue 16: a write needs the token; with the bearer, the dead letter is
+    // requeued (and then drained like any item).
+    let requeue = format!("/dashboard/items/{dead}/requeue");
+    let (status, _) = http_post(port, &requeue).await;
+    assert_eq!(status, 401, "no bearer, no session");
+    assert_eq!(t.row(dead).await.status, "DEAD_LETTER");
+    let (status, response) = http(
+        port,
+        &format!(
+            "POST {requeue} HTTP/1.1\r\nAuthorization: Bearer {DASHBOARD_TOKEN}\r\nContent-Length: 0\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(status, 303, "{response}");
+    assert!(response.contains("done=requeued-1"), "{response}");
+    let row = t.row(dead).await;
+    assert_ne!(row.status, "DEAD_LETTER");
+    // Completed already, or waiting with the requeue's mark.
+    assert!(
+        row.status == "COMPLETED"
+            || row
+                .last_error
+                .as_deref()
+                .unwrap_or("")
+                .starts_with("requeued after: [bad_request]"),
+        "{row:?}"
+    );
 
     // SIGTERM mid-load: exit 0 within the grace period, nothing left behind.
     assert!(t.count("PENDING").await > 0, "still under load");
@@ -435,6 +480,7 @@ async fn run_serves_health_and_metrics_and_stops_cleanly_on_sigterm() {
         "LOG_FORMAT=json: {stderr}"
     );
     assert!(!stderr.contains("secret-1") && !stderr.contains("rt-1"));
+    assert!(!stderr.contains(DASHBOARD_TOKEN));
 }
 
 /// Sends SIGTERM to `child` and returns its exit status and stderr, failing
@@ -576,6 +622,92 @@ async fn dashboard_serves_the_dashboard_alone_and_claims_nothing() {
     assert_eq!(t.counts().await.get("PENDING"), Some(&1), "nothing changed");
     let row = t.row(id).await;
     assert_eq!((row.status.as_str(), row.attempts), ("PENDING", 0));
+}
+
+/// Issue 16: with CALENDAR_SYNC_DASHBOARD_TOKEN, the served dashboard
+/// requeues a dead letter for a POST with `Authorization: Bearer`; without
+/// it, the same POST is refused and nothing changes.
+#[tokio::test]
+async fn the_dashboard_requeues_a_dead_letter_for_the_bearer() {
+    const DASHBOARD_TOKEN: &str = "worker-test-dashboard-token-42";
+    let t = TestDb::new().await;
+    let id = t
+        .insert("UPSERT_EVENT", upsert("w1", "w1@example.com", "s1", "v"))
+        .await;
+    t.client()
+        .await
+        .execute(
+            "UPDATE sync_outbox SET status = 'DEAD_LETTER', last_error = '[bad_request] no', processed_at = now()
+              WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let url = t.url();
+    for token in [None, Some(DASHBOARD_TOKEN)] {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut env = vec![
+            ("DATABASE_URL", url.as_str()),
+            ("CALENDAR_SYNC_HTTP_ADDR", addr.as_str()),
+        ];
+        if let Some(token) = token {
+            env.push(("CALENDAR_SYNC_DASHBOARD_TOKEN", token));
+        }
+        let mut child = command(&["dashboard"], &env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut listening = false;
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                listening = true;
+                break;
+            }
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "dashboard exited early"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(listening, "dashboard listens on {addr}");
+        let (status, response) = http(
+            port,
+            &format!(
+                "POST /dashboard/items/{id}/requeue HTTP/1.1\r\nAuthorization: Bearer {DASHBOARD_TOKEN}\r\nContent-Length: 0\r\n"
+            ),
+        )
+        .await;
+        if token.is_none() {
+            assert_eq!(status, 403, "read-only: {response}");
+            assert!(
+                response.contains("CALENDAR_SYNC_DASHBOARD_TOKEN"),
+                "{response}"
+            );
+            assert_eq!(t.row(id).await.status, "DEAD_LETTER", "nothing changed");
+        } else {
+            assert_eq!(status, 303, "{response}");
+            assert!(
+                response.contains(&format!("location: /dashboard/items/{id}?done=requeued-1")),
+                "{response}"
+            );
+            let row = t.row(id).await;
+            assert_eq!((row.status.as_str(), row.attempts), ("PENDING", 0));
+            // Without the bearer: 401, and a wrong one too.
+            let (status, _) = http_post(port, &format!("/dashboard/items/{id}/requeue")).await;
+            assert_eq!(status, 401);
+        }
+        let (status, stderr) = terminate(&mut child, Duration::from_secs(10)).await;
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        assert!(
+            !stderr.contains(DASHBOARD_TOKEN),
+            "the token in the log: {stderr}"
+        );
+    }
 }
 
 /// Issue 13 §4: a new TOKEN_ENCRYPTION_KEY without the old one is reported at

@@ -155,3 +155,43 @@ fn the_demo_tells_its_story_without_log_lines() {
     );
     assert!(stdout.contains("logs:"), "the log file named: {stdout}");
 }
+
+/// Issue 16: CALENDAR_SYNC_DASHBOARD_TOKEN, for `run` and `dashboard`, set but
+/// empty or shorter than 16 characters is one line and exit 2, without the
+/// value; `--help` documents it without showing it.
+#[test]
+fn a_short_or_empty_dashboard_token_is_one_line_and_exit_2() {
+    let db = (
+        "DATABASE_URL",
+        "postgres://postgres@127.0.0.1:5432/postgres",
+    );
+    for sub in ["run", "dashboard"] {
+        for value in ["", "short-secret-1"] {
+            let out = run(&[sub], &[db, ("CALENDAR_SYNC_DASHBOARD_TOKEN", value)]);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{sub} {value:?}: {stderr}");
+            assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+            assert!(
+                stderr.contains("CALENDAR_SYNC_DASHBOARD_TOKEN must be at least 16 characters"),
+                "{stderr}"
+            );
+            assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+            if !value.is_empty() {
+                assert!(!stderr.contains(value), "the value in {stderr:?}");
+            }
+        }
+        let out = run(
+            &[sub, "--help"],
+            &[(
+                "CALENDAR_SYNC_DASHBOARD_TOKEN",
+                "a-secret-that-is-long-enough",
+            )],
+        );
+        let help = text(&out.stdout);
+        assert!(
+            help.contains("CALENDAR_SYNC_DASHBOARD_TOKEN"),
+            "{sub}: {help}"
+        );
+        assert!(!help.contains("a-secret-that-is-long-enough"), "{help}");
+    }
+}

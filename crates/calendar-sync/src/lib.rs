@@ -125,6 +125,7 @@ mod db;
 mod engine;
 mod error;
 mod google;
+mod minute_counts;
 mod operation;
 pub mod ops;
 mod store;

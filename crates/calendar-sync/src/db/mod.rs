@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::connect::{ConnectOptions, SslMode, cause};
 use crate::error::Error;
+use crate::minute_counts::MinuteCounts;
 use crate::store::NOTIFY_CHANNEL;
 
 /// How the library reaches PostgreSQL.
@@ -34,6 +35,8 @@ pub struct Database {
     config: Config,
     dialer: Dialer,
     target: Arc<str>,
+    /// This process's per-minute counts not yet written (shared by clones).
+    minute_counts: Arc<MinuteCounts>,
 }
 
 impl std::fmt::Debug for Database {
@@ -144,7 +147,13 @@ impl Database {
             config,
             dialer,
             target,
+            minute_counts: Arc::default(),
         }
+    }
+
+    /// The per-minute counts of everything using this database (and its clones).
+    pub(crate) fn minute_counts(&self) -> &MinuteCounts {
+        &self.minute_counts
     }
 
     /// The pool for ordinary statements.

@@ -6,11 +6,13 @@ use tokio::task::JoinError;
 
 use crate::apply::rebuild;
 use crate::apply::{self, Applied, ApplyError, database_message};
-use crate::calendar::{Calendar, CalendarError, ErrorClass};
+use crate::calendar::{Calendar, CalendarError, CalendarErrorKind, ErrorClass};
+use crate::db::Database;
 use crate::db::connect::cause;
 use crate::engine::Shared;
 use crate::engine::backoff::retry_delay;
 use crate::error::Error;
+use crate::minute_counts;
 use crate::operation::{CalendarKey, DecodeError, Operation, OperationKind};
 use crate::store::{self, ClaimedItem, Completion, FailureStatus, Resolution, Wait};
 
@@ -146,7 +148,7 @@ pub(crate) async fn record_successes<C: Calendar>(
                 } else {
                     ItemOutcome::ClaimLost
                 };
-                note(item, None, outcome);
+                note(&shared.db, item, None, outcome);
                 outcomes.push(outcome);
             }
         }
@@ -169,7 +171,10 @@ fn operation_label(operation: &str) -> &'static str {
         .map_or("invalid", OperationKind::as_str)
 }
 
-fn note(item: &ClaimedItem, verdict: Option<&Verdict>, outcome: ItemOutcome) {
+/// The one place an item's recorded outcome is noted: the log, the items
+/// metric and the per-minute counts.
+fn note(db: &Database, item: &ClaimedItem, verdict: Option<&Verdict>, outcome: ItemOutcome) {
+    count_minute(db, verdict, outcome);
     if let Some(verdict) = verdict {
         log_outcome(item, verdict, outcome);
     } else if let ItemOutcome::Completed { changed } = outcome {
@@ -183,6 +188,32 @@ fn note(item: &ClaimedItem, verdict: Option<&Verdict>, outcome: ItemOutcome) {
         "outcome" => outcome.label()
     )
     .increment(1);
+}
+
+/// Counts the outcome in the per-minute counts: COMPLETED, back to PENDING
+/// after a failed attempt (Google's rate limits and usage limits included,
+/// though they use no attempt), DEAD_LETTER (with the workspace's others).
+/// Waits that no answer of Google caused (a breaker, a key, a step back, a
+/// shutdown) and lost claims are not counted.
+fn count_minute(db: &Database, verdict: Option<&Verdict>, outcome: ItemOutcome) {
+    let counts = db.minute_counts();
+    match outcome {
+        ItemOutcome::Completed { .. } => counts.add(minute_counts::COMPLETED, "", 1),
+        ItemOutcome::Retried => counts.add(minute_counts::RETRIED, "", 1),
+        ItemOutcome::DeadLettered { others } => {
+            counts.add(minute_counts::DEAD_LETTERED, "", others.saturating_add(1));
+        }
+        ItemOutcome::Deferred
+            if matches!(verdict, Some(Verdict::Failed { error, .. })
+                if matches!(error.kind, CalendarErrorKind::RateLimited | CalendarErrorKind::UsageLimited)) =>
+        {
+            counts.add(minute_counts::RETRIED, "", 1);
+        }
+        ItemOutcome::Deferred
+        | ItemOutcome::Continued
+        | ItemOutcome::ClaimLost
+        | ItemOutcome::Abandoned => {}
+    }
 }
 
 async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
@@ -275,7 +306,7 @@ async fn record<C: Calendar>(
     for attempt in 0..RECORD_ATTEMPTS {
         match record_once(shared, item, verdict).await {
             Ok(outcome) => {
-                note(item, Some(verdict), outcome);
+                note(&shared.db, item, Some(verdict), outcome);
                 return outcome;
             }
             Err(e) if attempt == 0 || attempt + 1 == RECORD_ATTEMPTS => {

@@ -317,7 +317,8 @@ impl DrainerHandle {
 
     /// Stops gracefully: no new claims; in-flight items may finish within the
     /// configured grace period, then the rest are released back to PENDING;
-    /// every lock is released. Returns the final report.
+    /// every lock is released, and the per-minute counts not yet written
+    /// (`calendar_sync_minute_counts`) are written. Returns the final report.
     pub async fn stop(self) -> DrainReport {
         self.cancel.cancel();
         let _ = self.task.await;

@@ -22,6 +22,7 @@ use crate::calendar::Calendar;
 use crate::db::LockConnection;
 use crate::error::Error;
 use crate::google::budget;
+use crate::minute_counts::{self, MinuteCounts, Sampling};
 use crate::store::{self, ClaimBatch, ClaimedItem};
 
 /// Sleeps until `at`, or forever when it is not set (a `select!` branch that
@@ -165,9 +166,11 @@ impl<C: Calendar> Worker<C> {
         cancel: &CancellationToken,
     ) -> Result<(), Error> {
         let grace = self.shared.config.shutdown_grace;
+        let mut unanswered = false;
         let result = tokio::select! {
             result = self.run_loop(mode, cancel) => result,
             _ = hard_stop(cancel, grace) => {
+                unanswered = true;
                 tracing::warn!(
                     in_flight = self.in_flight.len(),
                     recording = self.recording_keys.len(),
@@ -179,6 +182,13 @@ impl<C: Calendar> Worker<C> {
                 Ok(())
             }
         };
+        if result.is_ok() && !unanswered {
+            // A graceful stop: what this process counted (its calendar's
+            // calls included, when it shares the database) is written now.
+            // (Not when the database stopped answering: the stop would wait
+            // longer for it.)
+            MinuteCounts::flush(&self.shared.db, SHUTDOWN_MARGIN).await;
+        }
         if result.is_err() {
             // The lock connection is gone or unusable: so are our locks. Stop
             // work on every item it guarded; their rows are orphans now.
@@ -209,6 +219,7 @@ impl<C: Calendar> Worker<C> {
         poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut state = LoopState::default();
         loop {
+            MinuteCounts::tick(&self.shared.db, Sampling::Worker);
             self.unlock_deferred().await?;
             let round = self.claim_while_room(mode, cancel, &mut state).await?;
             let wants_wake_up = mode == Mode::UntilStopped
@@ -279,7 +290,14 @@ impl<C: Calendar> Worker<C> {
             round.progressed |= claimed > 0 || batch.superseded > 0;
             round.contended |= batch.busy > 0;
             round.short = Some(!batch.more);
-            self.report.superseded += (batch.superseded + batch.stale) as u64;
+            let superseded = (batch.superseded + batch.stale) as u64;
+            self.report.superseded += superseded;
+            // The one place superseded rows are counted: the claim supersedes
+            // each at most once.
+            self.shared
+                .db
+                .minute_counts()
+                .add(minute_counts::SUPERSEDED, "", superseded);
             let exhausted = !batch.more || (claimed == 0 && batch.superseded == 0);
             for item in batch.items {
                 self.spawn(item);
@@ -632,6 +650,11 @@ impl<C: Calendar> Worker<C> {
         }
         self.report.recovered += requeued + dead;
         self.report.dead_lettered += dead;
+        // A dead worker's attempt failed: retried, or dead-lettered once it
+        // has used its attempts.
+        let counts = self.shared.db.minute_counts();
+        counts.add(minute_counts::RETRIED, "", requeued);
+        counts.add(minute_counts::DEAD_LETTERED, "", dead);
         Ok(())
     }
 }

@@ -268,9 +268,10 @@ impl Tokens {
             }
             None => None,
         };
+        let mut noted = false;
         if let Some(token) = reseal {
             let sealed = self.cipher.encrypt(workspace_id, &token);
-            store::replace_refresh_token(
+            noted = store::replace_refresh_token(
                 &**client,
                 workspace_id,
                 &connection.refresh_token_encrypted,
@@ -282,6 +283,12 @@ impl Tokens {
                 workspace_id,
                 "stored the refresh token sealed with the current key"
             );
+        }
+        // When the refresh token was not stored again (with the time), one
+        // statement for the dashboard's "last token refresh": about once an
+        // hour per connection. Its failure is not the refresh's.
+        if !noted && let Err(e) = store::note_token_refresh(&**client, workspace_id).await {
+            tracing::warn!(workspace_id, error = %e, "could not record the token refresh time");
         }
         let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
         Ok(Cached {

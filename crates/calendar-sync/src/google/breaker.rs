@@ -13,6 +13,17 @@ pub(crate) struct Breakers {
     state: Mutex<HashMap<String, Breaker>>,
 }
 
+/// What a call's result did to its connection's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// This failure opened it.
+    Opened,
+    /// This result closed a breaker that had opened (its cool-down over).
+    Closed,
+    /// Nothing worth writing down.
+    None,
+}
+
 #[derive(Default)]
 struct Breaker {
     consecutive_failures: u32,
@@ -37,24 +48,37 @@ impl Breakers {
         until.checked_duration_since(Instant::now())
     }
 
+    /// How long an open breaker stays open.
+    pub(super) fn cool_down(&self) -> Duration {
+        self.cool_down
+    }
+
     /// Records a call's result: success closes the breaker; a retryable failure
-    /// counts towards opening it. Returns true when this failure opened it.
-    pub(super) fn record(&self, connection: &str, retryable_failure: bool) -> bool {
+    /// counts towards opening it. Says whether this result opened the breaker,
+    /// or closed one that had opened (a success of a connection that never
+    /// opened changes nothing worth writing).
+    pub(super) fn record(&self, connection: &str, retryable_failure: bool) -> Change {
         let mut state = self.state.lock().expect("breaker state");
         if !retryable_failure {
             // A closed breaker is no entry: the map holds only connections
             // failing now, not every workspace ever served.
-            state.remove(connection);
-            return false;
+            let had_opened = state
+                .remove(connection)
+                .is_some_and(|b| b.open_until.is_some());
+            return if had_opened {
+                Change::Closed
+            } else {
+                Change::None
+            };
         }
         let breaker = state.entry(connection.to_owned()).or_default();
         breaker.consecutive_failures += 1;
         if breaker.consecutive_failures >= self.threshold {
             breaker.consecutive_failures = 0;
             breaker.open_until = Some(Instant::now() + self.cool_down);
-            return true;
+            return Change::Opened;
         }
-        false
+        Change::None
     }
 
     /// Connections whose breaker is open now (for metrics and status).
@@ -76,14 +100,20 @@ mod tests {
     #[test]
     fn breaker_opens_after_threshold_and_success_resets() {
         let b = Breakers::new(3, Duration::from_secs(60));
-        assert!(!b.record("w", true));
-        assert!(!b.record("w", true));
-        assert!(!b.record("w", false), "a success resets the count");
-        assert!(!b.record("w", true));
-        assert!(!b.record("w", true));
-        assert!(b.record("w", true));
+        assert_eq!(b.record("w", true), Change::None);
+        assert_eq!(b.record("w", true), Change::None);
+        assert_eq!(
+            b.record("w", false),
+            Change::None,
+            "a success resets the count"
+        );
+        assert_eq!(b.record("w", true), Change::None);
+        assert_eq!(b.record("w", true), Change::None);
+        assert_eq!(b.record("w", true), Change::Opened);
         assert!(b.open_for("w").is_some());
         assert!(b.open_for("other").is_none());
         assert_eq!(b.open_connections(), ["w"]);
+        assert_eq!(b.record("w", false), Change::Closed, "it had opened");
+        assert_eq!(b.record("w", false), Change::None, "closed already");
     }
 }

@@ -59,13 +59,14 @@ impl FencedCall<'_> {
         }
     }
 
-    /// Sends the call; the updated event for a PUT, `None` for a DELETE.
+    /// Sends the call; the status answered, and the updated event for a PUT
+    /// (`None` for a DELETE).
     pub(crate) async fn send<C>(
         &self,
         client: &common::Client<C>,
         token: &str,
         delegate: &mut dyn Delegate,
-    ) -> common::Result<Option<Event>>
+    ) -> common::Result<(u16, Option<Event>)>
     where
         C: Connect + Clone + Send + Sync + 'static,
     {
@@ -87,11 +88,14 @@ impl FencedCall<'_> {
                 Err(_) => common::Error::Failure(response),
             });
         }
+        let status = parts.status.as_u16();
         if self.event.is_none() || bytes.is_empty() {
-            return Ok(None);
+            return Ok((status, None));
         }
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            common::Error::JsonDecodeError(String::from_utf8_lossy(&bytes).into_owned(), e)
-        })
+        serde_json::from_slice(&bytes)
+            .map(|e| (status, Some(e)))
+            .map_err(|e| {
+                common::Error::JsonDecodeError(String::from_utf8_lossy(&bytes).into_owned(), e)
+            })
     }
 }

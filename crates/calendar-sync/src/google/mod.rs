@@ -33,9 +33,10 @@ use crate::db::Database;
 use crate::engine::backoff::parse_retry_after;
 use crate::error::Error;
 use crate::google::auth::{OAuthConfig, Tokens};
-use crate::google::breaker::Breakers;
+use crate::google::breaker::{Breakers, Change};
 use crate::google::evict::IdleMap;
 use crate::google::fenced::FencedCall;
+use crate::minute_counts::{self, MinuteCounts, Sampling};
 use crate::operation::CalendarKey;
 use crate::store;
 use budget::Budget;
@@ -256,6 +257,22 @@ impl GoogleCalendar {
         }
     }
 
+    /// Writes until when the connection's breaker is open (`None`: closed) to
+    /// `google_connections.breaker_open_until`, for the dashboard; a failure
+    /// is logged, never the call's.
+    async fn note_breaker(&self, workspace_id: &str, open_for: Option<Duration>) {
+        let written = async {
+            let client = self.db.client().await?;
+            let secs = open_for.map(|d| d.as_secs_f64());
+            store::note_breaker(&**client, workspace_id, secs).await?;
+            Ok::<_, Error>(())
+        }
+        .await;
+        if let Err(e) = written {
+            tracing::warn!(workspace_id, error = %e, "could not record the circuit breaker's state");
+        }
+    }
+
     /// One API call with everything around it: breaker, pause, budget, token,
     /// timeout, and on 401 one refresh and one retry.
     async fn call(
@@ -315,6 +332,16 @@ impl GoogleCalendar {
                     .status
                     .map_or_else(|| "error".to_owned(), |s| s.to_string()),
             };
+            // The per-minute counts name the status of a success too ('200',
+            // '204'; '200' when it was not seen).
+            let minute_label = match (&sent, capture.status) {
+                (Ok(Ok(_)), None) => "200".to_owned(),
+                (Ok(_), Some(s)) => s.to_string(),
+                _ => status.clone(),
+            };
+            self.db
+                .minute_counts()
+                .add(minute_counts::GOOGLE_CALLS, &minute_label, 1);
             metrics::counter!("calendar_sync_google_calls_total", "method" => request.method(), "status" => status)
                 .increment(1);
             let result = match sent {
@@ -344,12 +371,19 @@ impl GoogleCalendar {
                 other => break other,
             }
         };
+        MinuteCounts::tick(&self.db, Sampling::CountsOnly);
         let retryable = matches!(&result, Err(e) if matches!(e.kind, CalendarErrorKind::Transient | CalendarErrorKind::RateLimited));
-        if self.breakers.record(workspace, retryable) {
-            tracing::warn!(
-                workspace_id = workspace,
-                "circuit breaker opened for this connection"
-            );
+        match self.breakers.record(workspace, retryable) {
+            Change::Opened => {
+                tracing::warn!(
+                    workspace_id = workspace,
+                    "circuit breaker opened for this connection"
+                );
+                self.note_breaker(workspace, Some(self.breakers.cool_down()))
+                    .await;
+            }
+            Change::Closed => self.note_breaker(workspace, None).await,
+            Change::None => {}
         }
         match result {
             Err(e) if e.kind == CalendarErrorKind::UsageLimited => {
@@ -420,42 +454,54 @@ async fn send(
         Request::Update(id, event, Some(etag)) => fenced(id, etag, Some(event))
             .send(&hub.client, token.expose_secret(), capture)
             .await
-            .map(|e| Reply::Event(Box::new(e.unwrap_or_default()))),
+            .map(|(status, e)| {
+                capture.status = Some(status);
+                Reply::Event(Box::new(e.unwrap_or_default()))
+            }),
         Request::Delete(id, Some(etag)) => fenced(id, etag, None)
             .send(&hub.client, token.expose_secret(), capture)
             .await
-            .map(|_| Reply::Deleted),
+            .map(|(status, _)| {
+                capture.status = Some(status);
+                Reply::Deleted
+            }),
         Request::GetCalendar => hub
             .calendars()
             .get(calendar_id)
             .delegate(capture)
             .doit()
             .await
-            .map(|(_, calendar)| Reply::Calendar(calendar.id)),
+            .map(|(response, calendar)| {
+                capture.status = Some(response.status().as_u16());
+                Reply::Calendar(calendar.id)
+            }),
         Request::Insert(event) => events
             .insert(event.clone(), calendar_id)
             .delegate(capture)
             .doit()
             .await
-            .map(|(_, e)| Reply::Event(Box::new(e))),
+            .map(|(response, e)| capture.event(&response, e)),
         Request::Update(id, event, None) => events
             .update(event.clone(), calendar_id, id)
             .delegate(capture)
             .doit()
             .await
-            .map(|(_, e)| Reply::Event(Box::new(e))),
+            .map(|(response, e)| capture.event(&response, e)),
         Request::Get(id) => events
             .get(calendar_id, id)
             .delegate(capture)
             .doit()
             .await
-            .map(|(_, e)| Reply::Event(Box::new(e))),
+            .map(|(response, e)| capture.event(&response, e)),
         Request::Delete(id, None) => events
             .delete(calendar_id, id)
             .delegate(capture)
             .doit()
             .await
-            .map(|_| Reply::Deleted),
+            .map(|response| {
+                capture.status = Some(response.status().as_u16());
+                Reply::Deleted
+            }),
         Request::List {
             property,
             page_token,
@@ -469,19 +515,29 @@ async fn send(
             if let Some(token) = page_token {
                 call = call.page_token(token);
             }
-            call.doit()
-                .await
-                .map(|(_, page)| Reply::Page(Box::new(page)))
+            call.doit().await.map(|(response, page)| {
+                capture.status = Some(response.status().as_u16());
+                Reply::Page(Box::new(page))
+            })
         }
     }
 }
 
 /// Keeps what google-calendar3 otherwise drops: the HTTP status and the
-/// Retry-After header of a failed call.
+/// Retry-After header of a failed call (and the status of a success, for the
+/// per-minute counts).
 #[derive(Default)]
 struct Capture {
     status: Option<u16>,
     retry_after: Option<Duration>,
+}
+
+impl Capture {
+    /// An event answered, its status kept.
+    fn event(&mut self, response: &Response, event: Event) -> Reply {
+        self.status = Some(response.status().as_u16());
+        Reply::Event(Box::new(event))
+    }
 }
 
 impl Delegate for Capture {

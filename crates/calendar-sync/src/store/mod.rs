@@ -1011,7 +1011,8 @@ pub(crate) async fn put_connection(
 }
 
 /// Replaces the stored refresh token after Google rotated it, unless someone
-/// stored a different one meanwhile.
+/// stored a different one meanwhile, and notes the refresh
+/// (`token_refreshed_at`) in the same statement.
 pub(crate) async fn replace_refresh_token(
     client: &impl GenericClient,
     workspace_id: &str,
@@ -1020,12 +1021,46 @@ pub(crate) async fn replace_refresh_token(
 ) -> Result<bool, tokio_postgres::Error> {
     let n = client
         .execute(
-            "UPDATE google_connections SET refresh_token_encrypted = $3, updated_at = now()
+            "UPDATE google_connections
+                SET refresh_token_encrypted = $3, updated_at = now(), token_refreshed_at = now()
               WHERE workspace_id = $1 AND refresh_token_encrypted = $2",
             &[&workspace_id, &old_envelope, &new_envelope],
         )
         .await?;
     Ok(n == 1)
+}
+
+/// Records until when a worker's circuit breaker keeps the connection's
+/// calls back (`None`: it closed), for the dashboard.
+pub(crate) async fn note_breaker(
+    client: &impl GenericClient,
+    workspace_id: &str,
+    open_secs: Option<f64>,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE google_connections
+                SET breaker_open_until = now() + make_interval(secs => $2)
+              WHERE workspace_id = $1",
+            &[&workspace_id, &open_secs],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Records that a worker minted an access token from the connection's
+/// refresh token (when the refresh token was not stored again with it).
+pub(crate) async fn note_token_refresh(
+    client: &impl GenericClient,
+    workspace_id: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client
+        .execute(
+            "UPDATE google_connections SET token_refreshed_at = now() WHERE workspace_id = $1",
+            &[&workspace_id],
+        )
+        .await?;
+    Ok(())
 }
 
 /// Records that Google's usage limits made the workspace's calendar read-only.
