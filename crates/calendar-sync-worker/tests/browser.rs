@@ -1044,8 +1044,6 @@ async fn the_charts_render_with_data() {
             .any(|r| { r[0].as_f64().unwrap_or(0.0) > 0.0 && r[1].as_f64().unwrap_or(0.0) > 0.0 }),
         "a drawn series: {items}"
     );
-    let path = save_screenshot("overview-charts.png", &b.full_page_png().await);
-    eprintln!("wrote {}", path.display());
     b.close().await;
 }
 
