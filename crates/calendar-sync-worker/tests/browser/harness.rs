@@ -335,12 +335,25 @@ impl Drop for Browser {
     fn drop(&mut self) {
         // If the test failed before `close`, or Chromium lingers, end the
         // processes this session started: those whose command line names
-        // this session's own profile directory.
+        // this session's own profile directory. Then remove the directory
+        // (Chromium may still be writing to it for a moment after it quits).
         let marker = format!("--user-data-dir={}", self.profile.display());
-        for pid in pids_with_argument(&marker) {
-            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        for _ in 0..40 {
+            let pids = pids_with_argument(&marker);
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = std::fs::remove_dir_all(&self.profile);
+        for _ in 0..20 {
+            if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
