@@ -573,7 +573,13 @@ fn query_value(value: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_any_page() {
-    let d = Dash::start("browser-secrets", 2, &[]).await;
+    // With writes enabled, so that the dashboard token is a secret too.
+    let d = Dash::start(
+        "browser-secrets",
+        2,
+        &[("CALENDAR_SYNC_DASHBOARD_TOKEN", DASHBOARD_TOKEN)],
+    )
+    .await;
     seed_history(&d).await;
     // The fake minted access tokens while the worker drained: all start so.
     assert!(
@@ -589,6 +595,7 @@ async fn no_secret_reaches_any_page() {
         GoogleWorld::refresh_token_of("ws1"),
         WORKER_CLIENT_SECRET.to_owned(),
         WORKER_KEY_B64.to_owned(),
+        DASHBOARD_TOKEN.to_owned(),
         "ya29.".to_owned(),
         envelope.clone(),
     ];
