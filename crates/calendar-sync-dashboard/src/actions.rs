@@ -127,7 +127,7 @@ fn refusal(state: &AppState, parts: &Parts, base: &str) -> Option<Response> {
             html! {
                 p { "Nothing was changed: this needs a session or an "
                     code { "Authorization: Bearer" } " header with the dashboard token." }
-                p { a #login-link href={ (base) "/login" } { "Log in" } }
+                p { a #refused-login href={ (base) "/login" } { "Log in" } }
             },
         )),
     }

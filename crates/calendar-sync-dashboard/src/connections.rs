@@ -221,7 +221,7 @@ fn render(
                             td.refreshed { (optional_timestamp(c.token_refreshed_at.as_ref())) }
                             td.num { (c.connection_version) }
                             td.num.waiting { (waiting(state, c.waiting)) }
-                            td { (timestamp(&c.updated_at)) }
+                            td.updated { (timestamp(&c.updated_at)) }
                             td {
                                 code.reconnect { (reconnect_command(c)) }
                                 @if access == Access::Writer {

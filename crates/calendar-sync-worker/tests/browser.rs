@@ -665,14 +665,37 @@ async fn no_secret_reaches_any_page() {
     b.close().await;
 }
 
+/// Opens the overview, reloading until the items chart counts the drained
+/// items (the workers write their counts every 5 s).
+async fn open_overview_with_chart_data(b: &Browser, d: &Dash) {
+    let totals = "return Object.fromEntries(Array.from(document.querySelectorAll('figure.chart[data-chart]'))
+                      .map(f => [f.dataset.chart, f.dataset.total]))";
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        b.goto(&d.url("/")).await;
+        let t = b.js(totals, vec![]).await;
+        if t["items"]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok())
+            .is_some_and(|n| n > 0.0)
+        {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the items chart counts the drained items: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn screenshots_of_the_overview_and_an_item() {
     let d = Dash::start("browser-screenshots", 2, &[]).await;
     let completed = seed_history(&d).await;
     let b = Browser::start().await;
 
-    b.goto(&d.url("/")).await;
-    b.wait_for("a.card[data-status]").await;
+    open_overview_with_chart_data(&b, &d).await;
     let path = save_screenshot("overview.png", &b.full_page_png().await);
     eprintln!("wrote {}", path.display());
 
@@ -689,10 +712,9 @@ async fn screenshots_of_the_overview_and_an_item() {
 }
 
 // ---------------------------------------------------------------------------
-// Against the contracts of the work that landed in parallel (issue 16):
-// auth and actions, charts, the connections page. The two that log in
-// through the form are ignored until the dashboard accepts its own POSTs
-// from a browser (see their `ignore`).
+// Auth and actions, charts, the connections page. The tests that log in
+// through the form found that Chromium's own POSTs were refused as
+// cross-site (`Origin: null` under `Referrer-Policy: no-referrer`).
 
 /// Logs in through the login form with `token`.
 async fn log_in(b: &Browser, d: &Dash, token: &str) {
@@ -792,7 +814,6 @@ async fn reconnected_dead_letter(d: &Dash) -> Uuid {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dashboard's auth/actions (issue 16): Chromium sends `Origin: null` on the dashboard's own POSTs (Referrer-Policy: no-referrer) and auth::cross_site refuses them"]
 async fn requeue_with_the_token_completes_a_dead_letter() {
     let d = Dash::start(
         "browser-requeue",
@@ -844,7 +865,9 @@ async fn requeue_without_a_session_is_refused() {
     let before = d.row_state(id).await;
     let b = Browser::start().await;
     post_requeue_from_the_page(&b, &d, id).await;
-    b.wait_for("#refused").await;
+    // The session's refusal (401), not the cross-site one: the browser's own
+    // POST must pass that check.
+    b.wait_for("#refused #refused-login").await;
     // A wrong token does not log in either.
     b.goto(&d.url("/login")).await;
     b.wait_for("form#login input[name=token]")
@@ -857,9 +880,9 @@ async fn requeue_without_a_session_is_refused() {
         .click()
         .await
         .unwrap();
-    b.wait_for("#login-error, #refused").await;
+    b.wait_for("#login-error").await;
     post_requeue_from_the_page(&b, &d, id).await;
-    b.wait_for("#refused").await;
+    b.wait_for("#refused #refused-login").await;
     // The status code, which a browser does not show.
     let (status, response) = http(
         d.port,
@@ -926,7 +949,6 @@ async fn serve_other_origin(ip: &str, page: String) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the dashboard's auth/actions (issue 16): Chromium sends `Origin: null` on the dashboard's own POSTs (Referrer-Policy: no-referrer) and auth::cross_site refuses them"]
 async fn cross_site_requeue_is_refused() {
     let d = Dash::start(
         "browser-cross-site",
@@ -998,25 +1020,7 @@ async fn the_charts_render_with_data() {
     let d = Dash::start("browser-charts", 2, &[]).await;
     seed_history(&d).await;
     let b = Browser::start().await;
-    let totals = "return Object.fromEntries(Array.from(document.querySelectorAll('figure.chart[data-chart]'))
-                      .map(f => [f.dataset.chart, f.dataset.total]))";
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        b.goto(&d.url("/")).await;
-        let t = b.js(totals, vec![]).await;
-        if t["items"]
-            .as_str()
-            .and_then(|s| s.parse::<f64>().ok())
-            .is_some_and(|n| n > 0.0)
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the items chart counts the drained items: {t}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    open_overview_with_chart_data(&b, &d).await;
     let charts = b
         .js(
             "return Array.from(document.querySelectorAll('figure.chart[data-chart]')).map(f => ({
