@@ -56,8 +56,10 @@ pub struct DashboardOptions {
     pub page_size: u32,
     /// The PENDING, PROCESSING and DEAD_LETTER counts are exact up to this
     /// many items (each read through its partial index), shown as
-    /// "N+" past it. Dead letters are grouped by error code among the newest
-    /// this many.
+    /// "N+" past it, with the planner's estimate. Dead letters are grouped by
+    /// error code among the newest this many, and "requeue every dead letter
+    /// of this code" takes at most this many per click. 10,000 by default:
+    /// counting recently written rows visits their heap pages.
     pub count_cap: u32,
     /// While `sync_outbox` takes at most this many bytes on disk, every count
     /// is exact; past it, the COMPLETED and SUPERSEDED counts are estimated
@@ -75,7 +77,7 @@ impl Default for DashboardOptions {
     fn default() -> Self {
         Self {
             page_size: 50,
-            count_cap: 100_000,
+            count_cap: 10_000,
             exact_count_max_bytes: 16 * 1024 * 1024,
             scan_window: 10_000,
             token: None,

@@ -17,8 +17,12 @@ pub(crate) type Failure = Box<dyn std::error::Error + Send + Sync>;
 #[derive(Debug)]
 enum Count {
     Exact(i64),
-    /// More than the cap: the cap is shown with a "+".
-    AtLeast(i64),
+    /// More than the cap: the cap is shown with a "+", and the planner's
+    /// estimate beside it when the table has statistics.
+    AtLeast {
+        cap: i64,
+        estimate: Option<i64>,
+    },
     Estimate(i64),
     /// Past the size for exact counts, and no statistics yet.
     Unknown,
@@ -58,6 +62,29 @@ struct Overview {
     charts: charts::Charts,
 }
 
+/// The planner's own estimate of each status in `$1`: rows per page at the
+/// last ANALYZE, scaled to the table's current size, times the status's
+/// frequency in the sample. NULL while the table has no statistics.
+const ESTIMATE_SQL: &str = "WITH c AS (
+         SELECT CASE WHEN relpages > 0 AND reltuples >= 0
+                     THEN reltuples::float8 / relpages
+                          * (pg_relation_size(oid)::float8 / current_setting('block_size')::float8)
+                END AS total,
+                relnamespace::regnamespace::text AS schema, relname
+           FROM pg_class WHERE oid = 'sync_outbox'::regclass),
+     s AS (
+         SELECT unnest(ps.most_common_vals::text::text[]) AS status,
+                unnest(ps.most_common_freqs)::float8 AS freq
+           FROM pg_stats ps, c
+          WHERE ps.schemaname = c.schema AND ps.tablename = c.relname
+            AND ps.attname = 'status')
+     SELECT st,
+            CASE WHEN c.total IS NOT NULL AND EXISTS (SELECT 1 FROM s)
+                 THEN round(c.total * coalesce(s.freq, 0))::bigint END
+       FROM unnest($1::text[]) AS st
+      CROSS JOIN c
+       LEFT JOIN s ON s.status = st";
+
 /// Connections listed at most (invalid or paused ones).
 const CONNECTIONS_LISTED: i64 = 100;
 
@@ -81,7 +108,10 @@ async fn read(state: &AppState) -> Result<Overview, Failure> {
         .await?;
     let capped = |n: i64| {
         if n > cap {
-            Count::AtLeast(cap)
+            Count::AtLeast {
+                cap,
+                estimate: None,
+            }
         } else {
             Count::Exact(n)
         }
@@ -92,7 +122,8 @@ async fn read(state: &AppState) -> Result<Overview, Failure> {
         ("PROCESSING", capped(row.get(1))),
         ("DEAD_LETTER", capped(row.get(2))),
     ];
-    if table_bytes <= options.exact_count_max_bytes {
+    let finished_exact = table_bytes <= options.exact_count_max_bytes;
+    if finished_exact {
         let row = tx
             .query_one(
                 "SELECT count(*) FILTER (WHERE status = 'COMPLETED'),
@@ -104,45 +135,32 @@ async fn read(state: &AppState) -> Result<Overview, Failure> {
         counts.push(("COMPLETED", Count::Exact(row.get(0))));
         counts.push(("SUPERSEDED", Count::Exact(row.get(1))));
     } else {
-        // The planner's own estimate: rows per page at the last ANALYZE,
-        // scaled to the table's current size, times the status's frequency
-        // in the sample. NULL while the table has no statistics.
-        for row in tx
-            .query(
-                "WITH c AS (
-                     SELECT CASE WHEN relpages > 0 AND reltuples >= 0
-                                 THEN reltuples::float8 / relpages
-                                      * (pg_relation_size(oid)::float8 / current_setting('block_size')::float8)
-                            END AS total,
-                            relnamespace::regnamespace::text AS schema, relname
-                       FROM pg_class WHERE oid = 'sync_outbox'::regclass),
-                 s AS (
-                     SELECT unnest(ps.most_common_vals::text::text[]) AS status,
-                            unnest(ps.most_common_freqs)::float8 AS freq
-                       FROM pg_stats ps, c
-                      WHERE ps.schemaname = c.schema AND ps.tablename = c.relname
-                        AND ps.attname = 'status')
-                 SELECT st,
-                        CASE WHEN c.total IS NOT NULL AND EXISTS (SELECT 1 FROM s)
-                             THEN round(c.total * coalesce(s.freq, 0))::bigint END
-                   FROM unnest(ARRAY['COMPLETED', 'SUPERSEDED']) AS st
-                  CROSS JOIN c
-                   LEFT JOIN s ON s.status = st
-                  ORDER BY st",
-                &[],
-            )
-            .await?
-        {
+        counts.push(("COMPLETED", Count::Unknown));
+        counts.push(("SUPERSEDED", Count::Unknown));
+    }
+    // The planner's estimate for the finished statuses of a big table and for
+    // every status past the cap: cheap, whatever the table holds.
+    let to_estimate: Vec<&str> = counts
+        .iter()
+        .filter(|(status, count)| {
+            matches!(count, Count::AtLeast { .. })
+                || (!finished_exact && matches!(*status, "COMPLETED" | "SUPERSEDED"))
+        })
+        .map(|(status, _)| *status)
+        .collect();
+    if !to_estimate.is_empty() {
+        for row in tx.query(ESTIMATE_SQL, &[&to_estimate]).await? {
             let status: String = row.get(0);
-            let count = row.get::<_, Option<i64>>(1).map_or(Count::Unknown, Count::Estimate);
-            counts.push((
-                if status == "COMPLETED" {
-                    "COMPLETED"
-                } else {
-                    "SUPERSEDED"
-                },
-                count,
-            ));
+            let estimate: Option<i64> = row.get(1);
+            if let Some((_, count)) = counts.iter_mut().find(|(s, _)| *s == status) {
+                *count = match count {
+                    Count::AtLeast { cap, .. } => Count::AtLeast {
+                        cap: *cap,
+                        estimate,
+                    },
+                    _ => estimate.map_or(Count::Unknown, Count::Estimate),
+                };
+            }
         }
     }
 
@@ -175,7 +193,7 @@ async fn read(state: &AppState) -> Result<Overview, Failure> {
             newest_error: r.get(3),
         })
         .collect();
-    let dead_letters_capped = matches!(counts[2].1, Count::AtLeast(_));
+    let dead_letters_capped = matches!(counts[2].1, Count::AtLeast { .. });
 
     // One row per workspace: its size is the number of tenants, not history.
     // Named columns only: never the token envelope.
@@ -264,7 +282,7 @@ fn render(base: &str, state: &AppState, o: &Overview) -> Markup {
                     div.value.{ "status-" (status) } {
                         @match count {
                             Count::Exact(n) => span.count { (thousands(*n)) },
-                            Count::AtLeast(n) => span.count { (thousands(*n)) "+" },
+                            Count::AtLeast { cap, .. } => span.count { (thousands(*cap)) "+" },
                             Count::Estimate(n) => span.count { "≈ " (thousands(*n)) },
                             Count::Unknown => span.count { "?" },
                         }
@@ -272,7 +290,8 @@ fn render(base: &str, state: &AppState, o: &Overview) -> Markup {
                     @match count {
                         Count::Estimate(_) => div.estimate { "estimate" },
                         Count::Unknown => div.estimate { "no statistics yet (ANALYZE sync_outbox)" },
-                        Count::AtLeast(_) => div.estimate { "counted up to " (thousands(i64::from(state.options.count_cap))) },
+                        Count::AtLeast { cap, estimate: Some(e) } => div.estimate { "counted up to " (thousands(*cap)) "; ≈ " (thousands(*e)) " estimated" },
+                        Count::AtLeast { cap, estimate: None } => div.estimate { "counted up to " (thousands(*cap)) },
                         Count::Exact(_) => {},
                     }
                 }

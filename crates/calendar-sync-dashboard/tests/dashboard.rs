@@ -151,6 +151,12 @@ async fn overview_caps_and_estimates_past_the_limits() {
     let page = get(&app, "/dashboard").await;
     assert_eq!(page.status, StatusCode::OK, "{}", page.body);
     assert_eq!(card_count(&page.body, "PENDING"), "4+");
+    // Past the cap, the planner's estimate says how far past.
+    assert!(
+        page.body.contains("counted up to 4; ≈ 5 estimated"),
+        "{}",
+        page.body
+    );
     assert_eq!(card_count(&page.body, "PROCESSING"), "1");
     assert_eq!(card_count(&page.body, "DEAD_LETTER"), "3");
     let completed = card_count(&page.body, "COMPLETED");
