@@ -391,6 +391,8 @@ struct PageTimes {
     buffers_per_request: f64,
     body: String,
     location: Option<String>,
+    /// What the page showed, where that matters (a search found its item).
+    note: String,
 }
 
 impl PageTimes {
@@ -446,6 +448,7 @@ async fn measure_page(
         buffers_per_request: (after.1 - before.1) / n,
         body: last.body,
         location: last.location,
+        note: String::new(),
     };
     println!(
         "  {:<44} {:>3}  p50 {:>7} ms  p95 {:>7} ms  max {:>7} ms  {:>9} tuples  {:>7} buffers",
@@ -567,7 +570,22 @@ pub async fn pages(quick: bool) {
 
     let mut measured: Vec<PageTimes> = Vec::new();
     for (label, uri) in &pages {
-        let page = measure_page(&t, &admin, label, uri, warmups, reps).await;
+        let mut page = measure_page(&t, &admin, label, uri, warmups, reps).await;
+        // Did a search by source id show the item on its first page?
+        for (source, id) in [
+            (&finished_source, finished_id),
+            (&pending_source, pending_id),
+        ] {
+            if uri.ends_with(&format!("q={source}")) {
+                page.note = if page.body.contains(&id.to_string()) {
+                    "shows the item".to_owned()
+                } else if older_link(&page.body).is_some() {
+                    "item not on the first page (\"Older\" link)".to_owned()
+                } else {
+                    "item **not found**".to_owned()
+                };
+            }
+        }
         // The second page of the lists, through their own "Older" link.
         let second = (uri == &format!("{PREFIX}/items")
             || uri.ends_with("status=PENDING")
@@ -673,6 +691,7 @@ pub async fn pages(quick: bool) {
                 f(p.tuples_per_request, 0),
                 f(p.buffers_per_request, 0),
                 if p.passes() { "PASS" } else { "**FAIL**" }.to_owned(),
+                p.note.clone(),
             ]
         })
         .collect();
@@ -687,6 +706,7 @@ pub async fn pages(quick: bool) {
             "tuples read / request",
             "buffers / request",
             "< 150 ms",
+            "note",
         ],
         &rows,
     );
@@ -765,7 +785,8 @@ pub async fn pages(quick: bool) {
                     json!({"page": p.label, "uri": p.uri, "status": p.status,
                            "p50_ms": p.p(50.0), "p95_ms": p.p(95.0), "max_ms": p.max(),
                            "ms": p.ms, "tuples_read_per_request": p.tuples_per_request,
-                           "buffers_per_request": p.buffers_per_request, "pass": p.passes()})
+                           "buffers_per_request": p.buffers_per_request, "pass": p.passes(),
+                           "note": p.note})
                 })
                 .collect(),
         ),
