@@ -19,6 +19,7 @@ mod backlog_scale;
 mod baseline;
 mod calls;
 mod chart;
+mod dashboard;
 mod engine;
 mod fairness;
 mod footprint;
@@ -37,7 +38,7 @@ mod wire;
 use std::time::Instant;
 
 /// The scenarios, in the order: (number, name, what it measures).
-const SCENARIOS: [(&str, &str, &str); 11] = [
+const SCENARIOS: [(&str, &str, &str); 13] = [
     ("1", "throughput", "engine throughput at concurrency 1/8/32"),
     ("2", "baseline", "the seed's design vs ours"),
     (
@@ -72,6 +73,16 @@ const SCENARIOS: [(&str, &str, &str); 11] = [
         "-",
         "workers-come-and-go",
         "drainers 1 -> 3 -> 2 sharing the project quota",
+    ),
+    (
+        "-",
+        "dashboard-pages",
+        "every dashboard page on 1M finished + 100k pending",
+    ),
+    (
+        "-",
+        "dashboard-load",
+        "throughput with the dashboard refreshing vs without",
     ),
 ];
 
@@ -131,6 +142,8 @@ async fn run(name: &str, quick: bool) {
         "tls" => tls::run(quick).await,
         "noisy-neighbour" => fairness::noisy_neighbour(quick).await,
         "workers-come-and-go" => fairness::workers_come_and_go(quick).await,
+        "dashboard-pages" => dashboard::pages(quick).await,
+        "dashboard-load" => dashboard::load(quick).await,
         _ => usage(),
     }
 }

@@ -27,7 +27,7 @@ struct Case {
 }
 
 /// Quotas far above what one worker drains: the budget's cost, never its limit.
-const RAISED: Budget = Budget {
+pub(crate) const RAISED: Budget = Budget {
     per_connection: 10_000_000,
     per_project: 100_000_000,
     window: std::time::Duration::from_secs(60),
