@@ -477,6 +477,7 @@ struct Sibling {
 #[derive(Debug)]
 struct Binding {
     google_event_id: String,
+    calendar_id: String,
     generation: i32,
     state: String,
     content_hash: Option<String>,
@@ -572,7 +573,7 @@ async fn read_detail(state: &AppState, id: Uuid) -> Result<Option<Detail>, Failu
         binding = tx
             .query_opt(
                 "SELECT google_event_id, generation, state, content_hash, content, event_type,
-                        last_outbox_id, updated_at
+                        last_outbox_id, updated_at, calendar_id
                    FROM calendar_event_bindings
                   WHERE workspace_id = $1 AND calendar_id = $2 AND source_type = $3 AND source_id = $4",
                 &[w, c, t, s],
@@ -587,6 +588,7 @@ async fn read_detail(state: &AppState, id: Uuid) -> Result<Option<Detail>, Failu
                 event_type: r.get(5),
                 last_outbox_id: r.get(6),
                 updated_at: r.get(7),
+                calendar_id: r.get(8),
             });
     }
     tx.commit().await?;
@@ -627,6 +629,18 @@ pub(crate) async fn detail(
         Ok(None) => not_found(),
         Err(e) => server_error(&base, &e),
     }
+}
+
+/// The event's page in Google Calendar, as Google's own `htmlLink` builds
+/// it: `eid` is the base64 of "<event id> <calendar id>" without padding (the
+/// bindings keep the calendar's resolved id, its owner's address for
+/// "primary"). Opens for a user who can see that calendar.
+fn event_link(event_id: &str, calendar_id: &str) -> String {
+    let eid = data_encoding::BASE64_NOPAD.encode(format!("{event_id} {calendar_id}").as_bytes());
+    format!(
+        "https://www.google.com/calendar/event?eid={}",
+        encode_query_value(&eid)
+    )
 }
 
 fn pretty(value: &serde_json::Value) -> String {
@@ -708,6 +722,10 @@ fn render_detail(
                 Some(b) => dl.fields #binding {
                     dt { "Google event id" } dd.mono { (b.google_event_id) }
                     dt { "State" } dd { (b.state) }
+                    @if b.state == "LIVE" {
+                        dt { "In Google Calendar" }
+                        dd { a #event-link href=(event_link(&b.google_event_id, &b.calendar_id)) rel="noreferrer" { "Open the event" } }
+                    }
                     dt { "Generation" } dd { (b.generation) }
                     dt { "Event type" } dd { (b.event_type.as_deref().unwrap_or("—")) }
                     dt { "Content hash" } dd.mono { (b.content_hash.as_deref().unwrap_or("—")) }
@@ -719,5 +737,23 @@ fn render_detail(
                 },
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_link;
+
+    #[test]
+    fn event_links_carry_the_event_and_its_calendar() {
+        let link = event_link("ijjc63j5tao5sk9pm08e3jgvctsm2d9k", "ws0@example.com");
+        let eid = link
+            .strip_prefix("https://www.google.com/calendar/event?eid=")
+            .expect("Google Calendar's event page");
+        let eid = eid.replace("%2B", "+").replace("%2F", "/");
+        let decoded = data_encoding::BASE64_NOPAD
+            .decode(eid.as_bytes())
+            .expect("base64 without padding");
+        assert_eq!(decoded, b"ijjc63j5tao5sk9pm08e3jgvctsm2d9k ws0@example.com");
     }
 }

@@ -348,6 +348,15 @@ async fn item_detail_shows_payload_source_items_and_binding() {
         page.body.contains("csabc123") && page.body.contains("hash-xyz"),
         "binding"
     );
+    // A live event links to its page in Google Calendar: base64 of
+    // "<event id> <calendar id>", as Google's htmlLink.
+    assert!(
+        page.body.contains(
+            "id=\"event-link\" href=\"https://www.google.com/calendar/event?eid=Y3NhYmMxMjMgY2Fs\""
+        ),
+        "{}",
+        page.body
+    );
     let siblings = &page.body[page.body.find("id=\"source-items\"").expect("source items")..];
     assert!(
         siblings.find(&old.to_string()) < siblings.find(&new.to_string()),
