@@ -555,22 +555,7 @@ async fn dashboard_serves_the_dashboard_alone_and_claims_nothing() {
     .stderr(Stdio::piped())
     .spawn()
     .unwrap();
-    let mut listening = false;
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            listening = true;
-            break;
-        }
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "dashboard exited early"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(listening, "dashboard listens on {addr}");
+    wait_until_listening(&mut child, port).await;
 
     let (status, body) = http_get(port, "/healthz").await;
     assert_eq!(status, 200, "{body}");
@@ -659,22 +644,7 @@ async fn the_dashboard_requeues_a_dead_letter_for_the_bearer() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut listening = false;
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                listening = true;
-                break;
-            }
-            assert!(
-                child.try_wait().unwrap().is_none(),
-                "dashboard exited early"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(listening, "dashboard listens on {addr}");
+        wait_until_listening(&mut child, port).await;
         let (status, response) = http(
             port,
             &format!(
@@ -784,4 +754,23 @@ async fn a_forgotten_old_key_is_one_line_at_start_up_in_readyz_and_in_status() {
         calendar_sync::ops::list_connections(&t.db).await.unwrap()[0].is_valid,
         "nothing marked invalid"
     );
+}
+
+/// Waits (up to 10 s) until the `dashboard` child accepts connections on
+/// `port`, failing if it exits first.
+async fn wait_until_listening(child: &mut std::process::Child, port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "dashboard exited early"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("dashboard listens on 127.0.0.1:{port}");
 }
