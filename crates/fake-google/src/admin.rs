@@ -14,6 +14,7 @@
 //! | `POST /_fake/faults` | a [`crate::Fault`] as JSON; `DELETE` clears all faults |
 //! | `POST /_fake/expire_access_tokens` | expires every issued access token |
 //! | `POST /_fake/latency` | `{"millis": n}` |
+//! | `POST /_fake/batch` | `{"enabled": bool}`: the batch endpoint exists or answers 404 |
 //! | `GET /_fake/requests` | the request log |
 //! | `GET /_fake/stats` | calls per method, token refreshes, quota rejections |
 
@@ -66,7 +67,7 @@ fn route(st: &mut State, req: &Req) -> Result<Value, ApiError> {
         ("GET", [""]) => Ok(json!({ "endpoints": [
             "POST clients", "POST refresh_tokens", "POST refresh_tokens/revoke", "POST calendars",
             "GET calendars/{cal}/events", "POST calendars/{cal}/events/{id}/delete",
-            "POST faults", "DELETE faults", "POST expire_access_tokens", "POST latency",
+            "POST faults", "DELETE faults", "POST expire_access_tokens", "POST latency", "POST batch",
             "GET requests", "GET stats"
         ]})),
         ("POST", ["clients"]) => {
@@ -124,6 +125,13 @@ fn route(st: &mut State, req: &Req) -> Result<Value, ApiError> {
         ("POST", ["latency"]) => {
             let ms = body.get("millis").and_then(Value::as_u64).unwrap_or(0);
             st.settings.latency = std::time::Duration::from_millis(ms);
+            Ok(ok)
+        }
+        ("POST", ["batch"]) => {
+            st.settings.batch_endpoint = body
+                .get("enabled")
+                .and_then(Value::as_bool)
+                .ok_or_else(|| ApiError::required("Missing field enabled"))?;
             Ok(ok)
         }
         ("GET", ["requests"]) => {

@@ -95,7 +95,9 @@ fn events(
             st.store.delete(&cal, id, ctx.if_match)?;
             Ok(empty_response(st.settings.delete_status))
         }
-        ApiMethod::CalendarGet | ApiMethod::Token | ApiMethod::Other => Err(ApiError::not_found()),
+        ApiMethod::CalendarGet | ApiMethod::Token | ApiMethod::Batch | ApiMethod::Other => {
+            Err(ApiError::not_found())
+        }
     }
 }
 

@@ -79,6 +79,10 @@ impl ApiError {
     pub fn not_found() -> Self {
         Self::new(404, "global", "notFound", "Not Found")
     }
+    /// 409 `conflict` "Conflict" (an inner call of a batch conflicting with another).
+    pub fn conflict() -> Self {
+        Self::new(409, "global", "conflict", "Conflict")
+    }
     /// 409 `duplicate` "The requested identifier already exists."
     pub fn duplicate() -> Self {
         Self::new(

@@ -53,6 +53,17 @@ pub enum FaultKind {
     /// 404 `global`/`notFound` "Not Found" without looking: Google's eventual consistency
     /// (a 404 right after a write) or a calendar whose access is lost for a while.
     NotFound,
+    /// 409 `global`/`conflict` "Conflict": what Google answers an inner call of a batch that
+    /// conflicts with another call of the same batch (fact sheet §3, §6).
+    Conflict,
+    /// Batch requests only (give it `.path("/batch")`): every inner call is made, but the
+    /// answer holds `after_parts` whole parts, then stops in the middle of the next one (no
+    /// closing delimiter; `Connection: close`). With `after_parts` >= the number of calls,
+    /// every part is whole but the closing delimiter is missing. Other requests: no effect.
+    BatchCut {
+        /// Parts answered whole.
+        after_parts: u32,
+    },
     /// Hold the request for `delay_ms`, then process it (the write is committed late, after
     /// the client has usually given up) and answer. A timed-out write that Google applies anyway.
     HangThenApply {
@@ -145,6 +156,8 @@ pub(crate) enum Action {
     ConnectionReset,
     /// Wait, then process normally.
     Late(std::time::Duration),
+    /// A batch answered only this many parts whole, then cut.
+    BatchCut(u32),
 }
 
 impl Action {
@@ -168,6 +181,8 @@ impl Action {
             FaultKind::Forbidden => ApiError::forbidden(),
             FaultKind::BackendError => ApiError::backend_error(),
             FaultKind::NotFound => ApiError::not_found(),
+            FaultKind::Conflict => ApiError::conflict(),
+            FaultKind::BatchCut { after_parts } => return Action::BatchCut(*after_parts),
             FaultKind::ServiceUnavailable => ApiError::service_unavailable(),
             FaultKind::Raw {
                 status,

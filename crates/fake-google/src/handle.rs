@@ -316,6 +316,10 @@ impl FakeGoogle {
     pub fn set_delete_status(&self, status: u16) {
         self.st().settings.delete_status = status;
     }
+    /// Whether the batch endpoint exists (default `true`; `false`: 404 with an HTML body).
+    pub fn set_batch_endpoint(&self, enabled: bool) {
+        self.st().settings.batch_endpoint = enabled;
+    }
     /// Turns quota enforcement on (`Some`) or off (`None`, default).
     pub fn set_quota(&self, q: Option<QuotaConfig>) {
         self.st().settings.quota = q;

@@ -144,6 +144,7 @@
 
 mod admin;
 mod api;
+mod batch;
 mod errors;
 mod event;
 mod faults;
@@ -157,6 +158,7 @@ mod state;
 mod store;
 mod switches;
 
+pub use batch::MAX_BATCH_CALLS;
 pub use errors::{ApiError, ErrorShape, OAuthError, grpc_status};
 pub use event::{
     MAX_EXT_KEY_CHARS, MAX_EXT_PROPERTIES, MAX_EXT_TOTAL_BYTES, MAX_EXT_VALUE_CHARS,

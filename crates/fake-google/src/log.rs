@@ -24,6 +24,9 @@ pub enum ApiMethod {
     CalendarGet,
     /// `POST /token`
     Token,
+    /// `POST /batch/calendar/v3` (the HTTP request; each inner call is logged under its own
+    /// method, with [`RecordedRequest::batch`] set)
+    Batch,
     /// Anything else (answered 404).
     Other,
 }
@@ -62,9 +65,42 @@ pub struct RecordedRequest {
     pub status: Option<u16>,
     /// What became of it.
     pub outcome: Outcome,
+    /// For a call inside a batch: the `seq` of the batch's HTTP request. `None` for an HTTP
+    /// request of its own (count HTTP requests with `batch.is_none()`).
+    pub batch: Option<usize>,
 }
 
 impl RecordedRequest {
+    /// A pending entry for `req`.
+    pub(crate) fn new(
+        req: &crate::server::Req,
+        api_method: ApiMethod,
+        batch: Option<usize>,
+    ) -> Self {
+        RecordedRequest {
+            seq: 0,
+            at: SystemTime::now(),
+            method: req.method.clone(),
+            path: req.path.clone(),
+            query: req.query.clone(),
+            headers: req
+                .headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_str().to_string(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
+                .collect(),
+            body: String::from_utf8_lossy(&req.body).into_owned(),
+            api_method,
+            status: None,
+            outcome: Outcome::Pending,
+            batch,
+        }
+    }
+
     /// The first header with this (case-insensitive) name.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

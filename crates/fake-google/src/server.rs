@@ -29,12 +29,14 @@ pub(crate) enum Route {
     Events(ApiMethod, String, Option<String>),
     /// calendars.get: calendar id (decoded).
     Calendar(String),
+    /// `POST /batch/calendar/v3`.
+    Batch,
     Token,
     Admin,
     NotFound,
 }
 
-fn decode(seg: &str) -> String {
+pub(crate) fn decode(seg: &str) -> String {
     percent_encoding::percent_decode_str(seg)
         .decode_utf8_lossy()
         .into_owned()
@@ -45,6 +47,13 @@ impl Route {
         if path == "/token" {
             return if method == "POST" {
                 Route::Token
+            } else {
+                Route::NotFound
+            };
+        }
+        if path == "/batch/calendar/v3" {
+            return if method == "POST" {
+                Route::Batch
             } else {
                 Route::NotFound
             };
@@ -74,8 +83,9 @@ impl Route {
         }
     }
 
-    fn api_method(&self) -> ApiMethod {
+    pub(crate) fn api_method(&self) -> ApiMethod {
         match self {
+            Route::Batch => ApiMethod::Batch,
             Route::Events(m, _, _) => *m,
             Route::Calendar(_) => ApiMethod::CalendarGet,
             Route::Token => ApiMethod::Token,
@@ -155,7 +165,7 @@ pub(crate) fn oauth_error_response(e: &OAuthError) -> Resp {
     r
 }
 
-fn raw_response(status: u16, content_type: &str, body: &str) -> Resp {
+pub(crate) fn raw_response(status: u16, content_type: &str, body: &str) -> Resp {
     let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
     *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     if let Ok(v) = HeaderValue::from_str(content_type) {
@@ -219,27 +229,7 @@ async fn handle(
     let decoded_path = decode(&req.path);
     let (seq, latency, action, shape) = {
         let mut st = shared.lock();
-        let rec = RecordedRequest {
-            seq: 0,
-            at: std::time::SystemTime::now(),
-            method: req.method.clone(),
-            path: req.path.clone(),
-            query: req.query.clone(),
-            headers: req
-                .headers
-                .iter()
-                .map(|(n, v)| {
-                    (
-                        n.as_str().to_string(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: String::from_utf8_lossy(&req.body).into_owned(),
-            api_method: route.api_method(),
-            status: None,
-            outcome: Outcome::Pending,
-        };
+        let rec = RecordedRequest::new(&req, route.api_method(), None);
         let seq = st.log.record(rec);
         let latency = st.settings.latency_for(&req.method);
         let action = st.faults.take(&req.method, &decoded_path);
@@ -275,7 +265,10 @@ async fn handle(
             let (shared, delay) = (shared.clone(), *delay);
             let late = tokio::spawn(async move {
                 tokio::time::sleep(delay).await;
-                let resp = api::dispatch(&shared, &route, &req);
+                let Some(resp) = respond(&shared, &route, &req, seq, None).await else {
+                    shared.lock().log.finish(seq, Some(200), Outcome::Dropped);
+                    return empty_response(500);
+                };
                 let status = resp.status().as_u16();
                 shared
                     .lock()
@@ -285,7 +278,24 @@ async fn handle(
             });
             return Ok(late.await.unwrap_or_else(|_| empty_response(500)));
         }
-        Some(Action::CommittedReplyLost) | None => api::dispatch(&shared, &route, &req),
+        Some(Action::BatchCut(n)) => match respond(&shared, &route, &req, seq, Some(*n)).await {
+            Some(resp) => resp,
+            None => {
+                drop_connection(Some(200));
+                std::future::pending::<()>().await;
+                unreachable!("pending never resolves")
+            }
+        },
+        Some(Action::CommittedReplyLost) | None => {
+            match respond(&shared, &route, &req, seq, None).await {
+                Some(resp) => resp,
+                None => {
+                    drop_connection(Some(200));
+                    std::future::pending::<()>().await;
+                    unreachable!("pending never resolves")
+                }
+            }
+        }
     };
     let status = resp.status().as_u16();
     if matches!(action, Some(Action::CommittedReplyLost)) {
@@ -297,6 +307,24 @@ async fn handle(
         .log
         .finish(seq, Some(status), Outcome::Replied);
     Ok(resp)
+}
+
+/// Handles a routed request whose fault (if any) lets it through; `None`: close the
+/// connection without an answer (a batch whose inner call asked for it).
+async fn respond(
+    shared: &Arc<Shared>,
+    route: &Route,
+    req: &Req,
+    seq: usize,
+    cut: Option<u32>,
+) -> Option<Resp> {
+    if *route != Route::Batch {
+        return Some(api::dispatch(shared, route, req));
+    }
+    match crate::batch::handle(shared, req, seq, cut).await {
+        crate::batch::Reply::Answer(r) => Some(r),
+        crate::batch::Reply::Drop => None,
+    }
 }
 
 #[cfg(test)]
@@ -314,6 +342,9 @@ mod tests {
             Route::Events(ApiMethod::Insert, "primary".into(), None)
         );
         assert_eq!(Route::parse("POST", "/token"), Route::Token);
+        assert_eq!(Route::parse("POST", "/batch/calendar/v3"), Route::Batch);
+        assert_eq!(Route::parse("GET", "/batch/calendar/v3"), Route::NotFound);
+        assert_eq!(Route::parse("POST", "/batch"), Route::NotFound);
         assert_eq!(
             Route::parse("GET", "/calendar/v3/calendars/a%40b.com"),
             Route::Calendar("a@b.com".into())

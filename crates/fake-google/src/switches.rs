@@ -77,6 +77,9 @@ pub struct Settings {
     /// Most items an events.list page holds, whatever `maxResults` asks (Google may answer
     /// fewer than `maxResults`): a client that asks for 2,500 still pages. Default `None`.
     pub max_page_size: Option<usize>,
+    /// Whether `POST /batch/calendar/v3` exists. Default `true`; `false` answers it 404 with
+    /// an HTML body, as Google answers an unknown path (a retired batch endpoint).
+    pub batch_endpoint: bool,
 }
 
 impl Default for Settings {
@@ -92,6 +95,7 @@ impl Default for Settings {
             method_latency: HashMap::new(),
             quota: None,
             max_page_size: None,
+            batch_endpoint: true,
         }
     }
 }
