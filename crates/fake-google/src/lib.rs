@@ -46,6 +46,12 @@
 //!   percent-decoded (`a%40b.com` and `a@b.com` are the same calendar).
 //! - `GET {root}calendar/v3/calendars/{cal}` (calendars.get): `{kind, etag, id, summary,
 //!   timeZone}` with `primary` resolved to the real id; unknown calendar: 404.
+//! - `POST {root}batch/calendar/v3`: Google's batch endpoint (`multipart/mixed` of
+//!   `application/http` parts); each inner call goes through the single-call pipeline (log
+//!   entry with [`RecordedRequest::batch`] set, fault, auth, quota, state); the answer is
+//!   `multipart/mixed` with `Content-ID: <response-...>` parts in request order. See the
+//!   README's "Batch endpoint" for the format and its faults ([`FaultKind::Conflict`],
+//!   [`FaultKind::BatchCut`], [`FakeGoogle::set_batch_endpoint`]).
 //! - `POST {root}token`: `grant_type=refresh_token`, client authentication by
 //!   `client_secret_post` (form fields) or `client_secret_basic` (Authorization header).
 //! - `{root}_fake/…`: a JSON admin API for out-of-process use (see the `admin` module docs).
