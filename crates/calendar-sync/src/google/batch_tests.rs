@@ -593,3 +593,83 @@ proptest! {
         }
     }
 }
+
+/// The library's request, through fake-google's batch endpoint (real HTTP), decoded by the
+/// library: ids, statuses, Retry-After, and a cut answer.
+#[tokio::test]
+async fn the_fakes_answers_decode() {
+    use fake_google::{FakeGoogle, Fault, FaultKind};
+    let g = FakeGoogle::start().await;
+    g.add_client("client", "secret");
+    g.add_refresh_token("refresh", "client", "a@b.com");
+    g.add_calendar("a@b.com");
+    let token = g.issue_access_token("refresh").unwrap();
+    let event = |id: &str| {
+        serde_json::json!({
+            "id": id, "summary": id,
+            "start": {"dateTime": "2030-01-01T10:00:00Z"}, "end": {"dateTime": "2030-01-01T11:00:00Z"},
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let base = "/calendar/v3/";
+    let send = |parts: Vec<InnerRequest>| {
+        let (url, token) = (format!("{}batch/calendar/v3", g.root_url()), token.clone());
+        async move {
+            let enc = encode(&parts).unwrap();
+            let resp = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .header("content-type", enc.content_type)
+                .body(enc.body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), 200);
+            let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
+            decode(&ct, &resp.bytes().await.unwrap(), &Limits::default()).unwrap()
+        }
+    };
+    g.inject(
+        Fault::new(FaultKind::TooManyRequests {
+            retry_after: Some(3),
+        })
+        .path("/events/evtb2"),
+    );
+    let d = send(vec![
+        InnerRequest::insert(base, "a@b.com", event("evtb1")),
+        InnerRequest::update(base, "a@b.com", "evtb2", event("evtb2")),
+        InnerRequest::insert(base, "a@b.com", event("evtb1")),
+        InnerRequest::delete(base, "a@b.com", "evtb1"),
+    ])
+    .await;
+    assert!(!d.truncated);
+    let got: Vec<_> = d.parts.iter().map(|p| (p.item_index(), p.status)).collect();
+    assert_eq!(
+        got,
+        [
+            (Some(0), 200),
+            (Some(1), 429),
+            (Some(2), 409),
+            (Some(3), 204)
+        ]
+    );
+    assert_eq!(d.parts[1].header("Retry-After"), Some("3"));
+    let created: serde_json::Value = serde_json::from_slice(&d.parts[0].body).unwrap();
+    assert_eq!(created["id"], "evtb1");
+
+    g.inject(Fault::new(FaultKind::BatchCut { after_parts: 1 }).path("/batch"));
+    let d = send(vec![
+        InnerRequest::insert(base, "a@b.com", event("evtb3")),
+        InnerRequest::insert(base, "a@b.com", event("evtb4")),
+    ])
+    .await;
+    assert!(d.truncated);
+    assert_eq!(d.parts.len(), 1);
+    assert_eq!((d.parts[0].item_index(), d.parts[0].status), (Some(0), 200));
+    assert_eq!(
+        g.live_events("a@b.com").len(),
+        2,
+        "evtb3 and evtb4: the cut part was made too"
+    );
+}
