@@ -245,10 +245,16 @@ pub(crate) fn encode_with_boundary(
     if count(&body, format!("--{boundary}").as_bytes()) != delimiters {
         return Err(BatchError::InvalidBoundary);
     }
-    Ok(Encoded {
-        content_type: format!("multipart/mixed; boundary={boundary}"),
-        body,
-    })
+    // A boundary with tspecials (space, `(`, `?`...) must be quoted in the header.
+    let content_type = if boundary
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"'+_-.".contains(&c))
+    {
+        format!("multipart/mixed; boundary={boundary}")
+    } else {
+        format!("multipart/mixed; boundary=\"{boundary}\"")
+    };
+    Ok(Encoded { content_type, body })
 }
 
 /// `write!` into a byte buffer.

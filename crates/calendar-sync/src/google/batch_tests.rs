@@ -73,6 +73,19 @@ fn encodes_google_shaped_parts() {
             .with_header("If-Match", "\"7\""),
         InnerRequest::delete("/calendar/v3/", "primary", "abcde"),
     ];
+    let quoted = encode_with_boundary(&parts, "a b?").unwrap();
+    assert_eq!(quoted.content_type, "multipart/mixed; boundary=\"a b?\"");
+    assert_eq!(
+        decode(
+            &quoted.content_type,
+            &echo_answer(&quoted),
+            &Limits::default()
+        )
+        .unwrap()
+        .parts
+        .len(),
+        3
+    );
     let enc = encode_with_boundary(&parts, "batch_b").unwrap();
     assert_eq!(enc.content_type, CT);
     let want = "--batch_b\r\nContent-Type: application/http\r\nContent-ID: <item-0>\r\n\r\n\
@@ -467,6 +480,22 @@ fn valid_answer() -> Vec<u8> {
     )
 }
 
+/// Every truncation, and every position overwritten with bytes that matter to the format.
+#[test]
+fn every_truncation_and_byte_flip_of_a_valid_answer() {
+    let valid = valid_answer();
+    for cut in 0..=valid.len() {
+        check(CT, &valid[..cut]).unwrap();
+    }
+    for at in 0..valid.len() {
+        for byte in [b'\n', b'\r', b'-', b':', b' ', 0, 0xff] {
+            let mut v = valid.clone();
+            v[at] = byte;
+            check(CT, &v).unwrap();
+        }
+    }
+}
+
 /// Decodes and checks the invariants every input must keep.
 fn check(ct: &str, input: &[u8]) -> Result<(), TestCaseError> {
     let l = Limits::default();
@@ -484,6 +513,12 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(input in proptest::collection::vec(any::<u8>(), 0..2048)) {
         check(CT, &input)?;
+    }
+
+    #[test]
+    fn arbitrary_content_types_never_panic(ct in "\\PC{0,80}", quoted in "[ -~]{0,80}") {
+        check(&ct, &valid_answer())?;
+        check(&format!("multipart/mixed; boundary=\"{quoted}"), &valid_answer())?;
     }
 
     #[test]
