@@ -124,7 +124,9 @@ fn call(part: &[u8]) -> Result<InnerCall, &'static str> {
     let (mime, pos) = header_block(part, 0);
     let mut content_id = None;
     for (k, v) in &mime {
-        if k.eq_ignore_ascii_case("content-type") && !v.starts_with("application/http") {
+        if k.eq_ignore_ascii_case("content-type")
+            && !v.to_ascii_lowercase().starts_with("application/http")
+        {
             return Err("Each part must be Content-Type: application/http");
         }
         if k.eq_ignore_ascii_case("content-id") {
