@@ -4,56 +4,17 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::{Request, StatusCode};
 use calendar_sync_dashboard::{DashboardOptions, DashboardToken, router};
 use calendar_sync_tests::{TestDb, rebuild, upsert};
 use sha2::{Digest, Sha256};
-use tower::ServiceExt;
 use uuid::Uuid;
+
+mod support;
+use support::{Page, get, send};
 
 const TOKEN: &str = "s3cret-dashboard-token-0123456789";
 const OTHER_TOKEN: &str = "another-dashboard-token-9876543210";
-
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
-
-impl Page {
-    fn location(&self) -> &str {
-        self.headers
-            .get("location")
-            .map_or("", |v| v.to_str().expect("ascii"))
-    }
-    fn set_cookie(&self) -> Option<String> {
-        self.headers
-            .get("set-cookie")
-            .map(|v| v.to_str().expect("ascii").to_owned())
-    }
-}
-
-async fn send(app: &Router, request: Request<Body>) -> Page {
-    let response = app.clone().oneshot(request).await.expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
-        .await
-        .expect("body");
-    Page {
-        status,
-        headers,
-        body: String::from_utf8(bytes.to_vec()).expect("utf-8"),
-    }
-}
-
-async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> Page {
-    let mut request = Request::get(uri);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    send(app, request.body(Body::empty()).expect("request")).await
-}
 
 async fn post(app: &Router, uri: &str, form: &str, headers: &[(&str, &str)]) -> Page {
     let mut request = Request::post(uri)

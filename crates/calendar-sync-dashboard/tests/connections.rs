@@ -1,30 +1,18 @@
 //! Issue 16: the connections page, against a real PostgreSQL.
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{Request, StatusCode};
+use axum::http::StatusCode;
 use calendar_sync_dashboard::{DashboardOptions, DashboardToken, router};
 use calendar_sync_tests::{TestDb, upsert};
-use tower::ServiceExt;
+
+mod support;
 
 const TOKEN: &str = "connections-page-token-0123456789";
 const ENVELOPE: &str = "v1:key-2024:U0VDUkVULVJFRlJFU0gtVE9LRU4tZW52ZWxvcGU";
 
 async fn get(app: &Router, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, String) {
-    let mut request = Request::get(uri);
-    for (k, v) in headers {
-        request = request.header(*k, *v);
-    }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
-        .await
-        .expect("body");
-    (status, String::from_utf8(bytes.to_vec()).expect("utf-8"))
+    let page = support::get(app, uri, headers).await;
+    (page.status, page.body)
 }
 
 fn app(t: &TestDb, options: DashboardOptions) -> Router {

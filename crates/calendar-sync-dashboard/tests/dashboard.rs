@@ -2,35 +2,17 @@
 //! driven through `tower::ServiceExt::oneshot`.
 
 use axum::Router;
-use axum::body::Body;
-use axum::http::{HeaderMap, Request, StatusCode};
+use axum::http::StatusCode;
 use calendar_sync_dashboard::{DashboardOptions, router};
 use calendar_sync_tests::{TestDb, upsert};
-use tower::ServiceExt;
 use uuid::Uuid;
 
-struct Page {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: String,
-}
+mod support;
+use support::Page;
 
+/// `GET uri` without headers.
 async fn get(app: &Router, uri: &str) -> Page {
-    let response = app
-        .clone()
-        .oneshot(Request::get(uri).body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 16 * 1024 * 1024)
-        .await
-        .expect("body");
-    Page {
-        status,
-        headers,
-        body: String::from_utf8(bytes.to_vec()).expect("utf-8"),
-    }
+    support::get(app, uri, &[]).await
 }
 
 fn nested(t: &TestDb, prefix: &str, options: DashboardOptions) -> Router {
