@@ -32,7 +32,7 @@ fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-fn bin_dir() -> PathBuf {
+pub(crate) fn bin_dir() -> PathBuf {
     std::env::current_exe()
         .expect("current exe")
         .parent()
@@ -41,7 +41,7 @@ fn bin_dir() -> PathBuf {
 }
 
 /// Builds the worker and the fake in this profile's target directory.
-async fn ensure_binaries() {
+pub(crate) async fn ensure_binaries() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(workspace_root()).args([
@@ -62,7 +62,7 @@ async fn ensure_binaries() {
     );
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .expect("bind")
         .local_addr()
@@ -70,7 +70,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-async fn wait_port(port: u16) {
+pub(crate) async fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -144,7 +144,7 @@ async fn start_worker(t: &TestDb, fake_port: u16, processes: usize, concurrency:
 }
 
 /// SIGTERM to each (a graceful stop), then wait for all.
-async fn terminate(children: &mut [Child]) {
+pub(crate) async fn terminate(children: &mut [Child]) {
     for child in children.iter() {
         if let Some(pid) = child.id() {
             let _ = Command::new("kill")

@@ -17,6 +17,7 @@
 
 mod backlog_scale;
 mod baseline;
+mod batching;
 mod calls;
 mod chart;
 mod dashboard;
@@ -38,7 +39,7 @@ mod wire;
 use std::time::Instant;
 
 /// The scenarios, in the order: (number, name, what it measures).
-const SCENARIOS: [(&str, &str, &str); 13] = [
+const SCENARIOS: [(&str, &str, &str); 14] = [
     ("1", "throughput", "engine throughput at concurrency 1/8/32"),
     ("2", "baseline", "the seed's design vs ours"),
     (
@@ -83,6 +84,11 @@ const SCENARIOS: [(&str, &str, &str); 13] = [
         "-",
         "dashboard-load",
         "throughput with the dashboard refreshing vs without",
+    ),
+    (
+        "-",
+        "google-batch",
+        "single calls vs Google's batch endpoint",
     ),
 ];
 
@@ -144,6 +150,7 @@ async fn run(name: &str, quick: bool) {
         "workers-come-and-go" => fairness::workers_come_and_go(quick).await,
         "dashboard-pages" => dashboard::pages(quick).await,
         "dashboard-load" => dashboard::load(quick).await,
+        "google-batch" => batching::run(quick).await,
         _ => usage(),
     }
 }

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use calendar_sync::{DrainerConfig, GoogleConfig, TokenCipher};
+use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
@@ -286,6 +287,14 @@ pub struct DrainerArgs {
     /// Google OAuth token endpoint.
     #[arg(long, env = "GOOGLE_OAUTH_TOKEN_URL", default_value = calendar_sync::DEFAULT_TOKEN_URL)]
     pub google_oauth_token_url: String,
+    /// Google's batch endpoint (default: derived from GOOGLE_CALENDAR_API_URL,
+    /// `…/calendar/v3/` gives `…/batch/calendar/v3`).
+    #[arg(long, env = "GOOGLE_CALENDAR_BATCH_URL")]
+    pub google_calendar_batch_url: Option<String>,
+    /// Most write calls of one connection sent together in one batch request;
+    /// 0 or 1: every call on its own. Google's limit is 1000.
+    #[arg(long, env = "CALENDAR_SYNC_GOOGLE_BATCH_MAX", default_value_t = calendar_sync::DEFAULT_BATCH_MAX, value_parser = clap::value_parser!(u16).range(0..=1000).map(usize::from))]
+    pub google_batch_max: usize,
 }
 
 /// A configuration problem: printed as one line, exit code 2.
@@ -325,10 +334,18 @@ impl DrainerArgs {
     pub fn google(&self) -> Result<GoogleConfig, ConfigError> {
         let id = required(&self.google_client_id, "GOOGLE_CLIENT_ID")?;
         let secret = required(&self.google_client_secret, "GOOGLE_CLIENT_SECRET")?;
+        let batch_url = self.google_calendar_batch_url.as_ref();
         for (name, url) in [
-            ("GOOGLE_CALENDAR_API_URL", &self.google_calendar_api_url),
-            ("GOOGLE_OAUTH_TOKEN_URL", &self.google_oauth_token_url),
-        ] {
+            (
+                "GOOGLE_CALENDAR_API_URL",
+                Some(&self.google_calendar_api_url),
+            ),
+            ("GOOGLE_OAUTH_TOKEN_URL", Some(&self.google_oauth_token_url)),
+            ("GOOGLE_CALENDAR_BATCH_URL", batch_url),
+        ]
+        .into_iter()
+        .filter_map(|(name, url)| Some((name, url?)))
+        {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(ConfigError(format!(
                     "{name} must be an http(s) URL, got {url:?}"
@@ -342,6 +359,8 @@ impl DrainerArgs {
         config.per_project_per_minute = self.project_requests_per_minute;
         config.per_connection_per_minute = self.connection_requests_per_minute;
         config.quota_window = std::time::Duration::from_millis(self.quota_window_ms);
+        config.batch_max = self.google_batch_max;
+        config.batch_url = self.google_calendar_batch_url.clone();
         Ok(config)
     }
 }

@@ -85,7 +85,7 @@
 //!   [`PROP_SOURCE_ID`], [`PROP_EVENT_TYPE`]), its error [`CalendarError`]
 //!   with [`CalendarErrorKind`] and [`ErrorClass`]; [`GoogleCalendar`] with
 //!   [`GoogleConfig`], [`OAuthConfig`], [`Budget`] and the default endpoints
-//!   [`DEFAULT_CALENDAR_API_URL`] and [`DEFAULT_TOKEN_URL`].
+//!   [`DEFAULT_CALENDAR_API_URL`], [`DEFAULT_TOKEN_URL`] and [`DEFAULT_BATCH_MAX`].
 //! - **REBUILD_ALL from the application's data:** [`EventSource`],
 //!   [`DesiredEvent`], [`SourceFuture`].
 //! - **Secrets:** [`TokenCipher`] seals refresh tokens. It lives in
@@ -147,7 +147,9 @@ pub use engine::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
 pub use google::auth::OAuthConfig;
 pub use google::budget::Budget;
-pub use google::{DEFAULT_CALENDAR_API_URL, DEFAULT_TOKEN_URL, GoogleCalendar, GoogleConfig};
+pub use google::{
+    DEFAULT_BATCH_MAX, DEFAULT_CALENDAR_API_URL, DEFAULT_TOKEN_URL, GoogleCalendar, GoogleConfig,
+};
 pub use operation::{
     CalendarKey, DecodeError, EventDetails, EventTiming, Operation, OperationKind, SourceCursor,
     SourceKey, UpsertEvent,

@@ -343,4 +343,12 @@ impl FakeGoogle {
     pub fn quota_rejections(&self) -> u64 {
         self.st().quota.rejections
     }
+
+    /// TCP connections accepted since the start (HTTP/1.1 clients open one per request
+    /// they send at the same time, and keep them for reuse).
+    pub fn connections_accepted(&self) -> u64 {
+        self.shared
+            .connections
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }

@@ -181,6 +181,7 @@ pub(crate) async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::select! {
             accepted = listener.accept() => {
                 let Ok((stream, _)) = accepted else { continue };
+                shared.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tokio::spawn(serve_connection(stream, shared.clone()));
             }
             _ = shutdown.wait_for(|v| *v) => break,

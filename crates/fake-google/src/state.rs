@@ -27,6 +27,8 @@ pub(crate) struct State {
 pub(crate) struct Shared {
     state: Mutex<State>,
     pub shutdown: watch::Receiver<bool>,
+    /// TCP connections accepted so far.
+    pub connections: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -34,6 +36,7 @@ impl Shared {
         Shared {
             state: Mutex::new(State::default()),
             shutdown,
+            connections: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

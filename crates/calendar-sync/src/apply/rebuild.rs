@@ -17,6 +17,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use futures_util::{StreamExt as _, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::apply::desired::{Desired, EventSource, Wanted};
@@ -24,7 +25,9 @@ use crate::apply::{
     Applied, ApplyError, Start, connection_changed, content_hash, delete_event, event_id, fresh,
     live_binding, write_event,
 };
-use crate::calendar::{Calendar, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent};
+use crate::calendar::{
+    Calendar, EventBody, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
+};
 use crate::db::Database;
 use crate::operation::SourceCursor;
 use crate::operation::{CalendarKey, SourceKey};
@@ -47,6 +50,18 @@ struct Progress {
     /// Which desired-state source was used.
     #[serde(default)]
     source: String,
+}
+
+/// Most writes of one rebuild in flight at once (a batch of the adapter holds
+/// at most this many of them).
+const WRITES_AT_ONCE: usize = 50;
+
+/// A write a rebuild decided on: the source's event made to hold `body`.
+struct Write {
+    source: SourceKey,
+    event_type: String,
+    body: EventBody,
+    start: Start,
 }
 
 /// What one attempt works with.
@@ -132,10 +147,24 @@ pub(crate) async fn rebuild<C: Calendar>(
         keys.entry(key).or_default().1 = Some(bound);
     }
     let bindings_are_desired = matches!(desired, Desired::Bindings);
+    let mut writes = Vec::new();
     for (key, (wanted, bound)) in keys {
-        pass.reconcile(&key, wanted, bound, bindings_are_desired)
-            .await?;
+        if let Some(write) = pass
+            .reconcile(&key, wanted, bound, bindings_are_desired)
+            .await?
+        {
+            writes.push(write);
+        }
     }
+    // The chunk's writes go out together, so that the adapter can send them
+    // in batches (and, without batching, so that a chunk takes a few round
+    // trips rather than one per event); each still pays its quota unit.
+    let written: Vec<Result<(), ApplyError>> = stream::iter(writes)
+        .map(|write| pass.write(write))
+        .buffer_unordered(WRITES_AT_ONCE)
+        .collect()
+        .await;
+    written.into_iter().collect::<Result<(), _>>()?;
 
     if let Some(upto) = upto {
         pass.progress.cursor = Some(upto);
@@ -166,35 +195,37 @@ impl<C: Calendar> Pass<'_, C> {
         }
     }
 
-    /// Brings one source to its desired state.
+    /// Brings one source to its desired state, or says which write will:
+    /// deletes and binding fixes are done here, event writes are returned.
     async fn reconcile(
         &mut self,
         key: &SourceCursor,
         wanted: Option<&Wanted>,
         bound: Option<&StoredBinding>,
         bindings_are_desired: bool,
-    ) -> Result<(), ApplyError> {
+    ) -> Result<Option<Write>, ApplyError> {
         let source = self.source(key);
         let Some(wanted) = wanted else {
             // Ours but no longer desired. With bindings as the desired state, an
             // INSERTING binding (content unknown) is left alone.
-            return match bound {
+            match bound {
                 Some(b)
                     if b.binding.state == BindingState::Live
                         || (b.binding.state == BindingState::Inserting
                             && !bindings_are_desired) =>
                 {
-                    self.retire(&source, b).await
+                    self.retire(&source, b).await?;
                 }
-                _ => Ok(()),
-            };
+                _ => {}
+            }
+            return Ok(None);
         };
         let body = match &wanted.body {
             Ok(body) => body,
             Err(reason) => {
                 tracing::warn!(source_type = %key.source_type, source_id = %key.source_id, reason, "desired event unusable; left as it is");
                 self.progress.invalid += 1;
-                return Ok(());
+                return Ok(None);
             }
         };
         let generation = bound.map_or(0, |b| b.binding.generation);
@@ -218,7 +249,7 @@ impl<C: Calendar> Pass<'_, C> {
                     self.put(&live_binding(&source, &wanted.event_type, body, written))
                         .await?;
                 }
-                return Ok(());
+                return Ok(None);
             }
             Some(event) => {
                 self.progress.updated += 1;
@@ -240,18 +271,33 @@ impl<C: Calendar> Pass<'_, C> {
                 }
             }
         };
+        Ok(Some(Write {
+            source,
+            event_type: wanted.event_type.clone(),
+            body: body.clone(),
+            start,
+        }))
+    }
+
+    /// Writes one source's event and binds it.
+    async fn write(&self, write: Write) -> Result<(), ApplyError> {
         let written = write_event(
             self.calendar,
             self.db,
             self.item,
-            &source,
-            &wanted.event_type,
-            body,
-            start,
+            &write.source,
+            &write.event_type,
+            &write.body,
+            write.start,
         )
         .await?;
-        self.put(&live_binding(&source, &wanted.event_type, body, written))
-            .await
+        self.put(&live_binding(
+            &write.source,
+            &write.event_type,
+            &write.body,
+            written,
+        ))
+        .await
     }
 
     /// The source's live event: the bound one, else one carrying its

@@ -126,7 +126,8 @@ impl InnerRequest {
         }
     }
 
-    /// Sets the `Content-ID` (without `<>`).
+    /// Sets the `Content-ID` (without `<>`); the adapter keeps the default `item-N`.
+    #[cfg(test)]
     pub(crate) fn with_content_id(mut self, id: impl Into<String>) -> Self {
         self.content_id = Some(id.into());
         self
@@ -515,7 +516,7 @@ fn status_code(line: &[u8]) -> Option<u16> {
 }
 
 /// Header lines as (name, value), in order.
-type Headers = Vec<(String, String)>;
+pub(crate) type Headers = Vec<(String, String)>;
 
 /// A header block from `pos` to its blank line (or the end). Returns the headers and the
 /// position after the blank line. Folded lines join the previous header; lines without a

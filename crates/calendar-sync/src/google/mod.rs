@@ -4,22 +4,16 @@
 //! `errors[0].reason` (never message text).
 
 pub(crate) mod auth;
-#[cfg_attr(
-    not(test),
-    expect(
-        dead_code,
-        reason = "the adapter integration (grouping writes into batches) is the next slice of issue 17"
-    )
-)]
 mod batch;
 mod breaker;
 pub(crate) mod budget;
 pub(crate) mod evict;
 mod fenced;
+mod grouped;
 pub(crate) mod versions;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use google_calendar3::CalendarHub;
@@ -44,6 +38,7 @@ use crate::google::auth::{OAuthConfig, Tokens};
 use crate::google::breaker::{Breakers, Change};
 use crate::google::evict::IdleMap;
 use crate::google::fenced::FencedCall;
+use crate::google::grouped::{Grouper, PartOutcome};
 use crate::minute_counts::{self, MinuteCounts, Sampling};
 use crate::operation::CalendarKey;
 use crate::store;
@@ -51,6 +46,8 @@ use budget::Budget;
 
 /// Default `GOOGLE_CALENDAR_API_URL`.
 pub const DEFAULT_CALENDAR_API_URL: &str = "https://www.googleapis.com/calendar/v3/";
+/// Default `CALENDAR_SYNC_GOOGLE_BATCH_MAX`: off (see docs/benchmarks, "Google batch").
+pub const DEFAULT_BATCH_MAX: usize = 0;
 /// Default `GOOGLE_OAUTH_TOKEN_URL`.
 pub const DEFAULT_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 
@@ -96,6 +93,15 @@ pub struct GoogleConfig {
     /// connection. The only setting of this pause: its errors carry it as
     /// their retry-after, which the engine waits out. Default: 1 h.
     pub usage_limit_pause: Duration,
+    /// `CALENDAR_SYNC_GOOGLE_BATCH_MAX`: most write calls of one connection
+    /// sent together through Google's batch endpoint; 0 or 1 sends every call
+    /// on its own, and more than Google's 1000 counts as 1000. Batching saves
+    /// HTTP requests and connections, never quota (each call inside a batch
+    /// pays its unit). Default: [`DEFAULT_BATCH_MAX`].
+    pub batch_max: usize,
+    /// `GOOGLE_CALENDAR_BATCH_URL`: the batch endpoint. `None`: derived from
+    /// `calendar_api_url` (`…/calendar/v3/` gives `…/batch/calendar/v3`).
+    pub batch_url: Option<String>,
 }
 
 impl GoogleConfig {
@@ -125,7 +131,16 @@ impl GoogleConfig {
             breaker_threshold: 5,
             breaker_cool_down: Duration::from_secs(60),
             usage_limit_pause: Duration::from_secs(3600),
+            batch_max: DEFAULT_BATCH_MAX,
+            batch_url: None,
         }
+    }
+
+    /// The batch endpoint: `batch_url`, else derived from `calendar_api_url`.
+    pub fn batch_endpoint(&self) -> String {
+        self.batch_url
+            .clone()
+            .unwrap_or_else(|| grouped::batch_url_for(&self.calendar_api_url))
     }
 }
 
@@ -156,6 +171,8 @@ type Hub = CalendarHub<Connector>;
 pub struct GoogleCalendar {
     http: Client<Connector, google_calendar3::common::Body>,
     base_url: String,
+    /// Batches of write calls, when `batch_max` turns them on; the API path batch parts start with.
+    grouper: Option<(Arc<Grouper>, String)>,
     timeout: Duration,
     tokens: Tokens,
     budget: Budget,
@@ -196,9 +213,19 @@ impl GoogleCalendar {
         }
         let tokens = Tokens::new(&config.oauth, db.clone(), cipher, config.request_timeout)
             .map_err(Error::Config)?;
+        let grouper = (config.batch_max >= 2).then(|| {
+            let grouper = Grouper::new(
+                http.clone(),
+                config.batch_endpoint(),
+                config.batch_max,
+                config.request_timeout,
+            );
+            (Arc::new(grouper), grouped::base_path(&base_url))
+        });
         Ok(Self {
             http,
             base_url,
+            grouper,
             timeout: config.request_timeout,
             tokens,
             budget: config.budget(),
@@ -281,6 +308,56 @@ impl GoogleCalendar {
         }
     }
 
+    /// Sends one call: inside a batch of its connection's writes when
+    /// batching is on and others are ready with it, else on its own.
+    async fn send_call(
+        &self,
+        target: &CalendarKey,
+        token: &SecretString,
+        request: &Request<'_>,
+        capture: &mut Capture,
+    ) -> Result<google_calendar3::common::Result<Reply>, Unsent> {
+        if let Some((grouper, base_path)) = &self.grouper
+            && let Some(inner) = inner_request(base_path, &target.calendar_id, request)
+        {
+            let outcome = tokio::time::timeout(
+                self.timeout + grouped::MAX_GATHER,
+                grouper.submit(&target.workspace_id, token, inner),
+            )
+            .await;
+            match outcome {
+                Err(_) => return Err(Unsent::TimedOut),
+                Ok(PartOutcome::Unanswered { timed_out, counted }) => {
+                    capture.shared_failure = !counted;
+                    return Err(if timed_out {
+                        Unsent::TimedOut
+                    } else {
+                        Unsent::NoReply
+                    });
+                }
+                Ok(PartOutcome::Answered { answer, counted }) => {
+                    capture.shared_failure = !counted;
+                    return Ok(part_reply(request, answer, capture));
+                }
+                Ok(PartOutcome::SendAlone) => {}
+            }
+        }
+        let hub = self.hub(token);
+        tokio::time::timeout(
+            self.timeout,
+            send(
+                &hub,
+                &self.base_url,
+                token,
+                &target.calendar_id,
+                request,
+                capture,
+            ),
+        )
+        .await
+        .map_err(|_| Unsent::TimedOut)
+    }
+
     /// One API call with everything around it: breaker, pause, budget, token,
     /// timeout, and on 401 one refresh and one retry.
     async fn call(
@@ -306,6 +383,9 @@ impl GoogleCalendar {
             .with_retry_after(Some(remaining)));
         }
         let mut refreshed = false;
+        // Whether this call's outcome counts for the breaker: a failed batch
+        // is one failure of the connection, not one per call inside it.
+        let mut counted = true;
         let result = loop {
             // The claim paid the item's first call; any other pays now, before
             // the token is fetched: a wait for budget can be long, and a token
@@ -320,21 +400,11 @@ impl GoogleCalendar {
                 Err(e) => break Err(e),
             };
             let mut capture = Capture::default();
-            let hub = self.hub(&token);
-            let sent = tokio::time::timeout(
-                self.timeout,
-                send(
-                    &hub,
-                    &self.base_url,
-                    &token,
-                    &target.calendar_id,
-                    request,
-                    &mut capture,
-                ),
-            )
-            .await;
+            let sent = self.send_call(target, &token, request, &mut capture).await;
+            counted = !capture.shared_failure;
             let status = match &sent {
-                Err(_) => "timeout".to_owned(),
+                Err(Unsent::TimedOut) => "timeout".to_owned(),
+                Err(Unsent::NoReply) => "error".to_owned(),
                 Ok(Ok(_)) => "ok".to_owned(),
                 Ok(Err(_)) => capture
                     .status
@@ -353,10 +423,15 @@ impl GoogleCalendar {
             metrics::counter!("calendar_sync_google_calls_total", "method" => request.method(), "status" => status)
                 .increment(1);
             let result = match sent {
-                Err(_) => Err(CalendarError::new(
+                Err(Unsent::TimedOut) => Err(CalendarError::new(
                     CalendarErrorKind::Transient,
                     "google_timeout",
                     format!("no answer within {} s", self.timeout.as_secs_f64()),
+                )),
+                Err(Unsent::NoReply) => Err(CalendarError::new(
+                    CalendarErrorKind::Transient,
+                    "google_batch_no_reply",
+                    "Google's batch answer had no reply for this call",
                 )),
                 Ok(result) => result.map_err(|e| classify(e, &capture)),
             };
@@ -381,7 +456,12 @@ impl GoogleCalendar {
         };
         MinuteCounts::tick(&self.db, Sampling::CountsOnly);
         let retryable = matches!(&result, Err(e) if matches!(e.kind, CalendarErrorKind::Transient | CalendarErrorKind::RateLimited));
-        match self.breakers.record(workspace, retryable) {
+        let change = if counted {
+            self.breakers.record(workspace, retryable)
+        } else {
+            Change::None
+        };
+        match change {
             Change::Opened => {
                 tracing::warn!(
                     workspace_id = workspace,
@@ -440,6 +520,79 @@ enum Reply {
     /// calendars.get: the calendar's own id.
     Calendar(Option<String>),
     Page(Box<google_calendar3::api::Events>),
+}
+
+/// A call that got no answer.
+enum Unsent {
+    /// None within the request timeout.
+    TimedOut,
+    /// Its batch answered, but not for this call (cut, or unreadable).
+    NoReply,
+}
+
+/// The call as a part of a batch, if it is a write (insert, update, delete).
+fn inner_request(
+    base_path: &str,
+    calendar_id: &str,
+    request: &Request<'_>,
+) -> Option<batch::InnerRequest> {
+    let json = |event: &Event| {
+        let mut value = serde_json::to_value(event).expect("an Event always serialises");
+        google_calendar3::common::remove_json_null_values(&mut value);
+        serde_json::to_vec(&value).expect("JSON always serialises")
+    };
+    let fence = |inner: batch::InnerRequest, etag: &Option<&str>| match etag {
+        Some(etag) => inner.with_header("If-Match", etag),
+        None => inner,
+    };
+    Some(match request {
+        Request::Insert(event) => batch::InnerRequest::insert(base_path, calendar_id, json(event)),
+        Request::Update(id, event, etag) => fence(
+            batch::InnerRequest::update(base_path, calendar_id, id, json(event)),
+            etag,
+        ),
+        Request::Delete(id, etag) => fence(
+            batch::InnerRequest::delete(base_path, calendar_id, id),
+            etag,
+        ),
+        Request::Get(_) | Request::GetCalendar | Request::List { .. } => return None,
+    })
+}
+
+/// A batch part's answer as the single call's would have been: the same
+/// reply or error values, the status and Retry-After kept in `capture`.
+#[expect(
+    clippy::result_large_err,
+    reason = "google-calendar3's own error type, as its calls return it, so that one classify serves both"
+)]
+fn part_reply(
+    request: &Request<'_>,
+    part: batch::InnerResponse,
+    capture: &mut Capture,
+) -> google_calendar3::common::Result<Reply> {
+    use google_calendar3::common::Error as E;
+    capture.status = Some(part.status);
+    if !(200..300).contains(&part.status) {
+        capture.retry_after = part
+            .header("Retry-After")
+            .and_then(|v| parse_retry_after(v, chrono::Utc::now()));
+        return Err(match serde_json::from_slice::<Value>(&part.body) {
+            Ok(value) => E::BadRequest(value),
+            Err(_) => {
+                let mut response =
+                    http::Response::new(google_calendar3::common::to_body(Some(part.body)));
+                *response.status_mut() = http::StatusCode::from_u16(part.status)
+                    .unwrap_or(http::StatusCode::BAD_GATEWAY);
+                E::Failure(response)
+            }
+        });
+    }
+    if matches!(request, Request::Delete(..)) {
+        return Ok(Reply::Deleted);
+    }
+    serde_json::from_slice::<Event>(&part.body)
+        .map(|e| Reply::Event(Box::new(e)))
+        .map_err(|e| E::JsonDecodeError(String::from_utf8_lossy(&part.body).into_owned(), e))
 }
 
 async fn send(
@@ -538,6 +691,9 @@ async fn send(
 struct Capture {
     status: Option<u16>,
     retry_after: Option<Duration>,
+    /// The batch this call rode in failed as a whole, and another of its
+    /// calls counts that failure for the breaker.
+    shared_failure: bool,
 }
 
 impl Capture {
