@@ -213,7 +213,7 @@ const INVALID: &[(&str, &str, &str)] = &[
     (
         r#"{"reminders": {"useDefault": false, "overrides": [{"method": "popup", "minutes": 40321}]}}"#,
         "payload.event.reminders.overrides[0].minutes",
-        "40321 is not a whole number in 0..=40320",
+        "40321 is outside 0..=40320",
     ),
     (
         r#"{"reminders": {"useDefault": false, "overrides": [{"method": "popup", "minutes": -1}]}}"#,
@@ -396,4 +396,67 @@ async fn an_upgrade_leaves_old_events_alone_until_a_field_is_added() {
     e.t.insert("UPSERT_EVENT", with_colour).await;
     d.drain_once().await.unwrap();
     assert_eq!(e.g.calls(ApiMethod::Update), updates + 1);
+}
+
+#[tokio::test]
+async fn a_change_of_defaults_rewrites_an_event_on_its_next_upsert() {
+    let e = env().await;
+    let blue = with_defaults(json!({"BLOCKER_DEADLINE": {"colorId": "9"}}));
+    e.t.insert("UPSERT_EVENT", upsert_with("s1", json!({})))
+        .await;
+    drainer(&e, blue.clone()).drain_once().await.unwrap();
+    assert_eq!(e.live(CAL, "s1")[0]["colorId"], "9");
+
+    // The same payload under the same defaults: nothing to write.
+    e.t.insert("UPSERT_EVENT", upsert_with("s1", json!({})))
+        .await;
+    drainer(&e, blue).drain_once().await.unwrap();
+    assert_eq!(e.g.calls(ApiMethod::Update), 0);
+
+    // New defaults: the next upsert rewrites it.
+    let red = with_defaults(json!({"BLOCKER_DEADLINE": {"colorId": "11"}}));
+    e.t.insert("UPSERT_EVENT", upsert_with("s1", json!({})))
+        .await;
+    drainer(&e, red).drain_once().await.unwrap();
+    assert_eq!(e.g.calls(ApiMethod::Update), 1);
+    assert_eq!(e.live(CAL, "s1")[0]["colorId"], "11");
+}
+
+/// The SQL view has no optional fields: a REBUILD_ALL from it merges the
+/// eventType's defaults as an upsert does, so it finds nothing to repair.
+#[tokio::test]
+async fn a_rebuild_from_the_sql_view_applies_the_defaults_too() {
+    let e = env().await;
+    let config = with_defaults(json!({
+        "BLOCKER_DEADLINE": {"transparency": "transparent", "colorId": "11"},
+    }));
+    let d = drainer(&e, config);
+    e.t.insert("UPSERT_EVENT", upsert_with("s1", json!({})))
+        .await;
+    d.drain_once().await.unwrap();
+    e.t.client()
+        .await
+        .batch_execute(
+            "CREATE VIEW calendar_sync_desired_events AS
+             SELECT 'w1'::text AS workspace_id, 'w1@example.com'::text AS calendar_id,
+                    'task'::text AS source_type, 's1'::text AS source_id,
+                    'BLOCKER_DEADLINE'::text AS event_type, 'Ship it'::text AS title,
+                    'P1 blocking task'::text AS description,
+                    '2025-01-15T14:00:00Z'::timestamptz AS start_at,
+                    '2025-01-15T15:00:00Z'::timestamptz AS end_at,
+                    false AS is_all_day, NULL::text AS time_zone",
+        )
+        .await
+        .unwrap();
+    let id = e.t.insert("REBUILD_ALL", rebuild("w1", CAL)).await;
+    e.t.drain_until_idle(&d).await;
+    let row = e.t.row(id).await;
+    assert_eq!(row.status, "COMPLETED");
+    assert_eq!(row.result.unwrap()["source"], "sql_view");
+    assert_eq!(e.g.calls(ApiMethod::Update), 0, "nothing to repair");
+    let event = &e.live(CAL, "s1")[0];
+    assert_eq!(
+        (&event["transparency"], &event["colorId"]),
+        (&json!("transparent"), &json!("11"))
+    );
 }

@@ -120,8 +120,8 @@ impl DrainerConfig {
         if self.settle > Duration::from_secs(3600) {
             return fail("settle must be at most an hour");
         }
-        if let Err(message) = self.event_defaults.validate() {
-            return fail(&format!("event_defaults.{message}"));
+        if let Err(error) = self.event_defaults.validate() {
+            return fail(&format!("event_defaults.{error}"));
         }
         Ok(())
     }

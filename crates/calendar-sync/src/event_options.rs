@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::operation::{DecodeError, MAX_TITLE_LEN};
+
 /// Longest accepted `event.location`, in characters (Google documents no
 /// limit; the same bound as the title keeps it well inside what it stores).
 pub(crate) const MAX_LOCATION_LEN: usize = 1024;
@@ -196,42 +198,30 @@ pub enum ReminderMethod {
 }
 
 impl EventOptions {
-    /// Checks every field against the limits the payload decoder enforces;
-    /// the error names the field in the payload's camelCase.
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let fail = |field: &str, message: String| Err((field.to_owned(), message));
-        if let Some(location) = &self.location {
-            let len = location.chars().count();
-            if len > MAX_LOCATION_LEN {
-                return fail(
-                    "location",
-                    format!("is {len} characters long; the limit is {MAX_LOCATION_LEN}"),
-                );
-            }
+    /// Checks the lengths, the URL and Google's reminder rules, as the
+    /// payload decoder does; the error's field is relative to the event
+    /// object, in the payload's camelCase (`reminders.overrides`).
+    pub fn validate(&self) -> Result<(), DecodeError> {
+        let within = |field: &str, value: &Option<String>, max_len: usize| match value {
+            Some(v) if v.chars().count() > max_len => Err(DecodeError::new(
+                field,
+                format!(
+                    "is {} characters long; the limit is {max_len}",
+                    v.chars().count()
+                ),
+            )),
+            _ => Ok(()),
+        };
+        within("location", &self.location, MAX_LOCATION_LEN)?;
+        within("url", &self.url, MAX_URL_LEN)?;
+        within("urlTitle", &self.url_title, MAX_TITLE_LEN)?;
+        if let Some(url) = &self.url {
+            check_url(url).map_err(|message| DecodeError::new("url", message))?;
         }
-        if let Some(url) = &self.url
-            && let Err(message) = check_url(url)
-        {
-            return fail("url", message);
+        match &self.reminders {
+            Some(reminders) => check_reminders(reminders),
+            None => Ok(()),
         }
-        if let Some(title) = &self.url_title {
-            let len = title.chars().count();
-            if len > crate::operation::MAX_TITLE_LEN {
-                return fail(
-                    "urlTitle",
-                    format!(
-                        "is {len} characters long; the limit is {}",
-                        crate::operation::MAX_TITLE_LEN
-                    ),
-                );
-            }
-        }
-        if let Some(reminders) = &self.reminders
-            && let Err((field, message)) = check_reminders(reminders)
-        {
-            return fail(&format!("reminders{field}"), message);
-        }
-        Ok(())
     }
 
     /// These options, each field left `None` taken from `defaults`: the
@@ -274,13 +264,7 @@ impl EventOptions {
 }
 
 /// An absolute http or https URL.
-pub(crate) fn check_url(url: &str) -> Result<(), String> {
-    let len = url.chars().count();
-    if len > MAX_URL_LEN {
-        return Err(format!(
-            "is {len} characters long; the limit is {MAX_URL_LEN}"
-        ));
-    }
+fn check_url(url: &str) -> Result<(), String> {
     let absolute = ["http://", "https://"].iter().any(|scheme| {
         url.get(..scheme.len())
             .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
@@ -297,32 +281,37 @@ pub(crate) fn check_url(url: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Google's reminder rules; the error's field is relative to `reminders`.
-pub(crate) fn check_reminders(reminders: &Reminders) -> Result<(), (String, String)> {
-    if reminders.use_default && !reminders.overrides.is_empty() {
-        return Err((
-            ".overrides".to_owned(),
-            "must be empty when useDefault is true".to_owned(),
+/// Google's reminder rules.
+fn check_reminders(reminders: &Reminders) -> Result<(), DecodeError> {
+    let overrides = &reminders.overrides;
+    if reminders.use_default && !overrides.is_empty() {
+        return Err(DecodeError::new(
+            "reminders.overrides",
+            "must be empty when useDefault is true",
         ));
     }
-    if reminders.overrides.len() > MAX_REMINDER_OVERRIDES {
-        return Err((
-            ".overrides".to_owned(),
+    if overrides.len() > MAX_REMINDER_OVERRIDES {
+        return Err(DecodeError::new(
+            "reminders.overrides",
             format!(
                 "has {} reminders; Google allows at most {MAX_REMINDER_OVERRIDES}",
-                reminders.overrides.len()
+                overrides.len()
             ),
         ));
     }
-    for (i, o) in reminders.overrides.iter().enumerate() {
-        if o.minutes > MAX_REMINDER_MINUTES {
-            return Err((
-                format!(".overrides[{i}].minutes"),
-                format!("{} is outside 0..={MAX_REMINDER_MINUTES}", o.minutes),
-            ));
-        }
+    match overrides
+        .iter()
+        .position(|o| o.minutes > MAX_REMINDER_MINUTES)
+    {
+        Some(i) => Err(DecodeError::new(
+            format!("reminders.overrides[{i}].minutes"),
+            format!(
+                "{} is outside 0..={MAX_REMINDER_MINUTES}",
+                overrides[i].minutes
+            ),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Per-`eventType` defaults for the optional fields: an application says once
@@ -365,13 +354,13 @@ impl EventDefaults {
         }
     }
 
-    /// Checks every eventType's defaults; the message names the eventType
-    /// and the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks every eventType's defaults; the error's field starts with the
+    /// eventType (`BLOCKER_DEADLINE.colorId`).
+    pub fn validate(&self) -> Result<(), DecodeError> {
         for (event_type, options) in &self.by_event_type {
             options
                 .validate()
-                .map_err(|(field, message)| format!("{event_type}.{field}: {message}"))?;
+                .map_err(|e| DecodeError::new(format!("{event_type}.{}", e.field), e.message))?;
         }
         Ok(())
     }

@@ -11,8 +11,8 @@ use chrono::{DateTime, FixedOffset, NaiveDate};
 use serde_json::{Map, Value, json};
 
 use crate::event_options::{
-    ColorId, EventDefaults, EventOptions, MAX_LOCATION_LEN, MAX_REMINDER_MINUTES, ReminderMethod,
-    ReminderOverride, Reminders, Transparency, Visibility, check_reminders, check_url,
+    ColorId, EventDefaults, EventOptions, MAX_REMINDER_MINUTES, ReminderMethod, ReminderOverride,
+    Reminders, Transparency, Visibility,
 };
 
 /// Longest accepted workspace, calendar or source id. Ids travel in Google's
@@ -464,7 +464,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -627,17 +627,8 @@ impl<'a> Fields<'a> {
     /// The optional fields of an event (see [`EventOptions`]).
     fn event_options(&self) -> Result<EventOptions, DecodeError> {
         let location = self.optional_str("location")?.map(str::to_owned);
-        if let Some(l) = &location {
-            self.within("location", l, MAX_LOCATION_LEN)?;
-        }
         let url = self.optional_str("url")?.map(str::to_owned);
-        if let Some(u) = &url {
-            check_url(u).map_err(|m| DecodeError::new(self.field("url"), m))?;
-        }
         let url_title = self.optional_str("urlTitle")?.map(str::to_owned);
-        if let Some(t) = &url_title {
-            self.within("urlTitle", t, MAX_TITLE_LEN)?;
-        }
         let transparency = self.choice(
             "transparency",
             &[
@@ -658,7 +649,7 @@ impl<'a> Fields<'a> {
             None => None,
             Some(_) => Some(self.object("reminders")?.reminders()?),
         };
-        Ok(EventOptions {
+        let options = EventOptions {
             location,
             url,
             url_title,
@@ -666,7 +657,13 @@ impl<'a> Fields<'a> {
             visibility,
             color_id: self.color_id("colorId")?,
             reminders,
-        })
+        };
+        // Lengths, the URL and Google's reminder rules: the checks a
+        // configured default goes through too.
+        options
+            .validate()
+            .map_err(|e| DecodeError::new(self.field(&e.field), e.message))?;
+        Ok(options)
     }
 
     /// One of a fixed set of strings.
@@ -754,14 +751,10 @@ impl<'a> Fields<'a> {
             };
             overrides.push(Fields { obj, path }.reminder_override()?);
         }
-        let reminders = Reminders {
+        Ok(Reminders {
             use_default,
             overrides,
-        };
-        check_reminders(&reminders).map_err(|(field, message)| {
-            DecodeError::new(format!("{}{field}", self.path), message)
-        })?;
-        Ok(reminders)
+        })
     }
 
     fn reminder_override(&self) -> Result<ReminderOverride, DecodeError> {
@@ -776,16 +769,16 @@ impl<'a> Fields<'a> {
             .ok_or_else(|| DecodeError::new(self.field("method"), "is missing"))?;
         let minutes = match self.optional("minutes") {
             None => return Err(DecodeError::new(self.field("minutes"), "is missing")),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .filter(|n| *n <= MAX_REMINDER_MINUTES)
-                .ok_or_else(|| {
-                    DecodeError::new(
-                        self.field("minutes"),
-                        format!("{n} is not a whole number in 0..={MAX_REMINDER_MINUTES}"),
-                    )
-                })?,
+            Some(Value::Number(n)) => {
+                n.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        DecodeError::new(
+                            self.field("minutes"),
+                            format!("{n} is not a whole number in 0..={MAX_REMINDER_MINUTES}"),
+                        )
+                    })?
+            }
             Some(other) => {
                 return Err(DecodeError::new(
                     self.field("minutes"),
