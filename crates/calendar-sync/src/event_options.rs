@@ -393,6 +393,48 @@ mod tests {
         }
     }
 
+    /// What `Operation::to_payload` writes, the decoder reads back.
+    #[test]
+    fn every_field_round_trips_through_a_payload() {
+        use crate::{CalendarKey, EventDetails, EventTiming, Operation, SourceKey, UpsertEvent};
+        let day = chrono::NaiveDate::from_ymd_opt(2025, 1, 15).unwrap();
+        let upsert = Operation::UpsertEvent(UpsertEvent {
+            source: SourceKey {
+                calendar: CalendarKey {
+                    workspace_id: "w".into(),
+                    calendar_id: "c".into(),
+                },
+                source_type: "task".into(),
+                source_id: "1".into(),
+            },
+            event_type: "DEADLINE".into(),
+            event: EventDetails {
+                title: "Ship".into(),
+                description: None,
+                timing: EventTiming::AllDay {
+                    first_day: day,
+                    last_day: day,
+                },
+                time_zone: None,
+                options: EventOptions {
+                    location: Some("Room 4".into()),
+                    url: Some("https://app.example/t/1".into()),
+                    url_title: Some("Task 1".into()),
+                    transparency: Some(Transparency::Transparent),
+                    visibility: Some(Visibility::Confidential),
+                    color_id: ColorId::new(7),
+                    reminders: Some(Reminders::overrides([ReminderOverride {
+                        method: ReminderMethod::Email,
+                        minutes: 40_320,
+                    }])),
+                },
+            },
+        });
+        let payload = upsert.to_payload();
+        assert_eq!(payload["event"]["colorId"], "7");
+        assert_eq!(Operation::decode("UPSERT_EVENT", &payload), Ok(upsert));
+    }
+
     #[test]
     fn google_defaults_have_one_spelling() {
         let spelled_out = EventOptions {
