@@ -105,6 +105,7 @@ async fn set_deadline(
                 end: due + Duration::hours(1),
             },
             time_zone: None,
+            options: Default::default(),
         },
     });
     // `&*tx`: the tokio-postgres transaction inside deadpool's wrapper.

@@ -58,6 +58,7 @@ fn desired(id: &str, title: &str) -> DesiredEvent {
                 end: "2025-01-15T15:00:00Z".parse().unwrap(),
             },
             time_zone: None,
+            options: Default::default(),
         },
     }
 }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use calendar_sync::{DrainerConfig, GoogleConfig, TokenCipher};
+use calendar_sync::{DrainerConfig, EventDefaults, GoogleConfig, TokenCipher};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
@@ -281,6 +281,11 @@ pub struct DrainerArgs {
     /// a minute). Only tests and benchmarks that scale time down change it.
     #[arg(long, env = "CALENDAR_SYNC_QUOTA_WINDOW_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000), hide = true)]
     pub quota_window_ms: u64,
+    /// JSON file of optional event fields per eventType, e.g.
+    /// {"BLOCKER_DEADLINE": {"transparency": "transparent", "colorId": "11"}};
+    /// a payload's own values win (none by default).
+    #[arg(long, env = "CALENDAR_SYNC_EVENT_DEFAULTS_FILE")]
+    pub event_defaults_file: Option<std::path::PathBuf>,
     /// Google Calendar API base URL.
     #[arg(long, env = "GOOGLE_CALENDAR_API_URL", default_value = calendar_sync::DEFAULT_CALENDAR_API_URL)]
     pub google_calendar_api_url: String,
@@ -319,16 +324,35 @@ impl KeyArgs {
 }
 
 impl DrainerArgs {
-    pub fn drainer(&self) -> DrainerConfig {
-        DrainerConfig {
+    pub fn drainer(&self) -> Result<DrainerConfig, ConfigError> {
+        Ok(DrainerConfig {
             batch_size: self.batch_size as usize,
             poll_interval: Duration::from_millis(self.poll_interval_ms),
             max_attempts: self.max_retries.unwrap_or(self.max_attempts),
             concurrency: self.concurrency as usize,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             settle: Duration::from_millis(self.settle_ms),
+            event_defaults: self.event_defaults()?,
             ..DrainerConfig::default()
-        }
+        })
+    }
+
+    /// The defaults file, read and checked once at start.
+    fn event_defaults(&self) -> Result<EventDefaults, ConfigError> {
+        let Some(path) = &self.event_defaults_file else {
+            return Ok(EventDefaults::default());
+        };
+        let fail = |what: String| {
+            ConfigError(format!(
+                "CALENDAR_SYNC_EVENT_DEFAULTS_FILE {}: {what}",
+                path.display()
+            ))
+        };
+        let text =
+            std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let json: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| fail(format!("is not JSON: {e}")))?;
+        EventDefaults::from_json(&json).map_err(|e| fail(e.to_string()))
     }
 
     pub fn google(&self) -> Result<GoogleConfig, ConfigError> {

@@ -54,6 +54,7 @@ fn database(settings: &DatabaseArgs, pool_size: usize) -> Result<Database, Failu
 const APPLICATION_NAME: &str = "calendar-sync-worker";
 
 fn drainer(settings: &DrainerArgs) -> Result<(Database, OutboxDrainer<GoogleCalendar>), Failure> {
+    let config = settings.drainer()?;
     let cipher = settings.keys.cipher()?;
     let google = settings.google()?;
     if settings.worker_processes != 1 {
@@ -66,7 +67,7 @@ fn drainer(settings: &DrainerArgs) -> Result<(Database, OutboxDrainer<GoogleCale
     let pool_size = (settings.concurrency as usize).min(16) + 4;
     let db = database(&settings.database, pool_size)?;
     let calendar = GoogleCalendar::new(&db, cipher, google)?;
-    let drainer = OutboxDrainer::new(db.clone(), calendar, settings.drainer())?;
+    let drainer = OutboxDrainer::new(db.clone(), calendar, config)?;
     Ok((db, drainer))
 }
 
@@ -98,7 +99,7 @@ pub async fn run(args: &RunArgs) -> Outcome {
         cipher,
         handle.clone(),
         metrics,
-        settings.drainer().poll_interval,
+        std::time::Duration::from_millis(settings.poll_interval_ms),
         dashboard_token,
     );
     let server = tokio::spawn(server);

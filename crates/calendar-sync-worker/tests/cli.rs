@@ -124,6 +124,77 @@ fn bad_configuration_is_one_clear_line_and_exit_2() {
     }
 }
 
+/// A defaults file that cannot be read, is not JSON, or holds a bad field
+/// stops the worker before it starts: one line naming the file and the
+/// field, exit code 2.
+#[test]
+fn a_bad_event_defaults_file_is_one_line_naming_file_and_field_and_exit_2() {
+    let dir = std::env::temp_dir().join(format!("event-defaults-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = |name: &str, body: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, body).unwrap();
+        path.display().to_string()
+    };
+    let missing = dir.join("missing.json").display().to_string();
+    let cases = [
+        (missing.clone(), "cannot read it".to_owned()),
+        (
+            file("broken.json", "{\"BLOCKER\": "),
+            "is not JSON".to_owned(),
+        ),
+        (
+            file(
+                "transparency.json",
+                r#"{"BLOCKER_DEADLINE": {"transparency": "busy"}}"#,
+            ),
+            r#"BLOCKER_DEADLINE.transparency: expected "opaque" or "transparent", got "busy""#
+                .to_owned(),
+        ),
+        (
+            file("colour.json", r#"{"BLOCKER_DEADLINE": {"colorId": "12"}}"#),
+            "BLOCKER_DEADLINE.colorId".to_owned(),
+        ),
+        (
+            file("typo.json", r#"{"BLOCKER_DEADLINE": {"colourId": "1"}}"#),
+            "BLOCKER_DEADLINE.colourId: is not a field defaults may set".to_owned(),
+        ),
+        (
+            file(
+                "reminders.json",
+                r#"{"BLOCKER_DEADLINE": {"reminders": {"useDefault": false, "overrides": [
+                    {"method": "popup", "minutes": 1}, {"method": "popup", "minutes": 2},
+                    {"method": "popup", "minutes": 3}, {"method": "popup", "minutes": 4},
+                    {"method": "popup", "minutes": 5}, {"method": "popup", "minutes": 6}]}}}"#,
+            ),
+            "BLOCKER_DEADLINE.reminders.overrides: has 6 reminders; Google allows at most 5"
+                .to_owned(),
+        ),
+    ];
+    for (path, expected) in cases {
+        let env = [
+            (
+                "DATABASE_URL",
+                "postgres://postgres@127.0.0.1:5432/postgres",
+            ),
+            ("TOKEN_ENCRYPTION_KEY", KEY),
+            ("GOOGLE_CLIENT_ID", "x"),
+            ("GOOGLE_CLIENT_SECRET", "y"),
+            ("CALENDAR_SYNC_EVENT_DEFAULTS_FILE", path.as_str()),
+        ];
+        let out = run(&["run"], &env);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+        assert!(
+            stderr.contains(&format!("CALENDAR_SYNC_EVENT_DEFAULTS_FILE {path}: ")),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&expected), "{expected:?} in {stderr:?}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn help_documents_each_variable_with_its_default() {
     let out = run(&["run", "--help"], &[]);

@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use serde::{Deserialize, Serialize};
 
+use crate::event_options::EventOptions;
 use crate::operation::CalendarKey;
 
 /// Private extended property naming the workspace that owns an event.
@@ -71,6 +72,7 @@ pub enum EventTime {
 ///     start: EventTime::Date(NaiveDate::from_ymd_opt(2025, 1, 15).unwrap()),
 ///     end: EventTime::Date(NaiveDate::from_ymd_opt(2025, 1, 16).unwrap()),
 ///     private_properties: BTreeMap::from([(PROP_SOURCE_ID.to_owned(), "42".to_owned())]),
+///     options: Default::default(),
 /// };
 /// assert_eq!(body.private_properties[PROP_SOURCE_ID], "42");
 /// ```
@@ -87,6 +89,12 @@ pub struct EventBody {
     pub end: EventTime,
     /// Private extended properties identifying our events.
     pub private_properties: BTreeMap<String, String>,
+    /// The optional fields, in one spelling per meaning: Google's defaults
+    /// are `None`, the link's title is resolved. Flattened and skipped when
+    /// `None`, so a body without them serialises (and hashes) as in earlier
+    /// releases, and bodies they stored still read.
+    #[serde(flatten)]
+    pub options: EventOptions,
 }
 
 /// An event as the calendar reports it.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use crate::error::Error;
+use crate::event_options::EventDefaults;
 
 /// How an [`OutboxDrainer`](crate::OutboxDrainer) claims, retries and stops.
 /// Every default matches the worker's environment variables in the README.
@@ -60,6 +61,11 @@ pub struct DrainerConfig {
     /// collapse into one Google call, at the price of as much pickup latency.
     /// Changes committed in one transaction collapse without it. Default: 0.
     pub settle: Duration,
+    /// Optional event fields per `eventType` (colour, busy/free, reminders…),
+    /// filling what a payload leaves out. They are part of the content hash:
+    /// a change rewrites each event of that type on its next upsert or
+    /// REBUILD_ALL. Default: none.
+    pub event_defaults: EventDefaults,
 }
 
 impl Default for DrainerConfig {
@@ -75,6 +81,7 @@ impl Default for DrainerConfig {
             shutdown_grace: Duration::from_secs(30),
             rebuild_chunk: 500,
             settle: Duration::ZERO,
+            event_defaults: EventDefaults::default(),
         }
     }
 }
@@ -112,6 +119,9 @@ impl DrainerConfig {
         }
         if self.settle > Duration::from_secs(3600) {
             return fail("settle must be at most an hour");
+        }
+        if let Err(error) = self.event_defaults.validate() {
+            return fail(&format!("event_defaults.{error}"));
         }
         Ok(())
     }

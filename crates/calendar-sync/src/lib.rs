@@ -77,7 +77,10 @@
 //!   caller's transaction; [`Operation::decode`] is the decoder the drainer
 //!   uses, with [`DecodeError`] naming the field; the payload types
 //!   [`OperationKind`], [`UpsertEvent`], [`EventDetails`], [`EventTiming`],
-//!   [`CalendarKey`], [`SourceKey`], [`SourceCursor`].
+//!   [`CalendarKey`], [`SourceKey`], [`SourceCursor`]; the optional event
+//!   fields [`EventOptions`] ([`Transparency`], [`Visibility`], [`ColorId`],
+//!   [`Reminders`], [`ReminderOverride`], [`ReminderMethod`]) and their
+//!   per-eventType [`EventDefaults`] (a [`DrainerConfig`] field).
 //! - **The calendar side:** the [`Calendar`] trait and its vocabulary
 //!   ([`EventBody`], [`EventTime`], [`EventPage`], [`RemoteEvent`],
 //!   [`ResolvedCalendar`], and the names of the private extended properties
@@ -124,6 +127,7 @@ pub mod crypto;
 mod db;
 mod engine;
 mod error;
+mod event_options;
 mod google;
 mod minute_counts;
 mod operation;
@@ -145,6 +149,10 @@ pub use db::connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};
 pub use db::migrate::migrate;
 pub use engine::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
+pub use event_options::{
+    ColorId, EventDefaults, EventOptions, ReminderMethod, ReminderOverride, Reminders,
+    Transparency, Visibility,
+};
 pub use google::auth::OAuthConfig;
 pub use google::budget::Budget;
 pub use google::{

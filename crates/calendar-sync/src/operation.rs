@@ -10,6 +10,11 @@ use std::str::FromStr;
 use chrono::{DateTime, FixedOffset, NaiveDate};
 use serde_json::{Map, Value, json};
 
+use crate::event_options::{
+    ColorId, EventDefaults, EventOptions, MAX_REMINDER_MINUTES, ReminderMethod, ReminderOverride,
+    Reminders, Transparency, Visibility,
+};
+
 /// Longest accepted workspace, calendar or source id. Ids travel in Google's
 /// private extended properties, whose values Google truncates past 1024 characters.
 pub(crate) const MAX_ID_LEN: usize = 1024;
@@ -201,6 +206,7 @@ pub enum EventTiming {
 ///     description: Some("Freeze at noon".into()),
 ///     timing: EventTiming::AllDay { first_day: day, last_day: day },
 ///     time_zone: None,
+///     options: Default::default(),
 /// };
 /// assert_eq!(release.title, "Release 2.0");
 /// ```
@@ -214,6 +220,9 @@ pub struct EventDetails {
     pub timing: EventTiming,
     /// Optional IANA time zone, validated against the tz database.
     pub time_zone: Option<String>,
+    /// Location, link back, busy/free, visibility, colour and reminders: each
+    /// `None` unless the producer (or the eventType's defaults) sets it.
+    pub options: EventOptions,
 }
 
 /// UPSERT_EVENT: make the source's event exist with this content.
@@ -235,6 +244,7 @@ pub struct EventDetails {
 ///         description: None,
 ///         timing: EventTiming::Timed { start: due, end: due + Duration::hours(1) },
 ///         time_zone: Some("Europe/Paris".into()),
+///         options: Default::default(),
 ///     },
 /// });
 /// // The payload `enqueue` writes, and the drainer decodes again:
@@ -255,6 +265,9 @@ pub struct UpsertEvent {
 }
 
 /// A decoded outbox payload.
+// One is decoded per item being applied, never kept by the thousand: a Box
+// would cost every producer's pattern match for a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
     /// Create or update one source's event.
@@ -412,6 +425,12 @@ impl Operation {
                 if let Some(tz) = &u.event.time_zone {
                     event["timeZone"] = json!(tz);
                 }
+                // The options serialise in the payload's own names, each only when set.
+                if let (Value::Object(event), Ok(Value::Object(options))) =
+                    (&mut event, serde_json::to_value(&u.event.options))
+                {
+                    event.extend(options);
+                }
                 json!({
                     "operation": "UPSERT_EVENT",
                     "workspaceId": u.source.calendar.workspace_id,
@@ -445,7 +464,7 @@ pub struct DecodeError {
 }
 
 impl DecodeError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub(crate) fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
             message: message.into(),
@@ -597,11 +616,177 @@ impl<'a> Fields<'a> {
             EventTiming::Timed { start, end }
         };
         Ok(EventDetails {
+            options: self.event_options()?,
             title,
             description,
             timing,
             time_zone,
         })
+    }
+
+    /// The optional fields of an event (see [`EventOptions`]).
+    fn event_options(&self) -> Result<EventOptions, DecodeError> {
+        let location = self.optional_str("location")?.map(str::to_owned);
+        let url = self.optional_str("url")?.map(str::to_owned);
+        let url_title = self.optional_str("urlTitle")?.map(str::to_owned);
+        let transparency = self.choice(
+            "transparency",
+            &[
+                ("opaque", Transparency::Opaque),
+                ("transparent", Transparency::Transparent),
+            ],
+        )?;
+        let visibility = self.choice(
+            "visibility",
+            &[
+                ("default", Visibility::Default),
+                ("public", Visibility::Public),
+                ("private", Visibility::Private),
+                ("confidential", Visibility::Confidential),
+            ],
+        )?;
+        let reminders = match self.optional("reminders") {
+            None => None,
+            Some(_) => Some(self.object("reminders")?.reminders()?),
+        };
+        let options = EventOptions {
+            location,
+            url,
+            url_title,
+            transparency,
+            visibility,
+            color_id: self.color_id("colorId")?,
+            reminders,
+        };
+        // Lengths, the URL and Google's reminder rules: the checks a
+        // configured default goes through too.
+        options
+            .validate()
+            .map_err(|e| DecodeError::new(self.field(&e.field), e.message))?;
+        Ok(options)
+    }
+
+    /// One of a fixed set of strings.
+    fn choice<T: Copy>(&self, name: &str, choices: &[(&str, T)]) -> Result<Option<T>, DecodeError> {
+        let expected = || {
+            let names: Vec<String> = choices.iter().map(|(n, _)| format!("{n:?}")).collect();
+            match names.split_last() {
+                Some((last, [])) => last.clone(),
+                Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+                None => String::new(),
+            }
+        };
+        match self.optional(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => choices
+                .iter()
+                .find(|(n, _)| n == s)
+                .map(|(_, v)| Some(*v))
+                .ok_or_else(|| {
+                    DecodeError::new(
+                        self.field(name),
+                        format!("expected {}, got {}", expected(), quote(s)),
+                    )
+                }),
+            Some(other) => Err(DecodeError::new(
+                self.field(name),
+                format!("expected {}, got {}", expected(), json_type(other)),
+            )),
+        }
+    }
+
+    /// A palette colour: `"1"` to `"11"`, or the number.
+    fn color_id(&self, name: &str) -> Result<Option<ColorId>, DecodeError> {
+        let bad = |shown: String| {
+            DecodeError::new(
+                self.field(name),
+                format!(
+                    "expected a colour of Google's event palette, \"1\" to \"11\", got {shown}"
+                ),
+            )
+        };
+        match self.optional(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| bad(quote(s))),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .and_then(ColorId::new)
+                .map(Some)
+                .ok_or_else(|| bad(n.to_string())),
+            Some(other) => Err(bad(json_type(other).to_owned())),
+        }
+    }
+
+    /// `{"useDefault": true}` or `{"useDefault": false, "overrides": [...]}`.
+    fn reminders(&self) -> Result<Reminders, DecodeError> {
+        let use_default = match self.optional("useDefault") {
+            Some(Value::Bool(b)) => *b,
+            None => return Err(DecodeError::new(self.field("useDefault"), "is missing")),
+            Some(other) => {
+                return Err(DecodeError::new(
+                    self.field("useDefault"),
+                    format!("must be a boolean, got {}", json_type(other)),
+                ));
+            }
+        };
+        let items = match self.optional("overrides") {
+            None => &[][..],
+            Some(Value::Array(items)) => items.as_slice(),
+            Some(other) => {
+                return Err(DecodeError::new(
+                    self.field("overrides"),
+                    format!("must be an array, got {}", json_type(other)),
+                ));
+            }
+        };
+        let mut overrides = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{}[{i}]", self.field("overrides"));
+            let Value::Object(obj) = item else {
+                return Err(DecodeError::new(
+                    path,
+                    format!("must be an object, got {}", json_type(item)),
+                ));
+            };
+            overrides.push(Fields { obj, path }.reminder_override()?);
+        }
+        Ok(Reminders {
+            use_default,
+            overrides,
+        })
+    }
+
+    fn reminder_override(&self) -> Result<ReminderOverride, DecodeError> {
+        let method = self
+            .choice(
+                "method",
+                &[
+                    ("popup", ReminderMethod::Popup),
+                    ("email", ReminderMethod::Email),
+                ],
+            )?
+            .ok_or_else(|| DecodeError::new(self.field("method"), "is missing"))?;
+        let minutes = match self.optional("minutes") {
+            None => return Err(DecodeError::new(self.field("minutes"), "is missing")),
+            Some(Value::Number(n)) => {
+                n.as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| {
+                        DecodeError::new(
+                            self.field("minutes"),
+                            format!("{n} is not a whole number in 0..={MAX_REMINDER_MINUTES}"),
+                        )
+                    })?
+            }
+            Some(other) => {
+                return Err(DecodeError::new(
+                    self.field("minutes"),
+                    format!("must be a number, got {}", json_type(other)),
+                ));
+            }
+        };
+        Ok(ReminderOverride { method, minutes })
     }
 
     fn timestamp(&self, name: &str) -> Result<DateTime<FixedOffset>, DecodeError> {
@@ -632,6 +817,63 @@ impl<'a> Fields<'a> {
                 )
             })
     }
+}
+
+/// The names an [`EventOptions`] has in a payload: the only keys a defaults
+/// file may use.
+const OPTION_FIELDS: &[&str] = &[
+    "location",
+    "url",
+    "urlTitle",
+    "transparency",
+    "visibility",
+    "colorId",
+    "reminders",
+];
+
+/// Decodes `{"EVENT_TYPE": {<optional event fields>}, ...}` (see
+/// [`EventDefaults::from_json`]).
+pub(crate) fn decode_event_defaults(value: &Value) -> Result<EventDefaults, DecodeError> {
+    let Value::Object(types) = value else {
+        return Err(DecodeError::new(
+            "defaults",
+            format!(
+                "must be an object of eventType to fields, got {}",
+                json_type(value)
+            ),
+        ));
+    };
+    let mut defaults = EventDefaults::default();
+    for (event_type, fields) in types {
+        if event_type.trim().is_empty() || event_type.chars().count() > MAX_TYPE_LEN {
+            return Err(DecodeError::new(
+                quote(event_type),
+                format!("an eventType must have 1 to {MAX_TYPE_LEN} characters"),
+            ));
+        }
+        let Value::Object(obj) = fields else {
+            return Err(DecodeError::new(
+                event_type.clone(),
+                format!("must be an object, got {}", json_type(fields)),
+            ));
+        };
+        if let Some(unknown) = obj.keys().find(|k| !OPTION_FIELDS.contains(&k.as_str())) {
+            return Err(DecodeError::new(
+                format!("{event_type}.{unknown}"),
+                format!(
+                    "is not a field defaults may set ({})",
+                    OPTION_FIELDS.join(", ")
+                ),
+            ));
+        }
+        let options = Fields {
+            obj,
+            path: event_type.clone(),
+        }
+        .event_options()?;
+        defaults.by_event_type.insert(event_type.clone(), options);
+    }
+    Ok(defaults)
 }
 
 fn json_type(value: &Value) -> &'static str {

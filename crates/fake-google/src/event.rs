@@ -107,6 +107,86 @@ pub(crate) fn check_times(ev: &Map<String, Value>) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Google's event palette: `colorId` "1" to "11" (colors.get, `event` section).
+pub const EVENT_COLOR_IDS: std::ops::RangeInclusive<u8> = 1..=11;
+/// Most reminder overrides per event.
+pub const MAX_REMINDER_OVERRIDES: usize = 5;
+/// Latest reminder, in minutes before the start (four weeks).
+pub const MAX_REMINDER_MINUTES: i64 = 40_320;
+
+/// Checks the optional fields Google validates: `colorId` in the palette,
+/// `transparency`, `visibility`, `source.url` (http or https), and
+/// `reminders` (at most 5 overrides of popup or email, 0 to 40320 minutes, none
+/// with `useDefault`). The reasons and texts of these 400s are UNCONFIRMED
+/// beyond "The maximum number of override reminders is 5" (the reference).
+pub(crate) fn check_fields(ev: &Map<String, Value>) -> Result<(), ApiError> {
+    let invalid = |field: &str| Err(ApiError::invalid(&format!("Invalid value for: {field}")));
+    if let Some(color) = ev.get("colorId").filter(|v| !v.is_null()) {
+        let in_palette = color
+            .as_str()
+            .and_then(|c| c.parse::<u8>().ok())
+            .is_some_and(|c| EVENT_COLOR_IDS.contains(&c));
+        if !in_palette {
+            return invalid("colorId");
+        }
+    }
+    let one_of = |field: &str, allowed: &[&str]| match ev.get(field) {
+        None | Some(Value::Null) => Ok(()),
+        Some(Value::String(s)) if allowed.contains(&s.as_str()) => Ok(()),
+        Some(_) => invalid(field),
+    };
+    one_of("transparency", &["opaque", "transparent"])?;
+    one_of(
+        "visibility",
+        &["default", "public", "private", "confidential"],
+    )?;
+    if let Some(url) = ev.get("source").and_then(|s| s.get("url")) {
+        let http = url.as_str().is_some_and(|u| {
+            let lower = u.to_ascii_lowercase();
+            lower.starts_with("http://") || lower.starts_with("https://")
+        });
+        if !http {
+            return invalid("source.url");
+        }
+    }
+    check_reminders(ev.get("reminders"))
+}
+
+fn check_reminders(reminders: Option<&Value>) -> Result<(), ApiError> {
+    let Some(Value::Object(r)) = reminders else {
+        return Ok(());
+    };
+    let overrides = match r.get("overrides") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Array(o)) => o,
+        Some(_) => return Err(ApiError::invalid("Invalid value for: reminders.overrides")),
+    };
+    if overrides.len() > MAX_REMINDER_OVERRIDES {
+        return Err(ApiError::invalid(
+            "The maximum number of override reminders is 5.",
+        ));
+    }
+    if r.get("useDefault").and_then(Value::as_bool) == Some(true) && !overrides.is_empty() {
+        return Err(ApiError::bad_request(
+            "Cannot specify both default reminders and overrides at the same time.",
+        ));
+    }
+    for o in overrides {
+        let method_ok = matches!(
+            o.get("method").and_then(Value::as_str),
+            Some("popup" | "email")
+        );
+        let minutes_ok = o
+            .get("minutes")
+            .and_then(Value::as_i64)
+            .is_some_and(|m| (0..=MAX_REMINDER_MINUTES).contains(&m));
+        if !method_ok || !minutes_ok {
+            return Err(ApiError::invalid("Invalid value for: reminders.overrides"));
+        }
+    }
+    Ok(())
+}
+
 /// The event's [start, end) as instants (dates at UTC midnight), for timeMin/timeMax.
 pub(crate) fn span(ev: &Map<String, Value>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {
     let inst = |w: When| match w {
@@ -204,6 +284,32 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn optional_fields_google_refuses() {
+        let popup = |minutes: i64| json!({"method": "popup", "minutes": minutes});
+        let ok = obj(json!({
+            "colorId": "11", "transparency": "transparent", "visibility": "private",
+            "source": {"url": "https://app.example/t/1", "title": "Task"},
+            "reminders": {"useDefault": false, "overrides": [popup(0), popup(40320)]},
+        }));
+        assert!(check_fields(&ok).is_ok());
+        for bad in [
+            json!({"colorId": "12"}),
+            json!({"colorId": "0"}),
+            json!({"colorId": 5}),
+            json!({"transparency": "busy"}),
+            json!({"visibility": "secret"}),
+            json!({"source": {"url": "ftp://x.example"}}),
+            json!({"reminders": {"useDefault": false, "overrides": [popup(1), popup(2), popup(3), popup(4), popup(5), popup(6)]}}),
+            json!({"reminders": {"useDefault": false, "overrides": [popup(40321)]}}),
+            json!({"reminders": {"useDefault": false, "overrides": [{"method": "sms", "minutes": 5}]}}),
+            json!({"reminders": {"useDefault": true, "overrides": [popup(5)]}}),
+        ] {
+            let error = check_fields(&obj(bad.clone())).unwrap_err();
+            assert_eq!(error.status, 400, "{bad}");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use serde_json::{Map, Value, json};
 
 use crate::errors::ApiError;
 use crate::event::{
-    check_times, generate_id, is_valid_event_id, merge_patch, normalize_ext_props, rfc3339,
-    strip_read_only,
+    check_fields, check_times, generate_id, is_valid_event_id, merge_patch, normalize_ext_props,
+    rfc3339, strip_read_only,
 };
 use crate::switches::CancelledWritePolicy;
 
@@ -142,6 +142,7 @@ impl Store {
             return Err(ApiError::invalid_id());
         }
         check_times(&body)?;
+        check_fields(&body)?;
         normalize_ext_props(&mut body)?;
         let calendar = self.cal_mut(cal)?;
         if id.as_deref().is_some_and(|id| calendar.find(id).is_some()) {
@@ -232,6 +233,7 @@ impl Store {
         ctx: &WriteCtx,
     ) -> Result<Value, ApiError> {
         check_times(&new)?;
+        check_fields(&new)?;
         normalize_ext_props(&mut new)?;
         if was_cancelled {
             match ctx.cancelled_policy {

@@ -699,3 +699,103 @@ async fn production_connector_with_https_or_http_reaches_the_fake() {
         .unwrap();
     assert_eq!(ev.id.as_deref(), Some("rustls001"));
 }
+
+/// The optional fields the drainer sends, on a client event.
+fn with_fields(mut v: Value, fields: &Value) -> Event {
+    for (k, x) in fields.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    serde_json::from_value(v).unwrap()
+}
+
+#[tokio::test]
+async fn optional_fields_are_stored_and_returned_on_every_read() {
+    let (_g, hub) = setup().await;
+    let base =
+        serde_json::to_value(event(Some("evfields01"), "Ship", json!({"ws": "w1"}))).unwrap();
+    let first = json!({
+        "location": "Room 4",
+        "source": {"url": "https://app.example/t/1", "title": "Task 1"},
+        "transparency": "transparent",
+        "visibility": "private",
+        "colorId": "11",
+        "reminders": {"useDefault": false, "overrides": [
+            {"method": "popup", "minutes": 60}, {"method": "email", "minutes": 1440}]},
+    });
+    let fields = |ev: &Event| {
+        let v = serde_json::to_value(ev).unwrap();
+        json!({
+            "location": v["location"], "source": v["source"], "transparency": v["transparency"],
+            "visibility": v["visibility"], "colorId": v["colorId"], "reminders": v["reminders"],
+        })
+    };
+    let (_, inserted) = hub
+        .events()
+        .insert(with_fields(base.clone(), &first), ALICE)
+        .doit()
+        .await
+        .unwrap();
+    assert_eq!(fields(&inserted), first);
+    let (_, got) = hub.events().get(ALICE, "evfields01").doit().await.unwrap();
+    assert_eq!(fields(&got), first);
+
+    let second = json!({
+        "location": "Room 5",
+        "source": {"url": "http://app.example/t/2", "title": "Task 2"},
+        "transparency": "opaque",
+        "visibility": "public",
+        "colorId": "1",
+        "reminders": {"useDefault": false, "overrides": [{"method": "popup", "minutes": 0}]},
+    });
+    let (_, updated) = hub
+        .events()
+        .update(with_fields(base, &second), ALICE, "evfields01")
+        .doit()
+        .await
+        .unwrap();
+    assert_eq!(fields(&updated), second);
+    let (_, listed) = hub.events().list(ALICE).doit().await.unwrap();
+    assert_eq!(fields(&listed.items.unwrap()[0]), second);
+}
+
+#[tokio::test]
+async fn optional_fields_google_refuses_are_400_on_insert_and_update() {
+    let (g, hub) = setup().await;
+    let base = serde_json::to_value(event(Some("evfields02"), "Ship", json!({}))).unwrap();
+    hub.events()
+        .insert(with_fields(base.clone(), &json!({})), ALICE)
+        .doit()
+        .await
+        .unwrap();
+    let popup = |minutes: u32| json!({"method": "popup", "minutes": minutes});
+    let refused = [
+        json!({"reminders": {"useDefault": false,
+            "overrides": [popup(1), popup(2), popup(3), popup(4), popup(5), popup(6)]}}),
+        json!({"reminders": {"useDefault": false, "overrides": [popup(40321)]}}),
+        json!({"colorId": "12"}),
+        json!({"colorId": "0"}),
+        json!({"transparency": "busy"}),
+        json!({"visibility": "secret"}),
+        json!({"source": {"url": "ftp://app.example/t/1"}}),
+    ];
+    for fields in refused {
+        let mut new = base.clone();
+        new["id"] = json!("evfields03");
+        let body = bad_request(
+            hub.events()
+                .insert(with_fields(new, &fields), ALICE)
+                .doit()
+                .await,
+        );
+        assert_eq!(body["error"]["code"], 400, "insert {fields}: {body}");
+        assert!(body["error"]["errors"][0]["reason"].is_string(), "{body}");
+        let body = bad_request(
+            hub.events()
+                .update(with_fields(base.clone(), &fields), ALICE, "evfields02")
+                .doit()
+                .await,
+        );
+        assert_eq!(body["error"]["code"], 400, "update {fields}: {body}");
+    }
+    assert_eq!(g.events(ALICE).len(), 1);
+}

@@ -19,6 +19,7 @@ use serde_json::json;
 use crate::apply::{ApplyError, event_body};
 use crate::calendar::EventBody;
 use crate::db::Database;
+use crate::event_options::EventDefaults;
 use crate::operation::{CalendarKey, EventDetails, Operation, SourceKey, UpsertEvent};
 use crate::store;
 
@@ -103,6 +104,7 @@ pub type SourceFuture<'a> = Pin<
 ///                             description: None,
 ///                             timing: EventTiming::AllDay { first_day: due, last_day: due },
 ///                             time_zone: None,
+///                             options: Default::default(),
 ///                         },
 ///                     }
 ///                 })
@@ -172,16 +174,17 @@ impl Desired {
         names: &[CalendarKey],
         after: Option<&SourceCursor>,
         limit: usize,
+        defaults: &EventDefaults,
     ) -> Result<Vec<Wanted>, ApplyError> {
         let (first, others) = names.split_first().expect("a calendar has a name");
         if others.is_empty() || matches!(self, Self::Bindings) {
-            return self.page(db, first, after, limit).await;
+            return self.page(db, first, after, limit, defaults).await;
         }
         // Each name's page holds its first `limit` sources, so the first
         // `limit` of their union are exactly the union's first `limit`.
         let mut union: BTreeMap<SourceCursor, Wanted> = BTreeMap::new();
         for name in names {
-            for wanted in self.page(db, name, after, limit).await? {
+            for wanted in self.page(db, name, after, limit, defaults).await? {
                 union.entry(wanted.cursor.clone()).or_insert(wanted);
             }
         }
@@ -195,6 +198,7 @@ impl Desired {
         calendar: &CalendarKey,
         after: Option<&SourceCursor>,
         limit: usize,
+        defaults: &EventDefaults,
     ) -> Result<Vec<Wanted>, ApplyError> {
         let mut page: Vec<Wanted> = match self {
             Self::Source(source) => source
@@ -204,6 +208,7 @@ impl Desired {
                 .into_iter()
                 .map(|d| {
                     wanted(
+                        defaults,
                         calendar,
                         d.source_type,
                         d.source_id,
@@ -238,6 +243,7 @@ impl Desired {
                 };
                 let event_type = row.event_type.unwrap_or_default();
                 wanted(
+                    defaults,
                     calendar,
                     row.source_type,
                     row.source_id,
@@ -270,7 +276,10 @@ impl Desired {
     }
 }
 
+/// A desired source with its body as an upsert would write it: the
+/// eventType's defaults merged first, so that a rebuild and an upsert agree.
 fn wanted(
+    defaults: &EventDefaults,
     calendar: &CalendarKey,
     source_type: String,
     source_id: String,
@@ -282,7 +291,8 @@ fn wanted(
         source_type: source_type.clone(),
         source_id: source_id.clone(),
     };
-    let body = details.map(|event| {
+    let body = details.map(|mut event| {
+        event.options = defaults.apply(&event_type, event.options);
         event_body(&UpsertEvent {
             source,
             event_type: event_type.clone(),

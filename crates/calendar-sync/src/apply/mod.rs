@@ -159,6 +159,7 @@ pub fn event_body(upsert: &UpsertEvent) -> EventBody {
         start,
         end,
         private_properties: source_properties(&upsert.source, Some(&upsert.event_type)),
+        options: event.options.clone().canonical(&event.title),
     }
 }
 

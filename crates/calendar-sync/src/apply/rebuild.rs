@@ -28,6 +28,7 @@ use crate::apply::{
 use crate::calendar::{
     Calendar, EventBody, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
 };
+use crate::config::DrainerConfig;
 use crate::db::Database;
 use crate::operation::SourceCursor;
 use crate::operation::{CalendarKey, SourceKey};
@@ -82,11 +83,12 @@ pub(crate) async fn rebuild<C: Calendar>(
     calendar: &C,
     db: &Database,
     source: Option<&Arc<dyn EventSource>>,
-    chunk: usize,
+    config: &DrainerConfig,
     item: &ClaimedItem,
     target: &CalendarKey,
     named: &str,
 ) -> Result<Applied, ApplyError> {
+    let chunk = config.rebuild_chunk;
     let desired = Desired::choose(source, db).await?;
     let mut progress: Progress = item
         .result
@@ -126,7 +128,7 @@ pub(crate) async fn rebuild<C: Calendar>(
 
     let after = pass.progress.cursor.clone();
     let page = desired
-        .page_of_names(db, &names, after.as_ref(), chunk)
+        .page_of_names(db, &names, after.as_ref(), chunk, &config.event_defaults)
         .await?;
     let upto = (page.len() >= chunk)
         .then(|| page.last().map(|w| w.cursor.clone()))

@@ -221,6 +221,10 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
         Ok(op) => op,
         Err(e) => return Verdict::Invalid(e),
     };
+    if let Operation::UpsertEvent(u) = &mut operation {
+        let options = std::mem::take(&mut u.event.options);
+        u.event.options = shared.config.event_defaults.apply(&u.event_type, options);
+    }
     let named = operation.calendar().clone();
     match resolve(shared, item, &named).await {
         Ok(Some(id)) => operation.set_calendar_id(id),
@@ -233,9 +237,9 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
         Operation::UpsertEvent(u) => apply::upsert(calendar, db, item, u).await,
         Operation::CancelEvent(s) => apply::cancel(calendar, item, s).await,
         Operation::RebuildAll(c) => {
-            let chunk = shared.config.rebuild_chunk;
             let source = shared.event_source.as_ref();
-            rebuild::rebuild(calendar, db, source, chunk, item, c, &named.calendar_id).await
+            let config = &shared.config;
+            rebuild::rebuild(calendar, db, source, config, item, c, &named.calendar_id).await
         }
     };
     match applied {

@@ -17,7 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use google_calendar3::CalendarHub;
-use google_calendar3::api::{Event, EventDateTime, EventExtendedProperties};
+use google_calendar3::api::{
+    Event, EventDateTime, EventExtendedProperties, EventReminder, EventReminders,
+    EventSource as GoogleEventSource,
+};
 use google_calendar3::common::{Delegate, Response, Retry};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
@@ -34,6 +37,7 @@ use crate::crypto::TokenCipher;
 use crate::db::Database;
 use crate::engine::backoff::parse_retry_after;
 use crate::error::Error;
+use crate::event_options::{EventOptions, ReminderOverride, Reminders};
 use crate::google::auth::{OAuthConfig, Tokens};
 use crate::google::breaker::{Breakers, Change};
 use crate::google::evict::IdleMap;
@@ -808,8 +812,86 @@ fn to_google(id: Option<&str>, body: &EventBody) -> Event {
             private: Some(body.private_properties.clone().into_iter().collect()),
             shared: None,
         }),
+        ..options_to_google(&body.options)
+    }
+}
+
+/// The optional fields in Google's names. Reminders are always sent: a full
+/// update without them would keep no overrides, but saying so is clearer.
+fn options_to_google(options: &EventOptions) -> Event {
+    let reminders = options
+        .reminders
+        .clone()
+        .unwrap_or_else(Reminders::calendar_default);
+    Event {
+        location: options.location.clone(),
+        source: options.url.as_ref().map(|url| GoogleEventSource {
+            url: Some(url.clone()),
+            title: options.url_title.clone(),
+        }),
+        transparency: options.transparency.map(|t| enum_name(&t)),
+        visibility: options.visibility.map(|v| enum_name(&v)),
+        color_id: options.color_id.map(String::from),
+        reminders: Some(EventReminders {
+            use_default: Some(reminders.use_default),
+            overrides: (!reminders.use_default).then(|| {
+                reminders
+                    .overrides
+                    .iter()
+                    .map(|o| EventReminder {
+                        method: Some(enum_name(&o.method)),
+                        minutes: i32::try_from(o.minutes).ok(),
+                    })
+                    .collect()
+            }),
+        }),
         ..Default::default()
     }
+}
+
+/// The serde name of one of our unit enums (`Transparency::Transparent` →
+/// `transparent`), which is Google's.
+fn enum_name<T: serde::Serialize>(value: &T) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+/// One of our unit enums from Google's name for it (see `enum_name`).
+fn parse<T: serde::de::DeserializeOwned>(name: &Option<String>) -> Option<T> {
+    let name = name.as_ref()?;
+    serde_json::from_value(serde_json::Value::String(name.clone())).ok()
+}
+
+/// Google's optional fields read back, in the body's spelling (see
+/// `EventOptions::canonical`); a value we cannot represent reads as absent.
+fn options_from_google(event: &Event, summary: &str) -> EventOptions {
+    let reminders = event.reminders.as_ref().map(|r| Reminders {
+        use_default: r.use_default.unwrap_or(false),
+        overrides: r
+            .overrides
+            .iter()
+            .flatten()
+            .filter_map(|o| {
+                Some(ReminderOverride {
+                    method: parse(&o.method)?,
+                    minutes: u32::try_from(o.minutes?).ok()?,
+                })
+            })
+            .collect(),
+    });
+    EventOptions {
+        location: event.location.clone(),
+        url: event.source.as_ref().and_then(|s| s.url.clone()),
+        url_title: event.source.as_ref().and_then(|s| s.title.clone()),
+        transparency: parse(&event.transparency),
+        visibility: parse(&event.visibility),
+        color_id: event.color_id.as_ref().and_then(|c| c.parse().ok()),
+        // Google's default when absent.
+        reminders: reminders.or_else(|| Some(Reminders::calendar_default())),
+    }
+    .canonical(summary)
 }
 
 fn from_google(event: Event) -> Result<RemoteEvent, CalendarError> {
@@ -843,6 +925,7 @@ fn from_google(event: Event) -> Result<RemoteEvent, CalendarError> {
                 .and_then(|p| p.private.clone())
                 .map(|p| p.into_iter().collect::<BTreeMap<_, _>>())
                 .unwrap_or_default(),
+            options: options_from_google(&event, event.summary.as_deref().unwrap_or_default()),
         }),
         _ => None,
     };
