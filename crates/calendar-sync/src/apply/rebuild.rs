@@ -214,6 +214,8 @@ impl<C: Calendar> Pass<'_, C> {
                         id: event.id.clone(),
                         generation,
                         etag: event.etag.clone(),
+                        html_link: event.html_link.clone(),
+                        written: false,
                     };
                     self.put(&live_binding(&source, &wanted.event_type, body, written))
                         .await?;
@@ -281,7 +283,8 @@ impl<C: Calendar> Pass<'_, C> {
         bound: &StoredBinding,
     ) -> Result<(), ApplyError> {
         let id = &bound.binding.google_event_id;
-        if self.remote.contains_key(id) {
+        let present = self.remote.contains_key(id);
+        if present {
             self.delete(id).await?;
         }
         self.put(&BindingWrite {
@@ -293,6 +296,8 @@ impl<C: Calendar> Pass<'_, C> {
             content_hash: None,
             content: None,
             event_type: None,
+            html_link: None,
+            written: present,
         })
         .await
     }

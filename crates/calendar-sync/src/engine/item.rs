@@ -11,10 +11,12 @@ use crate::db::Database;
 use crate::db::connect::cause;
 use crate::engine::Shared;
 use crate::engine::backoff::retry_delay;
+use crate::engine::outcomes::Outcome;
+use crate::engine::outcomes::{self, OutcomeKind};
 use crate::error::Error;
 use crate::minute_counts;
 use crate::operation::{CalendarKey, DecodeError, Operation, OperationKind};
-use crate::store::{self, ClaimedItem, Completion, FailureStatus, Resolution, Wait};
+use crate::store::{self, ClaimedItem, Completion, FailureStatus, Invalidated, Resolution, Wait};
 
 /// What became of an item, for the drain report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +144,7 @@ pub(crate) async fn record_successes<C: Calendar>(
             let ids: std::collections::HashSet<_> = ids.into_iter().collect();
             for (item, applied) in &done {
                 let outcome = if ids.contains(&item.id) {
+                    announce_completed(shared, item, applied);
                     ItemOutcome::Completed {
                         changed: applied.changed,
                     }
@@ -291,6 +294,39 @@ async fn resolve<C: Calendar>(
     }
 }
 
+/// Tells the drainer's subscribers of a completed item (committed).
+fn announce_completed<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem, applied: &Applied) {
+    if shared.outcomes.wants(OutcomeKind::Completed)
+        && let Some(outcome) = outcomes::completed(item, applied)
+    {
+        shared.outcomes.publish(&outcome);
+    }
+}
+
+/// Tells the drainer's subscribers of an item's recorded outcome, when it is
+/// one they can subscribe to.
+fn announce<C: Calendar>(
+    shared: &Shared<C>,
+    item: &ClaimedItem,
+    verdict: &Verdict,
+    outcome: ItemOutcome,
+) {
+    match (verdict, outcome) {
+        (Verdict::Done(applied), ItemOutcome::Completed { .. }) => {
+            announce_completed(shared, item, applied);
+        }
+        (_, ItemOutcome::DeadLettered { .. })
+            if shared.outcomes.wants(OutcomeKind::DeadLettered) =>
+        {
+            let last_error = verdict.failure().unwrap_or_default();
+            shared
+                .outcomes
+                .publish(&outcomes::dead_lettered(item, &last_error));
+        }
+        _ => {}
+    }
+}
+
 /// Tries at recording one outcome: 100 ms, 200 ms … 5 s apart, about 16 s in
 /// all, so that a lock held for a while by another session (a lock_timeout, a
 /// deadlock victim) costs a wait, not a repeated Google call.
@@ -307,6 +343,7 @@ async fn record<C: Calendar>(
         match record_once(shared, item, verdict).await {
             Ok(outcome) => {
                 note(&shared.db, item, Some(verdict), outcome);
+                announce(shared, item, verdict, outcome);
                 return outcome;
             }
             Err(e) if attempt == 0 || attempt + 1 == RECORD_ATTEMPTS => {
@@ -407,12 +444,24 @@ async fn record_failure<C: Calendar>(
             // limits: `GoogleConfig::usage_limit_pause`); one that does not say
             // waits the longest retry delay.
             let pause = error.retry_after.unwrap_or(config.backoff_cap);
-            defer(&*pooled, item, pause, &message, Wait::Other).await?
+            let outcome = defer(&*pooled, item, pause, &message, Wait::Other).await?;
+            if outcome == ItemOutcome::Deferred && error.kind == CalendarErrorKind::UsageLimited {
+                let until = chrono::Utc::now()
+                    + chrono::TimeDelta::from_std(pause).unwrap_or(chrono::TimeDelta::MAX);
+                shared.outcomes.publish_pause(workspace_id, until);
+            }
+            outcome
         }
         ErrorClass::ConnectionInvalid => {
-            let (status, others) =
-                invalidate_connection(pooled, item, workspace_id, &message).await?;
-            dead_or_lost(status, others)
+            let invalidated = invalidate_connection(pooled, item, workspace_id, &message).await?;
+            if invalidated.connection_changed {
+                shared.outcomes.publish(&Outcome::ConnectionInvalidated {
+                    workspace_id: workspace_id.to_owned(),
+                    reason: message.clone(),
+                    dead_lettered: invalidated.others,
+                });
+            }
+            dead_or_lost(invalidated.status, invalidated.others)
         }
     })
 }
@@ -442,7 +491,7 @@ async fn invalidate_connection(
     item: &ClaimedItem,
     workspace_id: &str,
     error: &str,
-) -> Result<(FailureStatus, u64), Error> {
+) -> Result<Invalidated, Error> {
     let tx = client.transaction().await?;
     store::lock_claims(&tx).await?;
     let result = store::invalidate_connection(&tx, item, workspace_id, error).await?;
