@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use calendar_sync::{DrainerConfig, OperationKind, Outcome, OutcomeKind};
-use calendar_sync_tests::{CLIENT_ID, GoogleEnv, fast_config, upsert};
+use calendar_sync_tests::{CLIENT_ID, GoogleEnv, cancel, fast_config, rebuild, upsert};
 use chrono::{DateTime, Utc};
 use fake_google::{Fault, FaultKind};
 use futures_util::StreamExt;
@@ -174,6 +174,37 @@ async fn subscribers_hear_completed_and_dead_lettered_items_after_they_commit() 
         format!("[{code}] {message}")
     );
     assert_eq!((all.dropped(), dead_only.dropped()), (0, 0));
+}
+
+#[tokio::test]
+async fn completed_outcomes_name_the_calendar_by_its_own_id_whatever_the_payload_says() {
+    let e = GoogleEnv::start(&["w1"]).await;
+    let d = e.drainer();
+    let mut s = d.subscribe(&[OutcomeKind::Completed]);
+    // A cancel of a source never synced and a rebuild: no binding is written
+    // with either, so the calendar comes from the item itself.
+    e.t.insert("CANCEL_EVENT", cancel("w1", "primary", "never"))
+        .await;
+    e.t.insert("REBUILD_ALL", rebuild("w1", "primary")).await;
+    e.t.drain_until_idle(&d).await;
+    let calendars: Vec<(OperationKind, String)> = received(&mut s)
+        .into_iter()
+        .map(|o| match o {
+            Outcome::Completed {
+                operation,
+                calendar_id,
+                ..
+            } => (operation, calendar_id),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        calendars,
+        [
+            (OperationKind::CancelEvent, CAL1.to_owned()),
+            (OperationKind::RebuildAll, CAL1.to_owned())
+        ]
+    );
 }
 
 #[tokio::test]

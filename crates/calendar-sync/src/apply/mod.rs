@@ -43,6 +43,9 @@ pub(crate) struct Applied {
     pub changed: bool,
     /// The work is not finished: store `result` as a checkpoint and come back.
     pub continue_later: bool,
+    /// The calendar by its own id, which the engine fills in for the
+    /// announcement of the outcome (the payload may say `primary`).
+    pub calendar: Option<CalendarKey>,
 }
 
 impl Applied {
@@ -53,6 +56,7 @@ impl Applied {
             result: None,
             changed: false,
             continue_later: false,
+            calendar: None,
         }
     }
 }
@@ -261,6 +265,7 @@ pub(crate) async fn upsert<C: Calendar>(
         result: None,
         changed: true,
         continue_later: false,
+        calendar: None,
     })
 }
 
@@ -577,6 +582,7 @@ pub(crate) async fn cancel<C: Calendar>(
         result: None,
         changed: true,
         continue_later: false,
+        calendar: None,
     })
 }
 

@@ -144,6 +144,7 @@ pub(crate) async fn rebuild<C: Calendar>(
             result: Some(serde_json::to_value(&pass.progress).expect("progress serialises")),
             changed: true,
             continue_later: true,
+            calendar: None,
         });
     }
     pass.delete_orphans().await?;
@@ -154,6 +155,7 @@ pub(crate) async fn rebuild<C: Calendar>(
         changed: p.created + p.updated + p.deleted > 0,
         result: Some(serde_json::to_value(p).expect("progress serialises")),
         continue_later: false,
+        calendar: None,
     })
 }
 

@@ -55,7 +55,7 @@ impl ItemOutcome {
 
 /// What applying the operation came to, before it is recorded.
 enum Verdict {
-    Done(Applied),
+    Done(Box<Applied>),
     Invalid(DecodeError),
     Failed {
         error: CalendarError,
@@ -103,7 +103,7 @@ pub(crate) async fn process<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem)
     metrics::histogram!("calendar_sync_attempt_duration_seconds", "operation" => operation_label(&item.operation))
         .record(started.elapsed().as_secs_f64());
     match verdict {
-        Verdict::Done(applied) if !applied.continue_later => Processed::Done(Box::new(applied)),
+        Verdict::Done(applied) if !applied.continue_later => Processed::Done(applied),
         verdict => Processed::Recorded(record(shared, item, &verdict).await),
     }
 }
@@ -158,7 +158,7 @@ pub(crate) async fn record_successes<C: Calendar>(
         Err(e) => {
             tracing::warn!(error = %e, items = done.len(), "could not record finished items together; recording them one by one");
             for (item, applied) in done {
-                outcomes.push(record(shared, &item, &Verdict::Done(applied)).await);
+                outcomes.push(record(shared, &item, &Verdict::Done(Box::new(applied))).await);
             }
         }
     }
@@ -242,7 +242,10 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
         }
     };
     match applied {
-        Ok(applied) => Verdict::Done(applied),
+        Ok(mut applied) => {
+            applied.calendar = Some(operation.calendar().clone());
+            Verdict::Done(Box::new(applied))
+        }
         Err(ApplyError::Calendar(error)) => Verdict::Failed {
             error,
             workspace_id: operation.workspace_id().to_owned(),

@@ -262,8 +262,9 @@ impl OutcomeHub {
     }
 }
 
-/// The announcement of a completed item: the source and event from the
-/// binding written with it, else from the payload and the claim's binding.
+/// The announcement of a completed item: the calendar as the engine resolved
+/// it, the source from the payload, the event from the binding written with
+/// it, else the claim's.
 pub(crate) fn completed(item: &ClaimedItem, applied: &Applied) -> Option<Outcome> {
     let operation = Operation::decode(&item.operation, &item.payload).ok()?;
     let (source_type, source_id) = match &operation {
@@ -272,9 +273,9 @@ pub(crate) fn completed(item: &ClaimedItem, applied: &Applied) -> Option<Outcome
         Operation::RebuildAll(_) => (None, None),
     };
     let calendar = applied
-        .binding
+        .calendar
         .as_ref()
-        .map_or_else(|| operation.calendar(), |b| &b.source.calendar);
+        .unwrap_or_else(|| operation.calendar());
     let google_event_id = applied
         .binding
         .as_ref()
