@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use calendar_sync::{DrainerConfig, OperationKind, Outcome, OutcomeKind};
 use calendar_sync_tests::{CLIENT_ID, GoogleEnv, cancel, fast_config, rebuild, upsert};
 use chrono::{DateTime, Utc};
@@ -65,12 +67,17 @@ async fn bindings_keep_etag_html_link_and_last_write_and_a_no_op_upsert_leaves_t
     assert_eq!(inserted.state, "LIVE");
     assert_eq!(inserted.etag.as_deref(), google["etag"].as_str());
     assert_eq!(inserted.html_link.as_deref(), google["htmlLink"].as_str());
-    assert!(
-        inserted
-            .html_link
-            .as_deref()
-            .unwrap()
-            .starts_with("https://www.google.com/calendar/event?eid=")
+    // As Google builds it: eid is base64url (no padding) of "<event id> <calendar id>".
+    let eid = inserted
+        .html_link
+        .as_deref()
+        .unwrap()
+        .strip_prefix("https://www.google.com/calendar/event?eid=")
+        .unwrap();
+    let eid = URL_SAFE_NO_PAD.decode(eid).unwrap();
+    assert_eq!(
+        String::from_utf8(eid).unwrap(),
+        format!("{} {CAL1}", inserted.google_event_id)
     );
     assert!(inserted.last_written_at.is_some());
 
