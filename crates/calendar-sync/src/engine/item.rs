@@ -11,8 +11,7 @@ use crate::db::Database;
 use crate::db::connect::cause;
 use crate::engine::Shared;
 use crate::engine::backoff::retry_delay;
-use crate::engine::outcomes::Outcome;
-use crate::engine::outcomes::{self, OutcomeKind};
+use crate::engine::outcomes::{self, Outcome, OutcomeKind};
 use crate::error::Error;
 use crate::minute_counts;
 use crate::operation::{CalendarKey, DecodeError, Operation, OperationKind};
@@ -449,9 +448,9 @@ async fn record_failure<C: Calendar>(
             let pause = error.retry_after.unwrap_or(config.backoff_cap);
             let outcome = defer(&*pooled, item, pause, &message, Wait::Other).await?;
             if outcome == ItemOutcome::Deferred && error.kind == CalendarErrorKind::UsageLimited {
-                let until = chrono::Utc::now()
-                    + chrono::TimeDelta::from_std(pause).unwrap_or(chrono::TimeDelta::MAX);
-                shared.outcomes.publish_pause(workspace_id, until);
+                shared
+                    .outcomes
+                    .publish_pause(workspace_id, outcomes::pause_end(pause));
             }
             outcome
         }

@@ -316,6 +316,15 @@ pub(crate) fn dead_lettered(item: &ClaimedItem, last_error: &str) -> Outcome {
     }
 }
 
+/// When a pause of `pause` from now ends (the end of time for a pause too
+/// long to add).
+pub(crate) fn pause_end(pause: std::time::Duration) -> DateTime<Utc> {
+    chrono::TimeDelta::from_std(pause)
+        .ok()
+        .and_then(|pause| Utc::now().checked_add_signed(pause))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 /// `[code] message` split in two; a text without a code is all message.
 pub(crate) fn split_error(last_error: &str) -> (String, String) {
     last_error
@@ -341,6 +350,16 @@ mod tests {
             split_error("no code"),
             (String::new(), "no code".to_owned())
         );
+    }
+
+    #[test]
+    fn a_pause_too_long_to_add_ends_at_the_end_of_time() {
+        assert_eq!(
+            pause_end(std::time::Duration::MAX),
+            DateTime::<Utc>::MAX_UTC
+        );
+        let hour = pause_end(std::time::Duration::from_secs(3600)) - Utc::now();
+        assert!((3590..=3600).contains(&hour.num_seconds()), "{hour}");
     }
 
     #[tokio::test]
