@@ -85,4 +85,10 @@ CREATE ROLE calendar_sync_producer NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE N
 GRANT INSERT ON sync_outbox TO calendar_sync_producer;
 GRANT SELECT (id) ON sync_outbox TO calendar_sync_producer;
 GRANT SELECT ON calendar_sync_waiters TO calendar_sync_producer;
+-- What the application reads of the outcomes (README "What your app can
+-- read"): each source's event (id, state, etag, htmlLink, last write) and the
+-- connections whose owner must reconnect. Views read their tables with their
+-- owner's rights, so these grants show neither tokens nor payloads.
+GRANT SELECT ON calendar_sync_events, calendar_sync_connections_needing_reconnect
+    TO calendar_sync_producer;
 -- Then: GRANT calendar_sync_producer TO your_application_role;

@@ -249,6 +249,33 @@ async fn the_drainer_runs_as_the_least_privilege_role() {
             .unwrap()
             .is_valid
     );
+    // The application, with the producer's role, reads what it may of the
+    // outcome: its events and the connections to reconnect (never a token).
+    let app = t.client().await;
+    app.batch_execute(&format!("SET ROLE {}", roles.producer))
+        .await
+        .unwrap();
+    let live: i64 = app
+        .query_one(
+            "SELECT count(*) FROM calendar_sync_events WHERE state = 'LIVE' AND html_link IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("the app reads calendar_sync_events")
+        .get(0);
+    assert!(live >= 30, "{live}");
+    let reconnect: Vec<String> = app
+        .query(
+            "SELECT workspace_id FROM calendar_sync_connections_needing_reconnect",
+            &[],
+        )
+        .await
+        .expect("the app reads calendar_sync_connections_needing_reconnect")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(reconnect, ["ws0"]);
+    drop(app);
     let rotated: String = roles
         .admin
         .query_one(

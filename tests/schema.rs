@@ -41,12 +41,15 @@ const SCHEMA_OBJECTS: &[&str] = &[
     "function calendar_sync_bucket_tokens(\"char\",text,double precision,double precision,timestamp with time zone)",
     "function calendar_sync_claim(integer,integer,double precision,integer,integer,double precision)",
     "function calendar_sync_complete(uuid[],uuid[],jsonb[],text[],text[],text[],text[],text[],integer[],text[],text[],text[],jsonb[],text[])",
+    "function calendar_sync_complete(uuid[],uuid[],jsonb[],text[],text[],text[],text[],text[],integer[],text[],text[],text[],jsonb[],text[],text[],boolean[])",
+    "function calendar_sync_connection_validity()",
     "function calendar_sync_event_digest(text,text,text,text,integer)",
     "function calendar_sync_event_id(text,text,text,text,integer)",
     "function calendar_sync_fences(text,text)",
     "function calendar_sync_lock_namespace()",
     "function calendar_sync_notify()",
     "function calendar_sync_put_bindings(text[],text[],text[],text[],text[],integer[],text[],text[],text[],jsonb[],text[],uuid[])",
+    "function calendar_sync_put_bindings(text[],text[],text[],text[],text[],integer[],text[],text[],text[],jsonb[],text[],uuid[],text[],boolean[])",
     "function calendar_sync_resolve_item(uuid,uuid,text,text,text,bigint)",
     "function calendar_sync_row_key(bigint)",
     "function calendar_sync_take_budget(text,integer,integer,double precision)",
@@ -83,9 +86,12 @@ const SCHEMA_OBJECTS: &[&str] = &[
     "table calendar_sync_waiters",
     "table google_connections",
     "table sync_outbox",
+    "trigger calendar_sync_connection_validity on google_connections",
     "trigger google_connections_forget_aliases on google_connections",
     "trigger sync_outbox_key_calendar on sync_outbox",
     "trigger sync_outbox_notify on sync_outbox",
+    "view calendar_sync_connections_needing_reconnect",
+    "view calendar_sync_events",
     "view sync_outbox_dead_letters",
     "view sync_outbox_oldest_pending",
     "view sync_outbox_status",
@@ -96,8 +102,8 @@ async fn a_fresh_migrate_creates_the_schema_and_a_second_changes_nothing() {
     let t = TestDb::new().await;
     assert_eq!(
         calendar_sync::testing::known_migrations(),
-        4,
-        "V1 schema, V2 functions, V3 operator functions, V4 dashboard"
+        5,
+        "V1 schema, V2 functions, V3 operator functions, V4 dashboard, V5 outcomes"
     );
     let client = t.client().await;
     let objects = || async {

@@ -282,6 +282,7 @@ impl MemoryCalendar {
             etag: Some(format!("\"{}\"", stored.version)),
             cancelled: stored.cancelled,
             body: Some(stored.body.clone()),
+            html_link: None,
         }
     }
 }

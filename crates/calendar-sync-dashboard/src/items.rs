@@ -485,6 +485,9 @@ struct Binding {
     event_type: Option<String>,
     last_outbox_id: Option<Uuid>,
     updated_at: DateTime<Utc>,
+    /// Google's own `htmlLink`, once a write or read returned it.
+    html_link: Option<String>,
+    last_written_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug)]
@@ -573,7 +576,7 @@ async fn read_detail(state: &AppState, id: Uuid) -> Result<Option<Detail>, Failu
         binding = tx
             .query_opt(
                 "SELECT google_event_id, generation, state, content_hash, content, event_type,
-                        last_outbox_id, updated_at, calendar_id
+                        last_outbox_id, updated_at, calendar_id, html_link, last_written_at
                    FROM calendar_event_bindings
                   WHERE workspace_id = $1 AND calendar_id = $2 AND source_type = $3 AND source_id = $4",
                 &[w, c, t, s],
@@ -589,6 +592,8 @@ async fn read_detail(state: &AppState, id: Uuid) -> Result<Option<Detail>, Failu
                 last_outbox_id: r.get(6),
                 updated_at: r.get(7),
                 calendar_id: r.get(8),
+                html_link: r.get(9),
+                last_written_at: r.get(10),
             });
     }
     tx.commit().await?;
@@ -631,8 +636,8 @@ pub(crate) async fn detail(
     }
 }
 
-/// The event's page in Google Calendar, as Google's own `htmlLink` builds
-/// it: `eid` is the base64 of "<event id> <calendar id>" without padding (the
+/// The event's page in Google Calendar when the binding has no `htmlLink`
+/// of Google's (written before V5), built as Google builds it: `eid` is the base64 of "<event id> <calendar id>" without padding (the
 /// bindings keep the calendar's resolved id, its owner's address for
 /// "primary"). Opens for a user who can see that calendar.
 fn event_link(event_id: &str, calendar_id: &str) -> String {
@@ -724,13 +729,14 @@ fn render_detail(
                     dt { "State" } dd { (b.state) }
                     @if b.state == "LIVE" {
                         dt { "In Google Calendar" }
-                        dd { a #event-link href=(event_link(&b.google_event_id, &b.calendar_id)) rel="noreferrer" { "Open the event" } }
+                        dd { a #event-link href=(b.html_link.clone().unwrap_or_else(|| event_link(&b.google_event_id, &b.calendar_id))) rel="noreferrer" { "Open the event" } }
                     }
                     dt { "Generation" } dd { (b.generation) }
                     dt { "Event type" } dd { (b.event_type.as_deref().unwrap_or("—")) }
                     dt { "Content hash" } dd.mono { (b.content_hash.as_deref().unwrap_or("—")) }
                     dt { "Last item" } dd { @match &b.last_outbox_id { Some(l) => (item_link(l)), None => "—" } }
                     dt { "Updated" } dd { (timestamp(&b.updated_at)) }
+                    dt { "Last written to Google" } dd { @match &b.last_written_at { Some(t) => (timestamp(t)), None => "—" } }
                     @if let Some(content) = &b.content {
                         dt { "Last synced content" } dd { pre { (pretty(content)) } }
                     }

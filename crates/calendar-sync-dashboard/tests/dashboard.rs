@@ -339,6 +339,24 @@ async fn item_detail_shows_payload_source_items_and_binding() {
         "{}",
         page.body
     );
+    // Google's own htmlLink, once the binding has one, is preferred.
+    client
+        .execute(
+            "UPDATE calendar_event_bindings
+                SET html_link = 'https://www.google.com/calendar/event?eid=c3RvcmVk',
+                    last_written_at = '2025-01-15T14:00:00Z'",
+            &[],
+        )
+        .await
+        .expect("binding link");
+    let page = get(&app, &format!("/dashboard/items/{old}")).await;
+    assert!(
+        page.body.contains(
+            "id=\"event-link\" href=\"https://www.google.com/calendar/event?eid=c3RvcmVk\""
+        ),
+        "{}",
+        page.body
+    );
     let siblings = &page.body[page.body.find("id=\"source-items\"").expect("source items")..];
     assert!(
         siblings.find(&old.to_string()) < siblings.find(&new.to_string()),

@@ -108,6 +108,9 @@ pub struct RemoteEvent {
     pub cancelled: bool,
     /// The content, where the call returned it in a form we can compare.
     pub body: Option<EventBody>,
+    /// The event's page in the calendar's web interface (Google's `htmlLink`),
+    /// when the service returned one; kept in the binding for applications.
+    pub html_link: Option<String>,
 }
 
 /// One page of a filtered event listing.

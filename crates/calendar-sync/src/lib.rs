@@ -70,6 +70,10 @@
 //! - **Running the engine:** [`OutboxDrainer`] (with [`OutboxDrainer::start`]
 //!   returning a [`DrainerHandle`], or [`OutboxDrainer::drain_once`] returning a
 //!   [`DrainReport`]), configured by [`DrainerConfig`]; [`Error`].
+//! - **Hearing what happened:** [`OutboxDrainer::subscribe`] (and
+//!   [`OutboxDrainer::subscribe_with_capacity`], default
+//!   [`DEFAULT_SUBSCRIPTION_CAPACITY`]) returns a [`Subscription`] of
+//!   committed [`Outcome`]s of the chosen [`OutcomeKind`]s.
 //! - **The database:** [`Database`] (a pool plus the dedicated sessions the
 //!   engine needs), [`ConnectOptions`], [`TlsOptions`], [`SslMode`],
 //!   [`RootCerts`]; [`migrate`] creates or updates the schema.
@@ -147,6 +151,7 @@ pub use crypto::TokenCipher;
 pub use db::Database;
 pub use db::connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};
 pub use db::migrate::migrate;
+pub use engine::outcomes::{DEFAULT_SUBSCRIPTION_CAPACITY, Outcome, OutcomeKind, Subscription};
 pub use engine::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
 pub use event_options::{

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::calendar::{
     Calendar, CalendarError, CalendarErrorKind, EventBody, EventTime, PROP_EVENT_TYPE,
-    PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE,
+    PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
 };
 use crate::db::Database;
 use crate::db::connect::cause;
@@ -43,6 +43,9 @@ pub(crate) struct Applied {
     pub changed: bool,
     /// The work is not finished: store `result` as a checkpoint and come back.
     pub continue_later: bool,
+    /// The calendar by its own id, which the engine fills in for the
+    /// announcement of the outcome (the payload may say `primary`).
+    pub calendar: Option<CalendarKey>,
 }
 
 impl Applied {
@@ -53,6 +56,7 @@ impl Applied {
             result: None,
             changed: false,
             continue_later: false,
+            calendar: None,
         }
     }
 }
@@ -205,6 +209,11 @@ pub(crate) struct Written {
     pub id: String,
     pub generation: i32,
     pub etag: Option<String>,
+    /// Google's `htmlLink`, when its answer had one.
+    pub html_link: Option<String>,
+    /// False when no write call was made (a binding repaired to match the
+    /// event as listed).
+    pub written: bool,
 }
 
 /// Creates or updates the source's event.
@@ -257,6 +266,7 @@ pub(crate) async fn upsert<C: Calendar>(
         result: None,
         changed: true,
         continue_later: false,
+        calendar: None,
     })
 }
 
@@ -284,6 +294,8 @@ pub(crate) fn live_binding(
         content_hash: Some(content_hash(body)),
         content: Some(serde_json::to_value(body).expect("an EventBody always serialises")),
         event_type: Some(event_type.to_owned()),
+        html_link: written.html_link,
+        written: written.written,
     }
 }
 
@@ -319,11 +331,13 @@ pub(crate) async fn write_event<C: Calendar>(
     for _ in 0..MAX_WRITE_STEPS {
         step = match step {
             Step::Update(etag) => match update(calendar, target, &id, body, etag).await? {
-                Updated::Done(etag) => {
+                Updated::Done(event) => {
                     return Ok(Written {
                         id,
                         generation,
-                        etag,
+                        etag: event.etag,
+                        html_link: event.html_link,
+                        written: true,
                     });
                 }
                 Updated::Again(etag) => Step::Update(etag),
@@ -342,6 +356,8 @@ pub(crate) async fn write_event<C: Calendar>(
                             id,
                             generation,
                             etag: event.etag,
+                            html_link: event.html_link,
+                            written: true,
                         });
                     }
                     // Our own id exists: an earlier attempt's insert landed but
@@ -385,6 +401,8 @@ async fn reserve(
         content_hash: None,
         content: None,
         event_type: Some(event_type.to_owned()),
+        html_link: None,
+        written: false,
     };
     if store::put_binding(&**db.client().await?, item, &reservation).await? {
         Ok(())
@@ -395,8 +413,8 @@ async fn reserve(
 
 /// What one fenced update came to.
 enum Updated {
-    /// Written; the event's new etag.
-    Done(Option<String>),
+    /// Written; the event as Google answered (its new etag and link).
+    Done(Box<RemoteEvent>),
     /// The event changed under us (a hand edit, or a late write of ours):
     /// ours is the newest content, so write again at its current etag.
     Again(Option<String>),
@@ -417,7 +435,7 @@ async fn update<C: Calendar>(
         .update_event(target, id, body, etag.as_deref())
         .await
     {
-        Ok(event) if !event.cancelled => return Ok(Updated::Done(event.etag)),
+        Ok(event) if !event.cancelled => return Ok(Updated::Done(Box::new(event))),
         Ok(_) => return Ok(Updated::Gone),
         Err(e) if e.means_absent() || e.kind == CalendarErrorKind::Conflict => e,
         Err(e) => return Err(e.into()),
@@ -559,10 +577,13 @@ pub(crate) async fn cancel<C: Calendar>(
             content_hash: None,
             content: None,
             event_type: None,
+            html_link: None,
+            written: true,
         }),
         result: None,
         changed: true,
         continue_later: false,
+        calendar: None,
     })
 }
 

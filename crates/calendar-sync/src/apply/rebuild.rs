@@ -175,6 +175,7 @@ pub(crate) async fn rebuild<C: Calendar>(
             result: Some(serde_json::to_value(&pass.progress).expect("progress serialises")),
             changed: true,
             continue_later: true,
+            calendar: None,
         });
     }
     pass.delete_orphans().await?;
@@ -185,6 +186,7 @@ pub(crate) async fn rebuild<C: Calendar>(
         changed: p.created + p.updated + p.deleted > 0,
         result: Some(serde_json::to_value(p).expect("progress serialises")),
         continue_later: false,
+        calendar: None,
     })
 }
 
@@ -247,6 +249,8 @@ impl<C: Calendar> Pass<'_, C> {
                         id: event.id.clone(),
                         generation,
                         etag: event.etag.clone(),
+                        html_link: event.html_link.clone(),
+                        written: false,
                     };
                     self.put(&live_binding(&source, &wanted.event_type, body, written))
                         .await?;
@@ -329,7 +333,8 @@ impl<C: Calendar> Pass<'_, C> {
         bound: &StoredBinding,
     ) -> Result<(), ApplyError> {
         let id = &bound.binding.google_event_id;
-        if self.remote.contains_key(id) {
+        let present = self.remote.contains_key(id);
+        if present {
             self.delete(id).await?;
         }
         self.put(&BindingWrite {
@@ -341,6 +346,8 @@ impl<C: Calendar> Pass<'_, C> {
             content_hash: None,
             content: None,
             event_type: None,
+            html_link: None,
+            written: present,
         })
         .await
     }

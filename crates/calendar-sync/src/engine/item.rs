@@ -11,10 +11,11 @@ use crate::db::Database;
 use crate::db::connect::cause;
 use crate::engine::Shared;
 use crate::engine::backoff::retry_delay;
+use crate::engine::outcomes::{self, Outcome, OutcomeKind};
 use crate::error::Error;
 use crate::minute_counts;
 use crate::operation::{CalendarKey, DecodeError, Operation, OperationKind};
-use crate::store::{self, ClaimedItem, Completion, FailureStatus, Resolution, Wait};
+use crate::store::{self, ClaimedItem, Completion, FailureStatus, Invalidated, Resolution, Wait};
 
 /// What became of an item, for the drain report.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +54,7 @@ impl ItemOutcome {
 
 /// What applying the operation came to, before it is recorded.
 enum Verdict {
-    Done(Applied),
+    Done(Box<Applied>),
     Invalid(DecodeError),
     Failed {
         error: CalendarError,
@@ -101,7 +102,7 @@ pub(crate) async fn process<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem)
     metrics::histogram!("calendar_sync_attempt_duration_seconds", "operation" => operation_label(&item.operation))
         .record(started.elapsed().as_secs_f64());
     match verdict {
-        Verdict::Done(applied) if !applied.continue_later => Processed::Done(Box::new(applied)),
+        Verdict::Done(applied) if !applied.continue_later => Processed::Done(applied),
         verdict => Processed::Recorded(record(shared, item, &verdict).await),
     }
 }
@@ -142,6 +143,7 @@ pub(crate) async fn record_successes<C: Calendar>(
             let ids: std::collections::HashSet<_> = ids.into_iter().collect();
             for (item, applied) in &done {
                 let outcome = if ids.contains(&item.id) {
+                    announce_completed(shared, item, applied);
                     ItemOutcome::Completed {
                         changed: applied.changed,
                     }
@@ -155,7 +157,7 @@ pub(crate) async fn record_successes<C: Calendar>(
         Err(e) => {
             tracing::warn!(error = %e, items = done.len(), "could not record finished items together; recording them one by one");
             for (item, applied) in done {
-                outcomes.push(record(shared, &item, &Verdict::Done(applied)).await);
+                outcomes.push(record(shared, &item, &Verdict::Done(Box::new(applied))).await);
             }
         }
     }
@@ -243,7 +245,10 @@ async fn apply<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem) -> Verdict {
         }
     };
     match applied {
-        Ok(applied) => Verdict::Done(applied),
+        Ok(mut applied) => {
+            applied.calendar = Some(operation.calendar().clone());
+            Verdict::Done(Box::new(applied))
+        }
         Err(ApplyError::Calendar(error)) => Verdict::Failed {
             error,
             workspace_id: operation.workspace_id().to_owned(),
@@ -295,6 +300,39 @@ async fn resolve<C: Calendar>(
     }
 }
 
+/// Tells the drainer's subscribers of a completed item (committed).
+fn announce_completed<C: Calendar>(shared: &Shared<C>, item: &ClaimedItem, applied: &Applied) {
+    if shared.outcomes.wants(OutcomeKind::Completed)
+        && let Some(outcome) = outcomes::completed(item, applied)
+    {
+        shared.outcomes.publish(&outcome);
+    }
+}
+
+/// Tells the drainer's subscribers of an item's recorded outcome, when it is
+/// one they can subscribe to.
+fn announce<C: Calendar>(
+    shared: &Shared<C>,
+    item: &ClaimedItem,
+    verdict: &Verdict,
+    outcome: ItemOutcome,
+) {
+    match (verdict, outcome) {
+        (Verdict::Done(applied), ItemOutcome::Completed { .. }) => {
+            announce_completed(shared, item, applied);
+        }
+        (_, ItemOutcome::DeadLettered { .. })
+            if shared.outcomes.wants(OutcomeKind::DeadLettered) =>
+        {
+            let last_error = verdict.failure().unwrap_or_default();
+            shared
+                .outcomes
+                .publish(&outcomes::dead_lettered(item, &last_error));
+        }
+        _ => {}
+    }
+}
+
 /// Tries at recording one outcome: 100 ms, 200 ms … 5 s apart, about 16 s in
 /// all, so that a lock held for a while by another session (a lock_timeout, a
 /// deadlock victim) costs a wait, not a repeated Google call.
@@ -311,6 +349,7 @@ async fn record<C: Calendar>(
         match record_once(shared, item, verdict).await {
             Ok(outcome) => {
                 note(&shared.db, item, Some(verdict), outcome);
+                announce(shared, item, verdict, outcome);
                 return outcome;
             }
             Err(e) if attempt == 0 || attempt + 1 == RECORD_ATTEMPTS => {
@@ -411,12 +450,24 @@ async fn record_failure<C: Calendar>(
             // limits: `GoogleConfig::usage_limit_pause`); one that does not say
             // waits the longest retry delay.
             let pause = error.retry_after.unwrap_or(config.backoff_cap);
-            defer(&*pooled, item, pause, &message, Wait::Other).await?
+            let outcome = defer(&*pooled, item, pause, &message, Wait::Other).await?;
+            if outcome == ItemOutcome::Deferred && error.kind == CalendarErrorKind::UsageLimited {
+                shared
+                    .outcomes
+                    .publish_pause(workspace_id, outcomes::pause_end(pause));
+            }
+            outcome
         }
         ErrorClass::ConnectionInvalid => {
-            let (status, others) =
-                invalidate_connection(pooled, item, workspace_id, &message).await?;
-            dead_or_lost(status, others)
+            let invalidated = invalidate_connection(pooled, item, workspace_id, &message).await?;
+            if invalidated.connection_changed {
+                shared.outcomes.publish(&Outcome::ConnectionInvalidated {
+                    workspace_id: workspace_id.to_owned(),
+                    reason: message.clone(),
+                    dead_lettered: invalidated.others,
+                });
+            }
+            dead_or_lost(invalidated.status, invalidated.others)
         }
     })
 }
@@ -446,7 +497,7 @@ async fn invalidate_connection(
     item: &ClaimedItem,
     workspace_id: &str,
     error: &str,
-) -> Result<(FailureStatus, u64), Error> {
+) -> Result<Invalidated, Error> {
     let tx = client.transaction().await?;
     store::lock_claims(&tx).await?;
     let result = store::invalidate_connection(&tx, item, workspace_id, error).await?;

@@ -13,6 +13,7 @@
 
 pub(crate) mod backoff;
 pub(crate) mod item;
+pub(crate) mod outcomes;
 mod stall;
 mod worker;
 
@@ -28,6 +29,7 @@ use crate::config::DrainerConfig;
 use crate::db::Database;
 use crate::error::Error;
 use item::ItemOutcome;
+use outcomes::{DEFAULT_SUBSCRIPTION_CAPACITY, OutcomeHub, OutcomeKind, Subscription};
 use worker::{Mode, Worker};
 
 /// Counts of what a drain did: returned by [`OutboxDrainer::drain_once`] and
@@ -134,6 +136,8 @@ pub(crate) struct Shared<C> {
     pub calendar: C,
     pub config: DrainerConfig,
     pub event_source: Option<Arc<dyn EventSource>>,
+    /// Where committed outcomes are announced to subscribers.
+    pub outcomes: OutcomeHub,
 }
 
 impl<C: Calendar> OutboxDrainer<C> {
@@ -202,6 +206,7 @@ impl<C: Calendar> OutboxDrainer<C> {
                 calendar,
                 config,
                 event_source,
+                outcomes: OutcomeHub::default(),
             }),
         })
     }
@@ -209,6 +214,47 @@ impl<C: Calendar> OutboxDrainer<C> {
     /// The calendar this drainer writes to.
     pub fn calendar(&self) -> &C {
         &self.shared.calendar
+    }
+
+    /// Subscribes to this drainer's outcomes of `kinds` (an empty list: every
+    /// kind), each announced once it has committed in PostgreSQL. Holds up to
+    /// [`DEFAULT_SUBSCRIPTION_CAPACITY`] (1,024) unread outcomes; beyond
+    /// that, new ones are dropped for this subscriber and counted
+    /// ([`Subscription::dropped`]): draining never waits for a subscriber.
+    ///
+    /// A subscription sees what this drainer and its clones do (their
+    /// [`start`](Self::start)ed loops and [`drain_once`](Self::drain_once)
+    /// calls), not other drainers of the process or other processes: those
+    /// are heard through SQL (`LISTEN calendar_sync_connection_invalid`, the
+    /// views of the README's "What your app can read").
+    ///
+    /// ```no_run
+    /// use calendar_sync::{Calendar, Outcome, OutcomeKind, OutboxDrainer};
+    ///
+    /// # async fn example<C: Calendar>(drainer: OutboxDrainer<C>) {
+    /// let mut outcomes = drainer.subscribe(&[OutcomeKind::Completed, OutcomeKind::ConnectionInvalidated]);
+    /// let handle = drainer.start();
+    /// while let Some(outcome) = outcomes.recv().await {
+    ///     match outcome {
+    ///         Outcome::Completed { source_id, html_link, .. } => {
+    ///             println!("{source_id:?} is in the calendar: {html_link:?}");
+    ///         }
+    ///         Outcome::ConnectionInvalidated { workspace_id, .. } => {
+    ///             println!("ask the owner of {workspace_id} to connect Google again");
+    ///         }
+    ///         _ => {}
+    ///     }
+    /// }
+    /// # handle.stop().await; }
+    /// ```
+    pub fn subscribe(&self, kinds: &[OutcomeKind]) -> Subscription {
+        self.subscribe_with_capacity(kinds, DEFAULT_SUBSCRIPTION_CAPACITY)
+    }
+
+    /// [`subscribe`](Self::subscribe), holding up to `capacity` (at least 1)
+    /// unread outcomes.
+    pub fn subscribe_with_capacity(&self, kinds: &[OutcomeKind], capacity: usize) -> Subscription {
+        self.shared.outcomes.subscribe(kinds, capacity)
     }
 
     /// Processes everything due now (including what becomes due because an

@@ -934,6 +934,7 @@ fn from_google(event: Event) -> Result<RemoteEvent, CalendarError> {
         etag: event.etag.clone(),
         cancelled: event.status.as_deref() == Some("cancelled"),
         body,
+        html_link: event.html_link.clone(),
     })
 }
 

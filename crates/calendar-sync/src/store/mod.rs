@@ -122,6 +122,12 @@ pub struct BindingWrite {
     pub content: Option<Value>,
     /// The application's event category.
     pub event_type: Option<String>,
+    /// Google's `htmlLink` of the event, when its last answer had one (kept
+    /// when the write has none and the event id is unchanged).
+    pub html_link: Option<String>,
+    /// Whether a write call to the calendar (insert, update, delete)
+    /// succeeded for this binding: sets `last_written_at`.
+    pub written: bool,
 }
 
 /// A row this worker claimed: locked, PROCESSING, with its claim token.
@@ -495,6 +501,8 @@ where
     let mut hashes: Vec<Option<&str>> = Vec::with_capacity(n);
     let mut contents: Vec<Option<&Value>> = Vec::with_capacity(n);
     let mut event_types: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut html_links: Vec<Option<&str>> = Vec::with_capacity(n);
+    let mut written: Vec<Option<bool>> = Vec::with_capacity(n);
     for d in done {
         ids.push(d.item.id);
         tokens.push(d.item.claim_token);
@@ -511,6 +519,8 @@ where
         hashes.push(b.and_then(|b| b.content_hash.as_deref()));
         contents.push(b.and_then(|b| b.content.as_ref()));
         event_types.push(b.and_then(|b| b.event_type.as_deref()));
+        html_links.push(b.and_then(|b| b.html_link.as_deref()));
+        written.push(b.map(|b| b.written));
     }
     let rows = client
         .query(
@@ -530,6 +540,8 @@ where
                 &hashes,
                 &contents,
                 &event_types,
+                &html_links,
+                &written,
             ],
         )
         .await?;
@@ -537,8 +549,9 @@ where
 }
 
 /// The statement of [`complete_many`]: `calendar_sync_complete` (in the
-/// migrations) writes COMPLETED where the claim still holds, and their bindings.
-pub const COMPLETE_MANY: &str = "SELECT * FROM calendar_sync_complete($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)";
+/// migrations) writes COMPLETED where the claim still holds, and their bindings
+/// (with Google's `htmlLink` and, for a write call, `last_written_at`: V5).
+pub const COMPLETE_MANY: &str = "SELECT * FROM calendar_sync_complete($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
 
 /// Writes a binding while the claim still holds (returns false if it was
 /// lost). Used to persist the id about to be inserted (state INSERTING) before
@@ -557,7 +570,7 @@ pub(crate) async fn put_binding(
 SELECT calendar_sync_put_bindings(
            ARRAY[$3::text], ARRAY[$4::text], ARRAY[$5::text], ARRAY[$6::text], ARRAY[$7::text],
            ARRAY[$8::int4], ARRAY[$9::text], ARRAY[$10::text], ARRAY[$11::text],
-           ARRAY[$12::jsonb], ARRAY[$13::text], ARRAY[o.id])
+           ARRAY[$12::jsonb], ARRAY[$13::text], ARRAY[o.id], ARRAY[$14::text], ARRAY[$15::bool])
   FROM sync_outbox o
  WHERE o.id = $1 AND o.claim_token = $2
 "#,
@@ -575,6 +588,8 @@ SELECT calendar_sync_put_bindings(
                 &binding.content_hash,
                 &binding.content,
                 &binding.event_type,
+                &binding.html_link,
+                &binding.written,
             ],
         )
         .await?;
@@ -748,15 +763,27 @@ pub(crate) async fn lock_claims(client: &impl GenericClient) -> Result<(), tokio
     Ok(())
 }
 
+/// What [`invalidate_connection`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Invalidated {
+    /// The item's own status (dead-lettered, or its claim lost).
+    pub status: FailureStatus,
+    /// The workspace's other items dead-lettered.
+    pub others: u64,
+    /// Whether the connection went from valid to invalid (a trigger of V5
+    /// then notifies `calendar_sync_connection_invalid` at commit).
+    pub connection_changed: bool,
+}
+
 /// Dead-letters the row, marks the workspace's Google connection invalid, and
 /// dead-letters the workspace's other waiting items: none of them can succeed
-/// until the connection is re-authorised. Returns how many others it moved.
+/// until the connection is re-authorised.
 pub(crate) async fn invalidate_connection(
     client: &impl GenericClient,
     item: &ClaimedItem,
     workspace_id: &str,
     error: &str,
-) -> Result<(FailureStatus, u64), tokio_postgres::Error> {
+) -> Result<Invalidated, tokio_postgres::Error> {
     let row = client
         .query_one(
             r#"
@@ -769,6 +796,7 @@ WITH this AS (
 conn AS (
     UPDATE google_connections SET is_valid = false, invalid_reason = $4, updated_at = now()
      WHERE workspace_id = $3 AND is_valid AND EXISTS (SELECT 1 FROM this)
+ RETURNING 1
 ),
 -- Through the per-source index (workspace first): `status = (SELECT …)` hides the
 -- value from the planner, which otherwise ANDed in the whole PENDING index on young
@@ -780,7 +808,7 @@ others AS (
        AND status = (SELECT 'PENDING'::text) AND id <> $1 AND EXISTS (SELECT 1 FROM this)
  RETURNING id
 )
-SELECT (SELECT count(*) FROM this), (SELECT count(*) FROM others)
+SELECT (SELECT count(*) FROM this), (SELECT count(*) FROM others), (SELECT count(*) FROM conn)
 "#,
             &[&item.id, &item.claim_token, &workspace_id, &error],
         )
@@ -790,7 +818,11 @@ SELECT (SELECT count(*) FROM this), (SELECT count(*) FROM others)
     } else {
         FailureStatus::ClaimLost
     };
-    Ok((status, u64::try_from(row.get::<_, i64>(1)).unwrap_or(0)))
+    Ok(Invalidated {
+        status,
+        others: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+        connection_changed: row.get::<_, i64>(2) == 1,
+    })
 }
 
 fn failure_status(row: Option<tokio_postgres::Row>) -> FailureStatus {
