@@ -177,6 +177,22 @@ fn selected(ev: &StoredEvent, q: &ListQuery, mode: ExtPropMatch, since: Option<u
     matches_props(ev, "private", &q.private, mode) && matches_props(ev, "shared", &q.shared, mode)
 }
 
+/// An event as a listing shows it: of a cancelled event an incremental
+/// listing keeps only what Google guarantees (its id and status).
+fn listed(event: &StoredEvent, incremental: bool) -> Value {
+    if incremental && event.is_cancelled() {
+        let keep = ["kind", "etag", "id", "status"];
+        let minimal = event
+            .body
+            .iter()
+            .filter(|(name, _)| keep.contains(&name.as_str()))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        return Value::Object(minimal);
+    }
+    Value::Object(event.body.clone())
+}
+
 /// Runs events.list on calendar `cal` (already resolved).
 pub(crate) fn list(
     store: &Store,
@@ -213,7 +229,7 @@ pub(crate) fn list(
     let end = (start + take).min(matching.len());
     let items: Vec<Value> = matching[start..end]
         .iter()
-        .map(|e| Value::Object(e.body.clone()))
+        .map(|e| listed(e, since.is_some()))
         .collect();
     let more = end < matching.len() || (paging == PagingMode::Erratic && end > start);
     let mut out = json!({
