@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::drift::DriftPolicy;
 use crate::error::Error;
 
 /// How an [`OutboxDrainer`](crate::OutboxDrainer) claims, retries and stops.
@@ -60,6 +61,15 @@ pub struct DrainerConfig {
     /// collapse into one Google call, at the price of as much pickup latency.
     /// Changes committed in one transaction collapse without it. Default: 0.
     pub settle: Duration,
+    /// How often each calendar with live events is listed through Google's
+    /// incremental sync to find events edited or deleted by hand (one
+    /// `events.list` call per calendar per interval when nothing changed,
+    /// paid from the same quotas as the writes). Zero: never. Default: 0 (off).
+    pub drift_check_interval: Duration,
+    /// What a drift check does about an event edited or deleted by hand:
+    /// re-assert our content, only record it, or accept the edit. Default:
+    /// [`DriftPolicy::Repair`].
+    pub drift_policy: DriftPolicy,
 }
 
 impl Default for DrainerConfig {
@@ -75,6 +85,8 @@ impl Default for DrainerConfig {
             shutdown_grace: Duration::from_secs(30),
             rebuild_chunk: 500,
             settle: Duration::ZERO,
+            drift_check_interval: Duration::ZERO,
+            drift_policy: DriftPolicy::Repair,
         }
     }
 }

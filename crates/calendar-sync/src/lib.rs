@@ -69,7 +69,9 @@
 //! `cargo doc` shows (through `crates/calendar-sync/public-api.txt`).
 //! - **Running the engine:** [`OutboxDrainer`] (with [`OutboxDrainer::start`]
 //!   returning a [`DrainerHandle`], or [`OutboxDrainer::drain_once`] returning a
-//!   [`DrainReport`]), configured by [`DrainerConfig`]; [`Error`].
+//!   [`DrainReport`]), configured by [`DrainerConfig`]; [`Error`]. Drift
+//!   detection ([`OutboxDrainer::check_drift`]) returns a [`DriftReport`] and
+//!   acts per [`DriftPolicy`].
 //! - **The database:** [`Database`] (a pool plus the dedicated sessions the
 //!   engine needs), [`ConnectOptions`], [`TlsOptions`], [`SslMode`],
 //!   [`RootCerts`]; [`migrate`] creates or updates the schema.
@@ -79,7 +81,8 @@
 //!   [`OperationKind`], [`UpsertEvent`], [`EventDetails`], [`EventTiming`],
 //!   [`CalendarKey`], [`SourceKey`], [`SourceCursor`].
 //! - **The calendar side:** the [`Calendar`] trait and its vocabulary
-//!   ([`EventBody`], [`EventTime`], [`EventPage`], [`RemoteEvent`],
+//!   ([`EventBody`], [`EventTime`], [`EventPage`], [`ChangePage`] with
+//!   [`FULL_SYNC_REQUIRED`], [`RemoteEvent`],
 //!   [`ResolvedCalendar`], and the names of the private extended properties
 //!   that mark our events: [`PROP_WORKSPACE`], [`PROP_SOURCE_TYPE`],
 //!   [`PROP_SOURCE_ID`], [`PROP_EVENT_TYPE`]), its error [`CalendarError`]
@@ -122,6 +125,7 @@ mod calendar;
 mod config;
 pub mod crypto;
 mod db;
+mod drift;
 mod engine;
 mod error;
 mod google;
@@ -134,15 +138,16 @@ pub mod testing;
 
 pub use apply::desired::{DesiredEvent, EventSource, SourceFuture};
 pub use calendar::{
-    Calendar, CalendarError, CalendarErrorKind, ErrorClass, EventBody, EventPage, EventTime,
-    PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
-    ResolvedCalendar,
+    Calendar, CalendarError, CalendarErrorKind, ChangePage, ErrorClass, EventBody, EventPage,
+    EventTime, FULL_SYNC_REQUIRED, PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE,
+    PROP_WORKSPACE, RemoteEvent, ResolvedCalendar,
 };
 pub use config::DrainerConfig;
 pub use crypto::TokenCipher;
 pub use db::Database;
 pub use db::connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};
 pub use db::migrate::migrate;
+pub use drift::{DriftPolicy, DriftReport};
 pub use engine::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
 pub use google::auth::OAuthConfig;
