@@ -20,6 +20,7 @@ mod baseline;
 mod calls;
 mod chart;
 mod dashboard;
+mod drift_check;
 mod engine;
 mod fairness;
 mod footprint;
@@ -38,7 +39,7 @@ mod wire;
 use std::time::Instant;
 
 /// The scenarios, in the order: (number, name, what it measures).
-const SCENARIOS: [(&str, &str, &str); 13] = [
+const SCENARIOS: [(&str, &str, &str); 14] = [
     ("1", "throughput", "engine throughput at concurrency 1/8/32"),
     ("2", "baseline", "the seed's design vs ours"),
     (
@@ -83,6 +84,11 @@ const SCENARIOS: [(&str, &str, &str); 13] = [
         "-",
         "dashboard-load",
         "throughput with the dashboard refreshing vs without",
+    ),
+    (
+        "-",
+        "drift-check",
+        "events.list calls and ms per calendar per drift check",
     ),
 ];
 
@@ -144,6 +150,7 @@ async fn run(name: &str, quick: bool) {
         "workers-come-and-go" => fairness::workers_come_and_go(quick).await,
         "dashboard-pages" => dashboard::pages(quick).await,
         "dashboard-load" => dashboard::load(quick).await,
+        "drift-check" => drift_check::run(quick).await,
         _ => usage(),
     }
 }
