@@ -304,3 +304,46 @@ async fn a_check_is_a_single_list_call_when_nothing_changed() {
     );
     assert_eq!(e.g.calls(fake_google::ApiMethod::List), calls + 1);
 }
+
+#[tokio::test]
+async fn a_check_pays_its_call_from_the_connection_s_budget() {
+    let e = GoogleEnv::start(&["w1"]).await;
+    // A budget refilling at 600 an hour: what a call takes stays visible.
+    let mut google = e.google_config();
+    google.quota_window = Duration::from_secs(3600);
+    let d = e.drainer_with(google, drift_config(DriftPolicy::Repair));
+    e.t.insert("UPSERT_EVENT", upsert("w1", CAL, "s1", "Ship it"))
+        .await;
+    e.t.drain_until_idle(&d).await;
+    let tokens = || async {
+        let client = e.t.client().await;
+        let row = client
+            .query_one(
+                "SELECT tokens FROM calendar_sync_budget WHERE scope = 'c' AND name = 'w1'",
+                &[],
+            )
+            .await;
+        row.expect("w1's bucket").get::<_, f64>(0)
+    };
+    let before = tokens().await;
+    let report = d.check_drift().await.expect("check");
+    assert_eq!(report.pages, 1, "{report:?}");
+    let after = tokens().await;
+    assert!(after <= before - 0.9, "one call paid: {before} -> {after}");
+}
+
+#[tokio::test]
+async fn a_started_drainer_checks_every_interval_and_heals() {
+    let (e, d) = synced(DriftPolicy::Repair, &["s1"]).await;
+    let deleted = event_id(&e, "s1");
+    assert!(e.g.human_delete(CAL, &deleted));
+
+    let handle = d.start();
+    let healed = || async { e.live(CAL, "s1").len() == 1 };
+    e.t.wait_for(Duration::from_secs(30), "s1 recreated", healed)
+        .await;
+    handle.stop().await;
+
+    assert_eq!(e.events(CAL, "s1").len(), 2, "exactly one new event");
+    assert_eq!(drifts(&e).await, [drift("s1", "deleted", "repaired")]);
+}
