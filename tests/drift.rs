@@ -347,3 +347,38 @@ async fn a_started_drainer_checks_every_interval_and_heals() {
     assert_eq!(e.events(CAL, "s1").len(), 2, "exactly one new event");
     assert_eq!(drifts(&e).await, [drift("s1", "deleted", "repaired")]);
 }
+
+#[tokio::test]
+async fn a_page_token_google_refuses_starts_the_listing_over() {
+    let (e, d) = synced(DriftPolicy::Repair, &["s1"]).await;
+    let client = e.t.client().await;
+    client
+        .execute(
+            "UPDATE calendar_sync_drift_checks SET page_token = 'not-a-page', next_check_at = now()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let refused = d.check_drift().await.expect("check");
+    assert_eq!(
+        (refused.failed, refused.listings_finished),
+        (1, 0),
+        "{refused:?}"
+    );
+
+    let deleted = event_id(&e, "s1");
+    assert!(e.g.human_delete(CAL, &deleted));
+    client
+        .execute(
+            "UPDATE calendar_sync_drift_checks SET next_check_at = now()",
+            &[],
+        )
+        .await
+        .unwrap();
+    let again = d.check_drift().await.expect("check");
+    assert_eq!(
+        (again.failed, again.listings_finished, again.deleted),
+        (0, 1, 1),
+        "{again:?}"
+    );
+}

@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::content_hash;
-use crate::calendar::{Calendar, EventBody, RemoteEvent};
+use crate::calendar::{Calendar, CalendarErrorKind, EventBody, RemoteEvent};
 use crate::db::Database;
 use crate::error::Error;
 use crate::operation::Operation;
@@ -143,7 +143,12 @@ async fn step<C: Calendar>(
     report.pages += 1;
     let page = match listed {
         Ok(page) => page,
-        Err(e) if e.means_full_sync_required() && claim.sync_token.is_some() => {
+        // Not when already listing everything from the start: a 410 then is
+        // a failure like any other, or one run could restart forever.
+        Err(e)
+            if e.means_full_sync_required()
+                && (claim.sync_token.is_some() || claim.page_token.is_some()) =>
+        {
             report.full_syncs_required += 1;
             drift_store::restart_listing(&**db.client().await?, claim).await?;
             return Ok(());
@@ -162,7 +167,11 @@ async fn step<C: Calendar>(
                 .unwrap_or(interval)
                 .max(interval)
                 .max(MIN_RETRY);
-            drift_store::postpone_listing(&**db.client().await?, claim, retry.as_secs_f64())
+            // A refused request (a page or sync token Google no longer
+            // takes) is not asked again: the next try lists everything.
+            let start_over = e.kind == CalendarErrorKind::Permanent;
+            let client = db.client().await?;
+            drift_store::postpone_listing(&**client, claim, retry.as_secs_f64(), start_over)
                 .await?;
             return Ok(());
         }

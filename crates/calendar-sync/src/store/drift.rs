@@ -333,18 +333,22 @@ UPDATE calendar_sync_drift_checks
     Ok(n == 1)
 }
 
-/// The listing failed: try the same page again after `retry_secs`.
+/// The listing failed: try again after `retry_secs`, the same page, or
+/// (`start_over`) a full listing from the start.
 pub(crate) async fn postpone_listing(
     client: &impl GenericClient,
     claim: &DriftClaim,
     retry_secs: f64,
+    start_over: bool,
 ) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             r#"
--- postpone_listing: the calendar failed; same page later
+-- postpone_listing: the calendar failed; same page later, or everything again
 UPDATE calendar_sync_drift_checks
-   SET next_check_at = now() + make_interval(secs => $4), claim_token = NULL
+   SET next_check_at = now() + make_interval(secs => $4), claim_token = NULL,
+       sync_token = CASE WHEN $5 THEN NULL ELSE sync_token END,
+       page_token = CASE WHEN $5 THEN NULL ELSE page_token END
  WHERE workspace_id = $1 AND calendar_id = $2 AND claim_token = $3
 "#,
             &[
@@ -352,6 +356,7 @@ UPDATE calendar_sync_drift_checks
                 &claim.calendar.calendar_id,
                 &claim.claim_token,
                 &retry_secs,
+                &start_over,
             ],
         )
         .await?;
