@@ -163,3 +163,44 @@ async fn the_admin_route_expires_sync_tokens_with_google_s_410_body() {
     let (changes, _) = list_pages(&hub, Some(&fresh), 250).await;
     assert!(changes.is_empty());
 }
+
+#[tokio::test]
+async fn a_deletion_between_pages_skips_no_event_of_the_listing() {
+    let (g, hub) = setup().await;
+    for n in 0..5 {
+        insert(&hub, &format!("skip{n:04}")).await;
+    }
+    let (_, first) = hub
+        .events()
+        .list(ALICE)
+        .max_results(2)
+        .doit()
+        .await
+        .unwrap();
+    let first_ids: Vec<String> = first
+        .items
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id.unwrap())
+        .collect();
+    assert_eq!(first_ids, ["skip0000", "skip0001"]);
+    assert!(g.human_delete(ALICE, "skip0000"));
+
+    let mut ids = first_ids;
+    let mut page_token = first.next_page_token;
+    while let Some(token) = page_token {
+        let call = hub.events().list(ALICE).max_results(2).page_token(&token);
+        let (_, page) = call.doit().await.unwrap();
+        ids.extend(
+            page.items
+                .unwrap_or_default()
+                .into_iter()
+                .map(|e| e.id.unwrap()),
+        );
+        page_token = page.next_page_token;
+    }
+    assert_eq!(
+        ids,
+        ["skip0000", "skip0001", "skip0002", "skip0003", "skip0004"]
+    );
+}
