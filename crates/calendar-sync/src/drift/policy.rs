@@ -31,14 +31,14 @@ pub enum DriftPolicy {
     /// Only record it (and count it in `calendar_sync_drift_detected_total`).
     Report,
     /// Accept the user's version: an edit becomes the last synced content
-    /// (so the next upsert with our content writes it again only if it
-    /// differs); a deletion marks the binding CANCELLED, so the source's next
-    /// upsert creates a new event.
+    /// (binding content, hash and etag), so an upsert of the source writes
+    /// only when its content differs from the user's; a deletion marks the
+    /// binding CANCELLED, so the source's next upsert creates a new event.
     Adopt,
 }
 
 impl DriftPolicy {
-    /// The name used in configuration and in `calendar_sync_drift.action`'s vocabulary.
+    /// The name used in configuration (`CALENDAR_SYNC_DRIFT_POLICY`).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Repair => "repair",
