@@ -161,7 +161,8 @@ pub async fn run(quick: bool) {
          by one drainer (`OutboxDrainer::check_drift`, policy `report`) through \
          GoogleCalendar against the fake Google ({} ms per call). Each check is every \
          calendar made due once; calls are the fake's `events.list` count. \"Our time\" is \
-         the time per calendar less the fake's latency: the database work of the check.",
+         the time per calendar less the fake's latency: our side (the shared budget, the token, \
+         parsing the page, the check's statements).",
         size.calendars,
         size.events_per_calendar,
         LATENCY.as_millis()
