@@ -66,6 +66,12 @@ GRANT SELECT ON calendar_sync_migrations TO calendar_sync_worker;
 -- calendar_sync_waiters: an idle worker registers itself for wake-ups (INSERT …
 -- ON CONFLICT DO UPDATE) and leaves (DELETE), removing the rows of dead sessions.
 GRANT SELECT, INSERT, UPDATE, DELETE ON calendar_sync_waiters TO calendar_sync_worker;
+-- Drift checks (CALENDAR_SYNC_DRIFT_CHECK_INTERVAL_MS above 0): where each
+-- calendar's listing stands (added, claimed and advanced), and the drift
+-- found. Only under the `repair` policy does the worker enqueue: then also
+--   GRANT INSERT ON sync_outbox TO calendar_sync_worker;
+GRANT SELECT, INSERT, UPDATE ON calendar_sync_drift_checks TO calendar_sync_worker;
+GRANT SELECT, INSERT ON calendar_sync_drift TO calendar_sync_worker;
 -- `requeue` and `cleanup` (they run with the caller's rights on sync_outbox).
 GRANT EXECUTE ON FUNCTION requeue_dead_letter_items(uuid[], text), cleanup_old_outbox_items(integer)
     TO calendar_sync_worker;

@@ -63,6 +63,11 @@ const SCHEMA_OBJECTS: &[&str] = &[
     "index calendar_event_bindings_pkey",
     "index calendar_sync_budget_pkey",
     "index calendar_sync_claim_cursor_pkey",
+    "index calendar_sync_drift_checks_due_idx",
+    "index calendar_sync_drift_checks_pkey",
+    "index calendar_sync_drift_detected_idx",
+    "index calendar_sync_drift_once_idx",
+    "index calendar_sync_drift_pkey",
     "index calendar_sync_migrations_pkey",
     "index calendar_sync_minute_counts_pkey",
     "index calendar_sync_waiters_pkey",
@@ -81,6 +86,8 @@ const SCHEMA_OBJECTS: &[&str] = &[
     "table calendar_event_bindings",
     "table calendar_sync_budget",
     "table calendar_sync_claim_cursor",
+    "table calendar_sync_drift",
+    "table calendar_sync_drift_checks",
     "table calendar_sync_migrations",
     "table calendar_sync_minute_counts",
     "table calendar_sync_waiters",
@@ -102,8 +109,8 @@ async fn a_fresh_migrate_creates_the_schema_and_a_second_changes_nothing() {
     let t = TestDb::new().await;
     assert_eq!(
         calendar_sync::testing::known_migrations(),
-        5,
-        "V1 schema, V2 functions, V3 operator functions, V4 dashboard, V5 outcomes"
+        6,
+        "V1 schema, V2 functions, V3 operator functions, V4 dashboard, V5 outcomes, V6 drift"
     );
     let client = t.client().await;
     let objects = || async {

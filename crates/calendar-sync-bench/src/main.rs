@@ -21,6 +21,7 @@ mod batching;
 mod calls;
 mod chart;
 mod dashboard;
+mod drift_check;
 mod engine;
 mod fairness;
 mod footprint;
@@ -39,7 +40,7 @@ mod wire;
 use std::time::Instant;
 
 /// The scenarios, in the order: (number, name, what it measures).
-const SCENARIOS: [(&str, &str, &str); 14] = [
+const SCENARIOS: [(&str, &str, &str); 15] = [
     ("1", "throughput", "engine throughput at concurrency 1/8/32"),
     ("2", "baseline", "the seed's design vs ours"),
     (
@@ -89,6 +90,11 @@ const SCENARIOS: [(&str, &str, &str); 14] = [
         "-",
         "google-batch",
         "single calls vs Google's batch endpoint",
+    ),
+    (
+        "-",
+        "drift-check",
+        "events.list calls and ms per calendar per drift check",
     ),
 ];
 
@@ -151,6 +157,7 @@ async fn run(name: &str, quick: bool) {
         "dashboard-pages" => dashboard::pages(quick).await,
         "dashboard-load" => dashboard::load(quick).await,
         "google-batch" => batching::run(quick).await,
+        "drift-check" => drift_check::run(quick).await,
         _ => usage(),
     }
 }

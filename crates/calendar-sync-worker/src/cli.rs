@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use calendar_sync::{DrainerConfig, EventDefaults, GoogleConfig, TokenCipher};
+use calendar_sync::{DrainerConfig, DriftPolicy, EventDefaults, GoogleConfig, TokenCipher};
 use clap::builder::TypedValueParser as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
@@ -250,6 +250,15 @@ pub struct DrainerArgs {
     /// commits to one source within it collapse into one Google call (0: at once).
     #[arg(long, env = "CALENDAR_SYNC_SETTLE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub settle_ms: u64,
+    /// Milliseconds between two drift checks of a calendar: each calendar
+    /// with live events is listed through Google's incremental sync to find
+    /// events edited or deleted by hand (0: never).
+    #[arg(long, env = "CALENDAR_SYNC_DRIFT_CHECK_INTERVAL_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=604_800_000))]
+    pub drift_check_interval_ms: u64,
+    /// What a drift check does about an event changed by hand: repair
+    /// (re-assert our content), report (only record it) or adopt (accept it).
+    #[arg(long, env = "CALENDAR_SYNC_DRIFT_POLICY", default_value_t = DriftPolicy::Repair, value_parser = parse_drift_policy)]
+    pub drift_policy: DriftPolicy,
     /// Attempts an item may use before it is dead-lettered.
     #[arg(long, env = "CALENDAR_SYNC_MAX_ATTEMPTS", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_attempts: u32,
@@ -302,6 +311,12 @@ pub struct DrainerArgs {
     pub google_batch_max: usize,
 }
 
+fn parse_drift_policy(value: &str) -> Result<DriftPolicy, String> {
+    value
+        .parse()
+        .map_err(|_| "expected repair, report or adopt".to_owned())
+}
+
 /// A configuration problem: printed as one line, exit code 2.
 #[derive(Debug)]
 pub struct ConfigError(pub String);
@@ -333,6 +348,8 @@ impl DrainerArgs {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             settle: Duration::from_millis(self.settle_ms),
             event_defaults: self.event_defaults()?,
+            drift_check_interval: Duration::from_millis(self.drift_check_interval_ms),
+            drift_policy: self.drift_policy,
             ..DrainerConfig::default()
         })
     }

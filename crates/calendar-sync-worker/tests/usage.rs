@@ -90,6 +90,22 @@ async fn a_variable_a_subcommand_does_not_read_does_not_stop_it() {
     assert!(text(&out.stderr).contains("CALENDAR_SYNC_BATCH_SIZE"));
 }
 
+#[test]
+fn a_bad_drift_setting_is_one_line_and_exit_2() {
+    for (var, value) in [
+        ("CALENDAR_SYNC_DRIFT_POLICY", "heal"),
+        ("CALENDAR_SYNC_DRIFT_CHECK_INTERVAL_MS", "-5"),
+        ("CALENDAR_SYNC_DRIFT_CHECK_INTERVAL_MS", "soon"),
+    ] {
+        let env = [("DATABASE_URL", "postgres://127.0.0.1/x"), (var, value)];
+        let out = run(&["drain", "--once"], &env);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{var}={value}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+        assert!(stderr.contains(var), "{var} in {stderr:?}");
+    }
+}
+
 #[tokio::test]
 async fn a_second_migrate_prints_no_notice() {
     let t = TestDb::empty().await;

@@ -122,6 +122,24 @@ pub struct EventPage {
     pub next_page_token: Option<String>,
 }
 
+/// One page of a calendar's changes (Google's incremental sync): every
+/// event of the calendar on a full listing, or only those changed since a
+/// sync token, deletions included as cancelled events of which only the id
+/// is certain.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ChangePage {
+    /// Events on this page (may be empty even when more pages follow).
+    pub events: Vec<RemoteEvent>,
+    /// Token for the next page, if any.
+    pub next_page_token: Option<String>,
+    /// On the last page: the token to ask for the changes after this listing.
+    pub next_sync_token: Option<String>,
+}
+
+/// Code of the error [`Calendar::list_changes`] answers when its sync token
+/// is too old (Google's 410 `fullSyncRequired`): list everything again.
+pub const FULL_SYNC_REQUIRED: &str = "google_410_fullSyncRequired";
+
 /// What a calendar name (`primary`, an address, an id) stands for, as the
 /// service resolved it for the workspace's connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -233,6 +251,11 @@ impl CalendarError {
         self
     }
 
+    /// Whether a change listing's sync token was too old: list everything again.
+    pub fn means_full_sync_required(&self) -> bool {
+        self.kind == CalendarErrorKind::Gone && self.code == FULL_SYNC_REQUIRED
+    }
+
     /// Whether the error says the event may not be there (404, 410). A 404
     /// alone proves nothing (Google's eventual consistency, or the calendar's
     /// access lost for a while): the engine confirms before acting on it.
@@ -309,14 +332,14 @@ pub enum ErrorClass {
 /// Google. A complete in-memory one, with Google's semantics and fault
 /// injection, is `tests/support/memory_calendar.rs` in the repository. The
 /// smallest useful implementation wraps another calendar and delegates every
-/// call, including the two with defaults, here counting the writes it lets
+/// call, including the three with defaults, here counting the writes it lets
 /// through (it could as well log, meter or refuse them):
 ///
 /// ```
 /// use std::sync::atomic::{AtomicU64, Ordering};
 /// use calendar_sync::{
-///     Budget, Calendar, CalendarError, CalendarKey, EventBody, EventPage, RemoteEvent,
-///     ResolvedCalendar,
+///     Budget, Calendar, CalendarError, CalendarKey, ChangePage, EventBody, EventPage,
+///     RemoteEvent, ResolvedCalendar,
 /// };
 ///
 /// struct Counted<C> {
@@ -392,6 +415,15 @@ pub enum ErrorClass {
 ///         page_token: Option<&str>,
 ///     ) -> Result<EventPage, CalendarError> {
 ///         self.inner.list_events(target, property, page_token).await
+///     }
+///
+///     async fn list_changes(
+///         &self,
+///         target: &CalendarKey,
+///         sync_token: Option<&str>,
+///         page_token: Option<&str>,
+///     ) -> Result<ChangePage, CalendarError> {
+///         self.inner.list_changes(target, sync_token, page_token).await
 ///     }
 /// }
 /// ```
@@ -469,4 +501,27 @@ pub trait Calendar: Send + Sync + 'static {
         property: (&str, &str),
         page_token: Option<&str>,
     ) -> impl Future<Output = Result<EventPage, CalendarError>> + Send;
+
+    /// One page of the calendar's changes: without `sync_token` every event
+    /// (a full listing), with it only what changed since, cancellations
+    /// included; the last page carries the next sync token. A token too old
+    /// answers [`CalendarErrorKind::Gone`] with code [`FULL_SYNC_REQUIRED`].
+    /// Drift detection calls it; the default answers a permanent
+    /// `list_changes_unsupported` error, so calendars without it are never
+    /// checked for drift.
+    fn list_changes(
+        &self,
+        target: &CalendarKey,
+        sync_token: Option<&str>,
+        page_token: Option<&str>,
+    ) -> impl Future<Output = Result<ChangePage, CalendarError>> + Send {
+        let _ = (target, sync_token, page_token);
+        async {
+            Err(CalendarError::new(
+                CalendarErrorKind::Permanent,
+                "list_changes_unsupported",
+                "this calendar cannot list its changes",
+            ))
+        }
+    }
 }

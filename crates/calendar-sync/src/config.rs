@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::drift::DriftPolicy;
 use crate::error::Error;
 use crate::event_options::EventDefaults;
 
@@ -66,6 +67,15 @@ pub struct DrainerConfig {
     /// a change rewrites each event of that type on its next upsert or
     /// REBUILD_ALL. Default: none.
     pub event_defaults: EventDefaults,
+    /// How often each calendar with live events is listed through Google's
+    /// incremental sync to find events edited or deleted by hand (one
+    /// `events.list` call per calendar per interval when nothing changed,
+    /// paid from the same quotas as the writes). Zero: never. Default: 0 (off).
+    pub drift_check_interval: Duration,
+    /// What a drift check does about an event edited or deleted by hand:
+    /// re-assert our content, only record it, or accept the edit. Default:
+    /// [`DriftPolicy::Repair`].
+    pub drift_policy: DriftPolicy,
 }
 
 impl Default for DrainerConfig {
@@ -82,6 +92,8 @@ impl Default for DrainerConfig {
             rebuild_chunk: 500,
             settle: Duration::ZERO,
             event_defaults: EventDefaults::default(),
+            drift_check_interval: Duration::ZERO,
+            drift_policy: DriftPolicy::Repair,
         }
     }
 }

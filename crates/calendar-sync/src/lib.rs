@@ -69,7 +69,9 @@
 //! `cargo doc` shows (through `crates/calendar-sync/public-api.txt`).
 //! - **Running the engine:** [`OutboxDrainer`] (with [`OutboxDrainer::start`]
 //!   returning a [`DrainerHandle`], or [`OutboxDrainer::drain_once`] returning a
-//!   [`DrainReport`]), configured by [`DrainerConfig`]; [`Error`].
+//!   [`DrainReport`]), configured by [`DrainerConfig`]; [`Error`]. Drift
+//!   detection ([`OutboxDrainer::check_drift`]) returns a [`DriftReport`] and
+//!   acts per [`DriftPolicy`].
 //! - **Hearing what happened:** [`OutboxDrainer::subscribe`] (and
 //!   [`OutboxDrainer::subscribe_with_capacity`], default
 //!   [`DEFAULT_SUBSCRIPTION_CAPACITY`]) returns a [`Subscription`] of
@@ -86,7 +88,8 @@
 //!   [`Reminders`], [`ReminderOverride`], [`ReminderMethod`]) and their
 //!   per-eventType [`EventDefaults`] (a [`DrainerConfig`] field).
 //! - **The calendar side:** the [`Calendar`] trait and its vocabulary
-//!   ([`EventBody`], [`EventTime`], [`EventPage`], [`RemoteEvent`],
+//!   ([`EventBody`], [`EventTime`], [`EventPage`], [`ChangePage`] with
+//!   [`FULL_SYNC_REQUIRED`], [`RemoteEvent`],
 //!   [`ResolvedCalendar`], and the names of the private extended properties
 //!   that mark our events: [`PROP_WORKSPACE`], [`PROP_SOURCE_TYPE`],
 //!   [`PROP_SOURCE_ID`], [`PROP_EVENT_TYPE`]), its error [`CalendarError`]
@@ -129,6 +132,7 @@ mod calendar;
 mod config;
 pub mod crypto;
 mod db;
+mod drift;
 mod engine;
 mod error;
 mod event_options;
@@ -142,9 +146,9 @@ pub mod testing;
 
 pub use apply::desired::{DesiredEvent, EventSource, SourceFuture};
 pub use calendar::{
-    Calendar, CalendarError, CalendarErrorKind, ErrorClass, EventBody, EventPage, EventTime,
-    PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE, PROP_WORKSPACE, RemoteEvent,
-    ResolvedCalendar,
+    Calendar, CalendarError, CalendarErrorKind, ChangePage, ErrorClass, EventBody, EventPage,
+    EventTime, FULL_SYNC_REQUIRED, PROP_EVENT_TYPE, PROP_SOURCE_ID, PROP_SOURCE_TYPE,
+    PROP_WORKSPACE, RemoteEvent, ResolvedCalendar,
 };
 pub use config::DrainerConfig;
 pub use crypto::TokenCipher;
@@ -152,6 +156,7 @@ pub use db::Database;
 pub use db::connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};
 pub use db::migrate::migrate;
 pub use engine::outcomes::{DEFAULT_SUBSCRIPTION_CAPACITY, Outcome, OutcomeKind, Subscription};
+pub use drift::{DriftPolicy, DriftReport};
 pub use engine::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
 pub use event_options::{

@@ -11,6 +11,8 @@
 //! | `POST /_fake/calendars` | `{"calendar_id","primary"?: bool}` |
 //! | `GET /_fake/calendars/{cal}/events` | every event, cancelled included |
 //! | `POST /_fake/calendars/{cal}/events/{id}/delete` | a human deletes the event |
+//! | `POST /_fake/calendars/{cal}/events/{id}/edit` | a human edits it: the body's fields are set (new etag) |
+//! | `POST /_fake/sync_tokens/invalidate` | every sync token issued so far answers 410 `fullSyncRequired` |
 //! | `POST /_fake/faults` | a [`crate::Fault`] as JSON; `DELETE` clears all faults |
 //! | `POST /_fake/expire_access_tokens` | expires every issued access token |
 //! | `POST /_fake/latency` | `{"millis": n}` |
@@ -67,6 +69,7 @@ fn route(st: &mut State, req: &Req) -> Result<Value, ApiError> {
         ("GET", [""]) => Ok(json!({ "endpoints": [
             "POST clients", "POST refresh_tokens", "POST refresh_tokens/revoke", "POST calendars",
             "GET calendars/{cal}/events", "POST calendars/{cal}/events/{id}/delete",
+            "POST calendars/{cal}/events/{id}/edit", "POST sync_tokens/invalidate",
             "POST faults", "DELETE faults", "POST expire_access_tokens", "POST latency", "POST batch",
             "GET requests", "GET stats"
         ]})),
@@ -107,6 +110,27 @@ fn route(st: &mut State, req: &Req) -> Result<Value, ApiError> {
             } else {
                 Err(ApiError::not_found())
             }
+        }
+        ("POST", ["calendars", cal, "events", id, "edit"]) => {
+            let Value::Object(fields) = body else {
+                return Err(ApiError::bad_request(
+                    "Expected a JSON object of fields to set",
+                ));
+            };
+            let edited = st.store.human_edit(cal, id, |event| {
+                for (name, value) in fields {
+                    event.insert(name, value);
+                }
+            });
+            if edited {
+                Ok(ok)
+            } else {
+                Err(ApiError::not_found())
+            }
+        }
+        ("POST", ["sync_tokens", "invalidate"]) => {
+            st.store.sync_epoch += 1;
+            Ok(ok)
         }
         ("POST", ["faults"]) => {
             let f: Fault = serde_json::from_value(body)

@@ -83,7 +83,8 @@
 //!   `timeMin`/`timeMax`, `iCalUID`, `maxResults` (default 250, capped at 2500, < 1 -> 400),
 //!   `pageToken`, `syncToken` (incremental: everything written since, cancelled included;
 //!   cannot be combined with filters -> 400; after [`FakeGoogle::invalidate_sync_tokens`] ->
-//!   410 `fullSyncRequired`). The last page carries `nextSyncToken`.
+//!   410 `fullSyncRequired`). The last page carries `nextSyncToken`. In an incremental
+//!   listing a cancelled event is, as Google only guarantees, its `id`, `status` and `etag`.
 //! - Extended properties: keys over 44 characters dropped, values over 1024 characters
 //!   truncated (silently); over 300 properties or 32 kB (keys + values, private + shared) ->
 //!   400 `invalid` (reason and text UNCONFIRMED).

@@ -150,7 +150,16 @@ fn matches_props(
     }
 }
 
-fn selected(ev: &StoredEvent, q: &ListQuery, mode: ExtPropMatch, since: Option<u64>) -> bool {
+/// Whether a listing that began at write sequence `snapshot` counts the
+/// event. An event cancelled after the listing began keeps its place (see
+/// [`hidden`]), so that the pages after it skip nothing.
+fn selected(
+    ev: &StoredEvent,
+    q: &ListQuery,
+    mode: ExtPropMatch,
+    since: Option<u64>,
+    snapshot: u64,
+) -> bool {
     if let Some(seq) = since {
         return ev.write_seq > seq;
     }
@@ -158,7 +167,7 @@ fn selected(ev: &StoredEvent, q: &ListQuery, mode: ExtPropMatch, since: Option<u
         if ev.updated < min {
             return false;
         }
-    } else if ev.is_cancelled() && !q.show_deleted.unwrap_or(false) {
+    } else if ev.is_cancelled() && !q.show_deleted.unwrap_or(false) && ev.write_seq <= snapshot {
         return false;
     }
     if let Some(uid) = &q.ical_uid
@@ -175,6 +184,31 @@ fn selected(ev: &StoredEvent, q: &ListQuery, mode: ExtPropMatch, since: Option<u
         }
     }
     matches_props(ev, "private", &q.private, mode) && matches_props(ev, "shared", &q.shared, mode)
+}
+
+/// A place holder: cancelled after the listing began, in a listing that
+/// shows no deleted events.
+fn hidden(ev: &StoredEvent, q: &ListQuery, since: Option<u64>) -> bool {
+    since.is_none()
+        && q.updated_min.is_none()
+        && ev.is_cancelled()
+        && !q.show_deleted.unwrap_or(false)
+}
+
+/// An event as a listing shows it: of a cancelled event an incremental
+/// listing keeps only what Google guarantees (its id and status).
+fn listed(event: &StoredEvent, incremental: bool) -> Value {
+    if incremental && event.is_cancelled() {
+        let keep = ["kind", "etag", "id", "status"];
+        let minimal = event
+            .body
+            .iter()
+            .filter(|(name, _)| keep.contains(&name.as_str()))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        return Value::Object(minimal);
+    }
+    Value::Object(event.body.clone())
 }
 
 /// Runs events.list on calendar `cal` (already resolved).
@@ -202,7 +236,7 @@ pub(crate) fn list(
     let matching: Vec<&StoredEvent> = calendar
         .events
         .iter()
-        .filter(|e| selected(e, q, ext_match, since))
+        .filter(|e| selected(e, q, ext_match, since, snapshot))
         .collect();
     let max = q.max_results;
     let take = match paging {
@@ -213,7 +247,8 @@ pub(crate) fn list(
     let end = (start + take).min(matching.len());
     let items: Vec<Value> = matching[start..end]
         .iter()
-        .map(|e| Value::Object(e.body.clone()))
+        .filter(|e| !hidden(e, q, since))
+        .map(|e| listed(e, since.is_some()))
         .collect();
     let more = end < matching.len() || (paging == PagingMode::Erratic && end > start);
     let mut out = json!({

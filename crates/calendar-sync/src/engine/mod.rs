@@ -27,6 +27,7 @@ use crate::apply::desired::EventSource;
 use crate::calendar::Calendar;
 use crate::config::DrainerConfig;
 use crate::db::Database;
+use crate::drift::{self, DriftReport};
 use crate::error::Error;
 use item::ItemOutcome;
 use outcomes::{DEFAULT_SUBSCRIPTION_CAPACITY, OutcomeHub, OutcomeKind, Subscription};
@@ -274,10 +275,38 @@ impl<C: Calendar> OutboxDrainer<C> {
     /// # Ok(()) }
     /// ```
     pub async fn drain_once(&self) -> Result<DrainReport, Error> {
+        if !self.shared.config.drift_check_interval.is_zero() {
+            self.check_drift().await?;
+        }
         let lock = self.shared.db.lock_connection().await?;
         let mut worker = Worker::new(self.shared.clone(), lock);
         worker.run(Mode::Once, &CancellationToken::new()).await?;
         Ok(worker.report)
+    }
+
+    /// Checks every calendar whose drift check is due now (see
+    /// [`DrainerConfig::drift_check_interval`]) and acts per
+    /// [`DrainerConfig::drift_policy`]; a repair is queued, for the next
+    /// drain. [`drain_once`](Self::drain_once) runs it first when the interval
+    /// is not zero, and a started drainer every interval.
+    ///
+    /// ```no_run
+    /// # async fn example<C: calendar_sync::Calendar>(
+    /// #     drainer: calendar_sync::OutboxDrainer<C>,
+    /// # ) -> Result<(), calendar_sync::Error> {
+    /// let drift = drainer.check_drift().await?;
+    /// println!("{} deleted and {} edited by hand", drift.deleted, drift.edited);
+    /// # Ok(()) }
+    /// ```
+    pub async fn check_drift(&self) -> Result<DriftReport, Error> {
+        let config = &self.shared.config;
+        drift::check_due(
+            &self.shared.db,
+            &self.shared.calendar,
+            config.drift_policy,
+            config.drift_check_interval,
+        )
+        .await
     }
 
     /// Starts draining in the background until [`DrainerHandle::stop`]. A lost
@@ -297,11 +326,19 @@ impl<C: Calendar> OutboxDrainer<C> {
             report: DrainReport::default(),
             last_beat: Instant::now(),
         }));
-        let task = tokio::spawn(run_until_stopped(
-            self.shared.clone(),
-            cancel.clone(),
-            progress.clone(),
-        ));
+        let shared = self.shared.clone();
+        let stop = cancel.clone();
+        let drain = run_until_stopped(self.shared.clone(), cancel.clone(), progress.clone());
+        let task = tokio::spawn(async move {
+            let interval = shared.config.drift_check_interval;
+            if interval.is_zero() {
+                return drain.await;
+            }
+            let policy = shared.config.drift_policy;
+            let checks =
+                drift::run_periodically(&shared.db, &shared.calendar, policy, interval, &stop);
+            tokio::join!(drain, checks);
+        });
         DrainerHandle {
             cancel,
             task,

@@ -15,6 +15,8 @@ use uuid::Uuid;
 use crate::google::budget::Budget;
 use crate::operation::{CalendarKey, Operation, SourceKey};
 
+pub(crate) mod drift;
+
 /// First key of every advisory lock we take (`"csyn"`), so our locks cannot
 /// collide with the host application's own two-key advisory locks. The same
 /// value as SQL's `calendar_sync_lock_namespace()` (tests/schema.rs checks it);
