@@ -29,6 +29,11 @@ use crate::support::{cpu_seconds, machine, reset};
 /// The batch size measured against single calls.
 const BATCH: usize = 50;
 
+/// The worker's default `CALENDAR_SYNC_CONCURRENCY`.
+const DEFAULT_CONCURRENCY: usize = 32;
+/// Items in flight where latency and quota leave room for more.
+const WIDE_CONCURRENCY: usize = 256;
+
 /// Google's default quotas per minute: per user, per project.
 const GOOGLE_QUOTA: (u32, u32) = (600, 10_000);
 
@@ -112,61 +117,76 @@ pub async fn run(quick: bool) {
                 if factor == 1 && matches!(workload, Workload::Rebuild { .. }) && latency != 100 {
                     continue;
                 }
-                let mut pair = Vec::new();
-                for batch in [0, BATCH] {
-                    let o = run_case(&t, &admin, workload, latency, factor, batch).await;
+                // Batching cannot raise throughput at a given concurrency (each item is
+                // still in flight for a round trip); where latency and quota allow more
+                // items in flight, the drain is also run at a concurrency of 256.
+                let wide = !quick
+                    && factor > 1
+                    && latency == 250
+                    && matches!(workload, Workload::Drain { .. });
+                for concurrency in [DEFAULT_CONCURRENCY, WIDE_CONCURRENCY] {
+                    if concurrency == WIDE_CONCURRENCY && !wide {
+                        continue;
+                    }
+                    let mut pair = Vec::new();
+                    for batch in [0, BATCH] {
+                        let o = run_case(&t, &admin, workload, latency, factor, batch, concurrency)
+                            .await;
+                        let items = workload.items() as f64;
+                        println!(
+                            "{} | {latency} ms | quota x{factor} | concurrency {concurrency} | batch {batch}: {:.1} s, {:.3} HTTP requests/item, {} connections, {:.2} ms CPU/item",
+                            workload.label(),
+                            o.seconds,
+                            o.http_requests as f64 / items,
+                            o.connections,
+                            o.cpu_seconds * 1000.0 / items
+                        );
+                        json_rows.push(json!({
+                            "workload": workload.label(), "latency_ms": latency,
+                            "quota": format!("x{factor}"), "batch_max": batch,
+                            "concurrency": concurrency,
+                            "seconds": o.seconds, "http_requests": o.http_requests,
+                            "calendar_calls": o.calls, "batch_requests": o.batches,
+                            "http_requests_per_item": o.http_requests as f64 / items,
+                            "tcp_connections": o.connections,
+                            "worker_cpu_ms_per_item": o.cpu_seconds * 1000.0 / items,
+                        }));
+                        pair.push(o);
+                    }
+                    let (single, batched) = (&pair[0], &pair[1]);
                     let items = workload.items() as f64;
-                    println!(
-                        "{} | {latency} ms | quota x{factor} | batch {batch}: {:.1} s, {:.3} HTTP requests/item, {} connections, {:.2} ms CPU/item",
+                    rows.push(vec![
                         workload.label(),
-                        o.seconds,
-                        o.http_requests as f64 / items,
-                        o.connections,
-                        o.cpu_seconds * 1000.0 / items
-                    );
-                    json_rows.push(json!({
-                        "workload": workload.label(), "latency_ms": latency,
-                        "quota": format!("x{factor}"), "batch_max": batch,
-                        "seconds": o.seconds, "http_requests": o.http_requests,
-                        "calendar_calls": o.calls, "batch_requests": o.batches,
-                        "http_requests_per_item": o.http_requests as f64 / items,
-                        "tcp_connections": o.connections,
-                        "worker_cpu_ms_per_item": o.cpu_seconds * 1000.0 / items,
-                    }));
-                    pair.push(o);
-                }
-                let (single, batched) = (&pair[0], &pair[1]);
-                let items = workload.items() as f64;
-                rows.push(vec![
-                    workload.label(),
-                    format!("{latency} ms"),
-                    if factor == 1 {
-                        "Google's".to_owned()
-                    } else {
-                        format!("{factor}x")
-                    },
-                    format!(
-                        "{:.2} / {:.2}",
-                        single.http_requests as f64 / items,
-                        batched.http_requests as f64 / items
-                    ),
-                    format!("{:.1} s / {:.1} s", single.seconds, batched.seconds),
-                    format!(
-                        "{:.2} / {:.2}",
-                        single.cpu_seconds * 1000.0 / items,
-                        batched.cpu_seconds * 1000.0 / items
-                    ),
-                    format!("{} / {}", single.connections, batched.connections),
-                    if batched.batches == 0 {
-                        "-".to_owned()
-                    } else {
+                        format!("{latency} ms"),
+                        if factor == 1 {
+                            "Google's".to_owned()
+                        } else {
+                            format!("{factor}x")
+                        },
+                        concurrency.to_string(),
                         format!(
-                            "{:.1}",
-                            (batched.calls - (batched.http_requests - batched.batches)) as f64
-                                / batched.batches as f64
-                        )
-                    },
-                ]);
+                            "{:.2} / {:.2}",
+                            single.http_requests as f64 / items,
+                            batched.http_requests as f64 / items
+                        ),
+                        format!("{:.1} s / {:.1} s", single.seconds, batched.seconds),
+                        format!(
+                            "{:.2} / {:.2}",
+                            single.cpu_seconds * 1000.0 / items,
+                            batched.cpu_seconds * 1000.0 / items
+                        ),
+                        format!("{} / {}", single.connections, batched.connections),
+                        if batched.batches == 0 {
+                            "-".to_owned()
+                        } else {
+                            format!(
+                                "{:.1}",
+                                (batched.calls - (batched.http_requests - batched.batches)) as f64
+                                    / batched.batches as f64
+                            )
+                        },
+                    ]);
+                }
             }
         }
     }
@@ -178,7 +198,7 @@ pub async fn run(quick: bool) {
     );
     report.para(&format!(
         "Each row runs the same workload twice with the worker binary \
-         (`calendar-sync-worker run`, default concurrency 32, its own process): \
+         (`calendar-sync-worker run`, its own process, at the default concurrency of 32 unless the row says otherwise): \
          `CALENDAR_SYNC_GOOGLE_BATCH_MAX=0` (single calls) / `={BATCH}`. The fake Google runs \
          in the bench process over plain HTTP/1.1 and answers every call (inside a batch or \
          not) after the given latency; the quotas are the worker's limiter \
@@ -194,6 +214,7 @@ pub async fn run(quick: bool) {
             "workload",
             "latency",
             "quota",
+            "concurrency",
             "HTTP requests / item (single / batch)",
             "time",
             "worker CPU ms / item",
@@ -214,6 +235,7 @@ async fn run_case(
     latency: u64,
     factor: u32,
     batch: usize,
+    concurrency: usize,
 ) -> Measured {
     let started = std::time::Instant::now();
     reset(admin).await;
@@ -230,7 +252,7 @@ async fn run_case(
     if let Workload::Rebuild { events } = workload {
         // Bindings and events from a fast, unmeasured drain; then the events vanish.
         backlog(admin, events, 1, "r").await;
-        let mut worker = start_worker(t, &g, 0, 1_000).await;
+        let mut worker = start_worker(t, &g, 0, 1_000, DEFAULT_CONCURRENCY).await;
         wait_finished(admin).await;
         terminate(std::slice::from_mut(&mut worker)).await;
         for event in g.events(&crate::load::calendar_of(&crate::load::workspace(0))) {
@@ -258,7 +280,7 @@ async fn run_case(
     g.clear_requests();
     g.set_latency(Duration::from_millis(latency));
     let connections_before = g.connections_accepted();
-    let mut worker = start_worker(t, &g, batch, factor).await;
+    let mut worker = start_worker(t, &g, batch, factor, concurrency).await;
     let pid = worker.id().expect("pid").to_string();
     let cpu_before = cpu_seconds(&pid).unwrap_or(0.0);
     wait_finished(admin).await;
@@ -313,7 +335,13 @@ async fn wait_finished(admin: &Client) {
 }
 
 /// The worker binary against the in-process fake, quotas at `factor` x Google's.
-async fn start_worker(t: &TestDb, g: &FakeGoogle, batch: usize, factor: u32) -> Child {
+async fn start_worker(
+    t: &TestDb,
+    g: &FakeGoogle,
+    batch: usize,
+    factor: u32,
+    concurrency: usize,
+) -> Child {
     let http = free_port();
     let child = Command::new(bin_dir().join("calendar-sync-worker"))
         .arg("run")
@@ -337,6 +365,7 @@ async fn start_worker(t: &TestDb, g: &FakeGoogle, batch: usize, factor: u32) -> 
             (GOOGLE_QUOTA.1 * factor).to_string(),
         )
         .env("CALENDAR_SYNC_POLL_INTERVAL_MS", "100")
+        .env("CALENDAR_SYNC_CONCURRENCY", concurrency.to_string())
         .env("RUST_LOG", "warn")
         .env("CALENDAR_SYNC_SHUTDOWN_GRACE_MS", "2000")
         .stdout(Stdio::null())

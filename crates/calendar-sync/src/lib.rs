@@ -155,8 +155,8 @@ pub use crypto::TokenCipher;
 pub use db::Database;
 pub use db::connect::{ConnectOptions, RootCerts, SslMode, TlsOptions};
 pub use db::migrate::migrate;
-pub use engine::outcomes::{DEFAULT_SUBSCRIPTION_CAPACITY, Outcome, OutcomeKind, Subscription};
 pub use drift::{DriftPolicy, DriftReport};
+pub use engine::outcomes::{DEFAULT_SUBSCRIPTION_CAPACITY, Outcome, OutcomeKind, Subscription};
 pub use engine::{DrainReport, DrainerHandle, OutboxDrainer};
 pub use error::Error;
 pub use event_options::{

@@ -566,10 +566,9 @@ fn inner_request(
             batch::InnerRequest::delete(base_path, calendar_id, id),
             etag,
         ),
-        Request::Get(_)
-        | Request::GetCalendar
-        | Request::List { .. }
-        | Request::Changes { .. } => return None,
+        Request::Get(_) | Request::GetCalendar | Request::List { .. } | Request::Changes { .. } => {
+            return None;
+        }
     })
 }
 
