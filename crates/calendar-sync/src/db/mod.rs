@@ -37,6 +37,8 @@ pub struct Database {
     target: Arc<str>,
     /// This process's per-minute counts not yet written (shared by clones).
     minute_counts: Arc<MinuteCounts>,
+    /// Calls waiting for quota, in line per connection (shared by clones).
+    payers: Arc<crate::google::budget::Lines>,
 }
 
 impl std::fmt::Debug for Database {
@@ -148,7 +150,13 @@ impl Database {
             dialer,
             target,
             minute_counts: Arc::default(),
+            payers: Arc::default(),
         }
+    }
+
+    /// Where this process's calls wait for a connection's quota.
+    pub(crate) fn payers(&self) -> &crate::google::budget::Lines {
+        &self.payers
     }
 
     /// The per-minute counts of everything using this database (and its clones).

@@ -5,6 +5,8 @@
 //! pays here before it is sent.
 
 use std::cell::Cell;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use crate::calendar::{CalendarError, CalendarErrorKind};
@@ -59,12 +61,37 @@ pub(crate) fn take_prepaid_call() -> bool {
 /// Longest single sleep while waiting for a token (the wait is re-asked).
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
-/// Pays one call of `workspace`, waiting until both buckets can.
+/// The calls of one process waiting for a connection's quota, in line: one
+/// asks the database at a time and the others wait their turn (first come,
+/// first served), instead of every waiting call waking up for each token. A
+/// REBUILD_ALL writes 50 events at once: at Google's 10 calls a second, 50
+/// callers polling the bucket cost about 7 ms of worker CPU per call.
+#[derive(Default)]
+pub(crate) struct Lines(Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>);
+
+impl Lines {
+    /// The line of `workspace` (kept while someone stands in it).
+    fn of(&self, workspace: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut lines = self.0.lock().expect("lines");
+        if let Some(line) = lines.get(workspace).and_then(Weak::upgrade) {
+            return line;
+        }
+        lines.retain(|_, line| line.strong_count() > 0);
+        let line = Arc::new(tokio::sync::Mutex::new(()));
+        lines.insert(workspace.to_owned(), Arc::downgrade(&line));
+        line
+    }
+}
+
+/// Pays one call of `workspace`, waiting (in line with this process's other
+/// calls of the connection) until both buckets can.
 pub(crate) async fn pay(
     db: &Database,
     workspace: &str,
     budget: Budget,
 ) -> Result<(), CalendarError> {
+    let line = db.payers().of(workspace);
+    let _turn = line.lock().await;
     loop {
         let wait = match db.client().await {
             Ok(client) => store::take_budget(&**client, workspace, budget).await,
