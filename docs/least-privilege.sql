@@ -70,8 +70,10 @@ GRANT SELECT, INSERT, UPDATE, DELETE ON calendar_sync_waiters TO calendar_sync_w
 -- calendar's listing stands (added, claimed and advanced), and the drift
 -- found. Only under the `repair` policy does the worker enqueue: then also
 --   GRANT INSERT ON sync_outbox TO calendar_sync_worker;
-GRANT SELECT, INSERT, UPDATE ON calendar_sync_drift_checks TO calendar_sync_worker;
-GRANT SELECT, INSERT ON calendar_sync_drift TO calendar_sync_worker;
+-- `cleanup` also deletes old drift and the check rows of calendars without
+-- live events (DELETE).
+GRANT SELECT, INSERT, UPDATE, DELETE ON calendar_sync_drift_checks TO calendar_sync_worker;
+GRANT SELECT, INSERT, DELETE ON calendar_sync_drift TO calendar_sync_worker;
 -- `requeue` and `cleanup` (they run with the caller's rights on sync_outbox).
 GRANT EXECUTE ON FUNCTION requeue_dead_letter_items(uuid[], text), cleanup_old_outbox_items(integer)
     TO calendar_sync_worker;

@@ -52,3 +52,30 @@ CREATE INDEX calendar_sync_drift_detected_idx ON calendar_sync_drift (detected_a
 
 COMMENT ON TABLE calendar_sync_drift IS
     'calendar-sync: events edited or deleted by hand in Google, and what the drift policy did';
+
+-- cleanup_old_outbox_items (V3) also forgets drift recorded more than `days`
+-- days ago, and the check rows of calendars that no longer have a LIVE event
+-- (the next check run adds a calendar back when it has one again). It still
+-- returns the number of outbox rows deleted.
+CREATE OR REPLACE FUNCTION cleanup_old_outbox_items(days integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    deleted integer;
+BEGIN
+    IF days IS NULL OR days < 0 THEN
+        RAISE EXCEPTION 'cleanup_old_outbox_items: days must be >= 0, got %', days;
+    END IF;
+    DELETE FROM sync_outbox
+     WHERE status IN ('COMPLETED', 'DEAD_LETTER', 'SUPERSEDED')
+       AND updated_at < now() - make_interval(days => days);
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    DELETE FROM calendar_sync_drift
+     WHERE detected_at < now() - make_interval(days => days);
+    DELETE FROM calendar_sync_drift_checks d
+     WHERE NOT EXISTS (SELECT 1 FROM calendar_event_bindings b
+                        WHERE b.workspace_id = d.workspace_id
+                          AND b.calendar_id = d.calendar_id
+                          AND b.state = 'LIVE');
+    RETURN deleted;
+END;
+$$;

@@ -382,3 +382,33 @@ async fn a_page_token_google_refuses_starts_the_listing_over() {
         "{again:?}"
     );
 }
+
+#[tokio::test]
+async fn cleanup_forgets_old_drift_and_the_checks_of_calendars_without_live_events() {
+    let (e, d) = synced(DriftPolicy::Report, &["s1"]).await;
+    edit_summary(&e, "s1", "moved by hand");
+    d.check_drift().await.expect("check");
+    assert_eq!(drifts(&e).await.len(), 1);
+    let client = e.t.client().await;
+    client
+        .batch_execute("UPDATE calendar_sync_drift SET detected_at = now() - interval '31 days'")
+        .await
+        .unwrap();
+    // The source is cancelled: its calendar has no live event left.
+    e.t.insert("CANCEL_EVENT", calendar_sync_tests::cancel("w1", CAL, "s1"))
+        .await;
+    e.t.drain_until_idle(&d).await;
+
+    calendar_sync::ops::cleanup(&e.t.db, 30).await.unwrap();
+
+    assert!(
+        drifts(&e).await.is_empty(),
+        "drift older than 30 days is gone"
+    );
+    let checks: i64 = client
+        .query_one("SELECT count(*) FROM calendar_sync_drift_checks", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(checks, 0, "no check row for a calendar without live events");
+}
