@@ -357,25 +357,44 @@ async fn a_refused_batch_connection_falls_back_to_single_calls() {
 }
 
 #[tokio::test]
-async fn an_html_answer_falls_back_to_single_calls() {
-    let e = env().await;
-    e.g.inject(
-        Fault::new(FaultKind::Raw {
-            status: 200,
-            content_type: "text/html; charset=UTF-8".into(),
-            body: "<html><body>Sign in</body></html>".into(),
-        })
-        .path("/batch")
-        .times(1),
-    );
-    let d = drainer(&e, batching(&e, 50));
-    let ids = burst(&e, 12, "v1").await;
-    d.drain_once().await.unwrap();
-    for id in &ids {
-        let row = e.t.row(*id).await;
-        assert_eq!((row.status.as_str(), row.attempts), ("COMPLETED", 1));
+async fn an_html_answer_or_a_400_about_batching_falls_back_to_single_calls() {
+    let refusals = [
+        (
+            200,
+            "text/html; charset=UTF-8",
+            "<html><body>Sign in</body></html>",
+        ),
+        (
+            400,
+            "application/json; charset=UTF-8",
+            r#"{"error":{"code":400,"message":"Batch requests are not supported","errors":[{"reason":"badRequest"}]}}"#,
+        ),
+    ];
+    for (status, content_type, body) in refusals {
+        let e = env().await;
+        e.g.inject(
+            Fault::new(FaultKind::Raw {
+                status,
+                content_type: content_type.into(),
+                body: body.into(),
+            })
+            .path("/batch")
+            .times(1),
+        );
+        let d = drainer(&e, batching(&e, 50));
+        let ids = burst(&e, 12, "v1").await;
+        d.drain_once().await.unwrap();
+        for id in &ids {
+            let row = e.t.row(*id).await;
+            assert_eq!(
+                (row.status.as_str(), row.attempts),
+                ("COMPLETED", 1),
+                "{status}"
+            );
+        }
+        exactly_one_event_each(&e, 12, "v1");
+        assert_eq!(e.g.calls(ApiMethod::Batch), 1, "{status}: remembered");
     }
-    exactly_one_event_each(&e, 12, "v1");
 }
 
 #[tokio::test]
