@@ -51,12 +51,27 @@ pub(crate) async fn discover_calendars(
     client
         .execute(
             r#"
--- discover_calendars: every calendar with live events of a valid connection is checked
+-- discover_calendars: every calendar with live events of a valid connection is checked.
+-- The calendars are walked through the bindings' primary key, one index probe per
+-- calendar (a loose index scan), so the cost follows the number of calendars, not of
+-- bindings.
+WITH RECURSIVE calendars AS (
+    (SELECT workspace_id, calendar_id FROM calendar_event_bindings
+      ORDER BY workspace_id, calendar_id LIMIT 1)
+    UNION ALL
+    SELECT next.workspace_id, next.calendar_id
+      FROM calendars prev,
+           LATERAL (SELECT b.workspace_id, b.calendar_id FROM calendar_event_bindings b
+                     WHERE (b.workspace_id, b.calendar_id) > (prev.workspace_id, prev.calendar_id)
+                     ORDER BY b.workspace_id, b.calendar_id LIMIT 1) next
+)
 INSERT INTO calendar_sync_drift_checks (workspace_id, calendar_id)
-SELECT DISTINCT b.workspace_id, b.calendar_id
-  FROM calendar_event_bindings b
-  JOIN google_connections c ON c.workspace_id = b.workspace_id AND c.is_valid
- WHERE b.state = 'LIVE'
+SELECT k.workspace_id, k.calendar_id
+  FROM calendars k
+  JOIN google_connections c ON c.workspace_id = k.workspace_id AND c.is_valid
+ WHERE EXISTS (SELECT 1 FROM calendar_event_bindings b
+                WHERE b.workspace_id = k.workspace_id AND b.calendar_id = k.calendar_id
+                  AND b.state = 'LIVE')
 ON CONFLICT DO NOTHING
 "#,
             &[],
