@@ -248,11 +248,7 @@ impl GoogleCalendar {
             // Google always answers with the id; an answer without one names
             // the calendar as asked.
             Ok(Reply::Calendar(id)) => Ok(Some(id.unwrap_or_else(|| target.calendar_id.clone()))),
-            Ok(_) => Err(CalendarError::new(
-                CalendarErrorKind::Transient,
-                "google_bad_reply",
-                "unexpected reply",
-            )),
+            Ok(_) => Err(bad_reply()),
             Err(e) if e.kind == CalendarErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -969,14 +965,38 @@ fn from_google(event: Event) -> Result<RemoteEvent, CalendarError> {
     })
 }
 
+/// A reply of another kind than the call asked for.
+fn bad_reply() -> CalendarError {
+    CalendarError::new(
+        CalendarErrorKind::Transient,
+        "google_bad_reply",
+        "unexpected reply",
+    )
+}
+
 fn expect_event(reply: Reply) -> Result<RemoteEvent, CalendarError> {
     match reply {
         Reply::Event(e) => from_google(*e),
-        _ => Err(CalendarError::new(
-            CalendarErrorKind::Transient,
-            "google_bad_reply",
-            "unexpected reply",
-        )),
+        _ => Err(bad_reply()),
+    }
+}
+
+/// An events.list page: its events, and the raw page for its tokens.
+fn expect_page(
+    reply: Reply,
+) -> Result<(Vec<RemoteEvent>, Box<google_calendar3::api::Events>), CalendarError> {
+    match reply {
+        Reply::Page(mut page) => {
+            let events = page
+                .items
+                .take()
+                .unwrap_or_default()
+                .into_iter()
+                .map(from_google)
+                .collect::<Result<_, _>>()?;
+            Ok((events, page))
+        }
+        _ => Err(bad_reply()),
     }
 }
 
@@ -1087,22 +1107,11 @@ impl Calendar for GoogleCalendar {
             property: format!("{}={}", property.0, property.1),
             page_token,
         };
-        match self.call(target, &request).await? {
-            Reply::Page(page) => Ok(EventPage {
-                events: page
-                    .items
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(from_google)
-                    .collect::<Result<_, _>>()?,
-                next_page_token: page.next_page_token,
-            }),
-            _ => Err(CalendarError::new(
-                CalendarErrorKind::Transient,
-                "google_bad_reply",
-                "unexpected reply",
-            )),
-        }
+        let (events, page) = expect_page(self.call(target, &request).await?)?;
+        Ok(EventPage {
+            events,
+            next_page_token: page.next_page_token,
+        })
     }
 
     /// events.list without filters, through the same budget, breaker and
@@ -1118,23 +1127,12 @@ impl Calendar for GoogleCalendar {
             sync_token,
             page_token,
         };
-        match self.call(target, &request).await? {
-            Reply::Page(page) => Ok(ChangePage {
-                events: page
-                    .items
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(from_google)
-                    .collect::<Result<_, _>>()?,
-                next_page_token: page.next_page_token,
-                next_sync_token: page.next_sync_token,
-            }),
-            _ => Err(CalendarError::new(
-                CalendarErrorKind::Transient,
-                "google_bad_reply",
-                "unexpected reply",
-            )),
-        }
+        let (events, page) = expect_page(self.call(target, &request).await?)?;
+        Ok(ChangePage {
+            events,
+            next_page_token: page.next_page_token,
+            next_sync_token: page.next_sync_token,
+        })
     }
 }
 
